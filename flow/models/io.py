@@ -1,0 +1,102 @@
+"""Checkpoints: the arch record that rebuilds the module, its state_dict, and free-form metadata.
+
+A trimmed checkpoint has narrower tensors than its arch builds; loading resizes Conv2d / Linear / BatchNorm
+modules to the stored shapes (only when the checkpoint says it was trimmed, so a mismatching checkpoint is still
+an error that names the tensors).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from flow import FlowError
+from flow.artifacts import atomic_path
+from flow.models.registry import build_model
+
+FORMAT = "trimflow-checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: dict[str, Any],
+                    meta: dict[str, Any] | None = None, trimmed: bool = False) -> None:
+    payload = {"format": FORMAT, "arch": arch, "trimmed": trimmed, "meta": meta or {},
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FlowError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FlowError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FlowError(f"checkpoint {path} is not a trimflow checkpoint (expected format {FORMAT!r}); "
+                        "save it with `trimflow import` or flow.models.save_checkpoint")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the float model stored at `path`; returns (model in eval mode, the checkpoint payload)."""
+    payload = read_checkpoint(path)
+    arch = payload["arch"]
+    model = build_model(arch["name"], **arch.get("kwargs", {}))
+    state = payload["state_dict"]
+    if payload.get("trimmed"):
+        resize_to_state(model, state)
+    load_state_strict(model, state, source=str(path))
+    model.eval()
+    return model, payload
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        lines = [f"checkpoint {source} does not match the model:"]
+        if missing:
+            lines.append("  missing in checkpoint: " + ", ".join(missing))
+        if unexpected:
+            lines.append("  not in model: " + ", ".join(unexpected))
+        lines += ["  shape mismatch " + w for w in wrong]
+        lines.append("check that the checkpoint was saved from this model definition and arguments")
+        raise FlowError("\n".join(lines))
+    model.load_state_dict(state)
+
+
+def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Replace Conv2d/Linear/BatchNorm modules by ones whose tensors have the shapes stored in `state`."""
+    for name, module in list(model.named_modules()):
+        key = f"{name}.weight" if name else "weight"
+        if key not in state:
+            continue
+        w = state[key]
+        if isinstance(module, nn.Conv2d) and w.shape != module.weight.shape:
+            groups = module.groups
+            if groups > 1:  # depthwise stays depthwise: groups follow the channel count
+                groups = w.shape[0] if module.groups == module.out_channels else groups
+            new = nn.Conv2d(w.shape[1] * groups, w.shape[0], module.kernel_size, module.stride, module.padding,
+                            module.dilation, groups, module.bias is not None, module.padding_mode)
+        elif isinstance(module, nn.Linear) and w.shape != module.weight.shape:
+            new = nn.Linear(w.shape[1], w.shape[0], module.bias is not None)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and w.shape != module.weight.shape:
+            new = type(module)(w.shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
+        else:
+            continue
+        _set_submodule(model, name, new)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

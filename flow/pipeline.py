@@ -1,0 +1,113 @@
+"""Chain stages, cache each one's output directory by a hash of its inputs, and resume.
+
+A stage's output lives in `<root>/<stage>/`. It is built in a temporary directory and renamed into place together
+with its `stage.json` (cache key, config, summary, wall time), so a directory that exists under its final name is
+always complete; an interrupted build simply reruns the stage it was in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from rich.console import Console
+
+from flow import FlowError
+from flow.artifacts import atomic_dir, digest, read_json, to_jsonable, write_json
+
+STAGE_FILE = "stage.json"
+
+
+@dataclasses.dataclass
+class StageContext:
+    name: str
+    out_dir: Path  # the temporary directory to write into
+    inputs: dict[str, Path]  # final directories of the stages this one depends on
+    summaries: dict[str, dict]  # their summaries
+    console: Console
+
+    def input(self, stage: str, filename: str) -> Path:
+        return self.inputs[stage] / filename
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[StageContext, Any], dict]  # (ctx, config) -> JSON-able summary
+    config: Any = None
+    deps: tuple[str, ...] = ()
+    salt: Any = None  # extra key material (e.g. digests of input files outside the pipeline)
+
+
+@dataclasses.dataclass
+class StageResult:
+    name: str
+    dir: Path
+    key: str
+    summary: dict
+    seconds: float
+    cached: bool
+
+
+class Pipeline:
+    def __init__(self, root: str | Path, stages: Iterable[Stage], console: Console | None = None):
+        self.root = Path(root)
+        self.stages = {s.name: s for s in stages}
+        self.console = console or Console(stderr=True)
+        for s in self.stages.values():
+            for d in s.deps:
+                if d not in self.stages:
+                    raise FlowError(f"pipeline: stage {s.name!r} depends on unknown stage {d!r}")
+
+    def order(self, until: str | None = None) -> list[str]:
+        names = list(self.stages)
+        if until is None:
+            return names
+        if until not in self.stages:
+            raise FlowError(f"unknown stage {until!r}; stages: {', '.join(names)}")
+        needed: set[str] = set()
+
+        def visit(n: str) -> None:
+            if n not in needed:
+                needed.add(n)
+                for d in self.stages[n].deps:
+                    visit(d)
+
+        visit(until)
+        return [n for n in names if n in needed]
+
+    def key(self, name: str, keys: dict[str, str]) -> str:
+        s = self.stages[name]
+        return digest(name, s.config, s.salt, [keys[d] for d in s.deps])
+
+    def run(self, until: str | None = None, force: Iterable[str] = ()) -> dict[str, StageResult]:
+        force = set(force)
+        results: dict[str, StageResult] = {}
+        keys: dict[str, str] = {}
+        for name in self.order(until):
+            stage = self.stages[name]
+            keys[name] = key = self.key(name, keys)
+            final = self.root / name
+            stamp = final / STAGE_FILE
+            rerun_upstream = any(not results[d].cached for d in stage.deps)
+            if name not in force and not rerun_upstream and stamp.exists():
+                record = read_json(stamp)
+                if record.get("key") == key:
+                    results[name] = StageResult(name, final, key, record["summary"], record["seconds"], True)
+                    self.console.print(f"[dim]✓ {name:<10} cached ({final})[/dim]")
+                    continue
+            self.console.print(f"[bold cyan]▶ {name}[/bold cyan]")
+            start = time.perf_counter()
+            with atomic_dir(final) as tmp:
+                ctx = StageContext(name, tmp, {d: results[d].dir for d in stage.deps},
+                                   {d: results[d].summary for d in stage.deps}, self.console)
+                summary = stage.run(ctx, stage.config) or {}
+                seconds = time.perf_counter() - start
+                write_json(tmp / STAGE_FILE, {"stage": name, "key": key, "config": to_jsonable(stage.config),
+                                              "deps": {d: keys[d] for d in stage.deps}, "seconds": seconds,
+                                              "summary": summary})
+            results[name] = StageResult(name, final, key, to_jsonable(summary), seconds, False)
+            self.console.print(f"[green]✓ {name:<10} {seconds:6.1f} s[/green]")
+        return results

@@ -1,0 +1,130 @@
+"""Training and evaluation loops shared by pretraining, fine-tuning after trimming, and QAT."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from flow import FlowError
+from flow.data import ImageSet, make_loader
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 10.0  # fractional epochs let a fine-tune see part of the set
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: str = "sgd"  # sgd (momentum 0.9, nesterov) or adam
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine or constant
+    warmup_steps: int = 0
+    augment: bool = True
+    label_smoothing: float = 0.0
+    distill_weight: float = 0.0  # weight of KL(teacher || student) when a teacher is given
+    distill_temperature: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs <= 0:
+            raise FlowError(f"train: epochs must be > 0, got {self.epochs}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise FlowError(f"train: optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise FlowError(f"train: schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise FlowError(f"train: distill_weight must be in [0, 1], got {self.distill_weight}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on BN parameters and biases: decaying them only hurts small nets.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+
+
+def train(model: nn.Module, data: ImageSet, cfg: TrainConfig, teacher: nn.Module | None = None,
+          desc: str = "train", progress: bool = True) -> dict:
+    """Train `model` in place; returns a history dict (loss per epoch, seconds)."""
+    seed_everything(cfg.seed)
+    loader = make_loader(data, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=cfg.augment)
+    steps_per_epoch = len(loader)
+    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    opt = _optimizer(model, cfg)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if teacher is not None:
+        teacher.eval()
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return cfg.lr
+        t = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
+
+    history = {"loss": [], "steps": total_steps}
+    start = time.perf_counter()
+    step = 0
+    model.train()
+    bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    while step < total_steps:
+        running, seen = 0.0, 0
+        for x, y in loader:
+            if step >= total_steps:
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            out = model(x)
+            loss = criterion(out, y)
+            if teacher is not None and cfg.distill_weight > 0:
+                with torch.no_grad():
+                    t_out = teacher(x)
+                temp = cfg.distill_temperature
+                kd = nn.functional.kl_div(nn.functional.log_softmax(out / temp, 1),
+                                          nn.functional.softmax(t_out / temp, 1), reduction="batchmean")
+                loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd * temp * temp
+            if not torch.isfinite(loss):
+                raise FlowError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.item() * len(y)
+            seen += len(y)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{running / seen:.3f}")
+        history["loss"].append(running / max(1, seen))
+    bar.close()
+    model.eval()
+    history["seconds"] = time.perf_counter() - start
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageSet, batch_size: int = 500) -> torch.Tensor:
+    model.eval()
+    outs = [model(x) for x, _ in make_loader(data, batch_size)]
+    return torch.cat(outs)
+
+
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 500) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    return float((predict(model, data, batch_size).argmax(1) == data.labels).float().mean())
