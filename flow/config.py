@@ -1,0 +1,61 @@
+"""The flow's one config: which net and data, and each stage's own config (defined next to the stage)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from flow import FlowError
+from flow.configs import from_dict, load_yaml, merge, parse_set
+from flow.finn.compile import CompileConfig
+from flow.quantize import QuantConfig
+from flow.relevance import RelevanceConfig
+from flow.sim import SimConfig
+from flow.train import TrainConfig
+from flow.trim import TrimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    verify_images: int = 500  # real test images the QONNX execution is checked on
+
+    def __post_init__(self):
+        if self.verify_images < 1:
+            raise FlowError(f"export.verify_images must be >= 1, got {self.verify_images}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulateConfig:
+    images: int = 16  # test images run through the Verilator simulation (0 skips the stage's simulation)
+    sim: SimConfig = SimConfig()
+
+    def __post_init__(self):
+        if self.images < 0:
+            raise FlowError(f"simulate.images must be >= 0, got {self.images}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    model: str = "checkpoints/cnv-fashion-mnist.pt"  # a trimflow checkpoint (see `trimflow pretrain`)
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    eval_images: int | None = None  # test images for every accuracy figure; None = the whole test split
+    relevance: RelevanceConfig = RelevanceConfig()
+    trim: TrimConfig = TrimConfig()
+    finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, seed=0)  # float fine-tune right after trimming
+    quantize: QuantConfig = QuantConfig()
+    export: ExportConfig = ExportConfig()
+    compile: CompileConfig = CompileConfig()
+    simulate: SimulateConfig = SimulateConfig()
+
+
+def load_flow_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                     data_dir: str | None = None, target_fps: float | None = None) -> FlowConfig:
+    data: dict[str, Any] = load_yaml(path) if path else {}
+    data = merge(data, parse_set(overrides or []))
+    if data_dir is not None:
+        data["data_dir"] = data_dir
+    if target_fps is not None:
+        data = merge(data, {"compile": {"target_fps": float(target_fps)}})
+    return from_dict(FlowConfig, data, where=str(path) if path else "config")

@@ -1,0 +1,80 @@
+"""The report's figures (PNG, matplotlib without a display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from flow.artifacts import atomic_path  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def relevance_plot(layers: dict[str, dict], path: Path) -> Path:
+    """One panel per layer: kernels sorted by relevance, kept ones filled, removed ones hollow."""
+    n = len(layers)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.6), squeeze=False)
+    for ax, (name, info) in zip(axes[0], layers.items()):
+        scores = info["scores"]
+        kept = set(info.get("kept", range(len(scores))))
+        order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+        xs = range(len(order))
+        ys = [scores[i] for i in order]
+        colors = ["tab:blue" if i in kept else "white" for i in order]
+        ax.bar(xs, ys, color=colors, edgecolor="tab:blue", linewidth=0.6, width=1.0)
+        ax.set_title(f"{name}\nkept {len(kept)}/{len(scores)}", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("kernel (sorted)", fontsize=7)
+    axes[0][0].set_ylabel("relevance", fontsize=8)
+    fig.suptitle("Kernel relevance per layer (filled = kept)", fontsize=9)
+    return _save(fig, path)
+
+
+def resources_plot(fit_rows: list[dict], path: Path) -> Path:
+    """Estimated use of each resource as a share of the board, with the cap drawn as a tick."""
+    fig, ax = plt.subplots(figsize=(5.5, 2.4))
+    names = [r["resource"] for r in fit_rows]
+    used = [100.0 * r["estimate"] / r["capacity"] if r["capacity"] else 0.0 for r in fit_rows]
+    caps = [100.0 * r["cap"] / r["capacity"] if r["capacity"] else 0.0 for r in fit_rows]
+    colors = ["tab:green" if r["ok"] else "tab:red" for r in fit_rows]
+    ax.barh(names, used, color=colors)
+    ax.scatter(caps, names, marker="|", s=400, color="black", label="cap")
+    ax.set_xlim(0, max(100.0, *used) * 1.05)
+    ax.set_xlabel("% of the device")
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title("Estimated resources vs the board's caps", fontsize=9)
+    return _save(fig, path)
+
+
+def layer_resources_plot(layers: list[dict], path: Path) -> Path:
+    """LUT and BRAM18 per layer, and cycles per layer (the bottleneck sets the throughput)."""
+    names = [layer["name"] for layer in layers]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.35 * len(names) + 1.5), sharey=True)
+    for ax, key, title in zip(axes, ("lut", "bram18", "cycles"), ("LUT", "BRAM18", "cycles / image")):
+        ax.barh(names, [layer.get(key, 0) or 0 for layer in layers], color="tab:blue")
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0].invert_yaxis()
+    return _save(fig, path)
+
+
+def accuracy_size_plot(points: list[tuple[str, float, float]], path: Path) -> Path:
+    """Accuracy against MACs for each step of the flow (float, trimmed, quantized)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for label, macs, acc in points:
+        ax.scatter([macs / 1e6], [100 * acc], s=30)
+        ax.annotate(label, (macs / 1e6, 100 * acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("MMACs / image")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs size", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,72 @@
+"""The pipeline caches by a hash of its inputs, resumes after an interruption, and never reads a partial stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flow import FlowError
+from flow.pipeline import Pipeline, Stage
+
+
+def _counting_stages(calls: list[str], fail_in: str | None = None, a_config=1):
+    def make(name):
+        def run(ctx, cfg):
+            calls.append(name)
+            (ctx.out_dir / "out.txt").write_text(f"{name}:{cfg}")
+            if name == fail_in:
+                raise RuntimeError("boom")
+            upstream = {d: (p / "out.txt").read_text() for d, p in ctx.inputs.items()}
+            return {"cfg": cfg, "upstream": upstream}
+        return run
+
+    return [Stage("a", make("a"), a_config), Stage("b", make("b"), 2, deps=("a",)),
+            Stage("c", make("c"), 3, deps=("b",))]
+
+
+def test_second_run_is_cached(tmp_path):
+    calls: list[str] = []
+    Pipeline(tmp_path, _counting_stages(calls)).run()
+    assert calls == ["a", "b", "c"]
+    results = Pipeline(tmp_path, _counting_stages(calls)).run()
+    assert calls == ["a", "b", "c"]
+    assert all(r.cached for r in results.values())
+    assert results["c"].summary["upstream"] == {"b": "b:2"}
+
+
+def test_config_change_reruns_that_stage_and_downstream(tmp_path):
+    calls: list[str] = []
+    Pipeline(tmp_path, _counting_stages(calls)).run()
+    calls.clear()
+    Pipeline(tmp_path, _counting_stages(calls, a_config=5)).run()
+    assert calls == ["a", "b", "c"]
+    assert (tmp_path / "a" / "out.txt").read_text() == "a:5"
+
+
+def test_interrupted_stage_leaves_no_output_and_resumes(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(RuntimeError):
+        Pipeline(tmp_path, _counting_stages(calls, fail_in="b")).run()
+    assert (tmp_path / "a" / "stage.json").exists()
+    assert not (tmp_path / "b").exists()  # the half-written directory never appears under its name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]
+    calls.clear()
+    Pipeline(tmp_path, _counting_stages(calls)).run()
+    assert calls == ["b", "c"]
+
+
+def test_until_and_force(tmp_path):
+    calls: list[str] = []
+    Pipeline(tmp_path, _counting_stages(calls)).run(until="b")
+    assert calls == ["a", "b"]
+    calls.clear()
+    Pipeline(tmp_path, _counting_stages(calls)).run(force=["b"])
+    assert calls == ["b", "c"]
+    record = json.loads((tmp_path / "b" / "stage.json").read_text())
+    assert record["summary"]["cfg"] == 2 and record["seconds"] >= 0
+
+
+def test_unknown_stage_is_a_clear_error(tmp_path):
+    with pytest.raises(FlowError, match="unknown stage 'x'"):
+        Pipeline(tmp_path, _counting_stages([])).run(until="x")
