@@ -20,7 +20,7 @@ class PretrainConfig:
     model: str = "cnv"
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: str = "fashion-mnist"
-    train: TrainConfig = TrainConfig(epochs=12, lr=0.05, batch_size=128)
+    train: TrainConfig = TrainConfig(epochs=15, lr=0.05, batch_size=128)
 
 
 def pretrain(cfg: PretrainConfig, out: str | os.PathLike, data_dir: str | None = None) -> dict:
