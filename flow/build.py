@@ -16,12 +16,12 @@ import torch
 from rich.console import Console
 
 from flow import FlowError
-from flow.artifacts import atomic_path, file_digest, write_json
+from flow.artifacts import atomic_path, file_digest, read_json
 from flow.boards import Board, load_board
 from flow.config import FlowConfig
 from flow.data import ImageSet, load_dataset, subset
 from flow.models import load_checkpoint, save_checkpoint
-from flow.pipeline import Pipeline, Stage, StageContext
+from flow.pipeline import STAGE_FILE, Pipeline, Stage, StageContext
 from flow.train import evaluate, train
 
 CHECKPOINT = "model.pt"
@@ -114,8 +114,8 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
 
     def report(ctx: StageContext, _cfg) -> dict:
         from flow.report import write_report
-        summaries = dict(ctx.summaries)
-        paths = write_report(summaries, board, cfg, ctx.out_dir)
+        seconds = {n: read_json(d / STAGE_FILE)["seconds"] for n, d in ctx.inputs.items()}
+        paths = write_report(dict(ctx.summaries), board, cfg, ctx.out_dir, seconds)
         return {"files": sorted(p.name for p in paths)}
 
     board_salt = dataclasses.asdict(board)
