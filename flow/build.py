@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
 
-from flow import FlowError
+from flow import FlowError, __version__
 from flow.artifacts import atomic_path, file_digest, read_json
 from flow.boards import Board, load_board
 from flow.config import FlowConfig
@@ -52,13 +53,20 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _bits_label(q) -> str:
+    return (f"W{q.weight_bits}A{q.act_bits}, input {q.input_bits}-bit, first/last layer weights "
+            f"{q.first_layer_weight_bits}/{q.last_layer_weight_bits}-bit")
+
+
 def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | None = None) -> Pipeline:
     data = _Data(cfg)
     model_path = Path(cfg.model)
     if not model_path.exists():
         raise FlowError(f"model checkpoint {model_path} does not exist; run `make pretrain` to create the default "
                         "or set `model:` in your config")
-    source = {"model": file_digest(model_path), "dataset": cfg.dataset, "eval_images": cfg.eval_images}
+    # The package version is part of every key so that a release with changed stage code never reuses old outputs.
+    source = {"model": file_digest(model_path), "dataset": cfg.dataset, "eval_images": cfg.eval_images,
+              "trimflow": __version__}
 
     def relevance(ctx: StageContext, rcfg) -> dict:
         from flow.relevance import compute_relevance
@@ -68,7 +76,8 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         return {"float_accuracy": evaluate(model, data.test), "params": _params(model),
                 "layers": scores.summary() if hasattr(scores, "summary") else {}}
 
-    def trim(ctx: StageContext, tcfg) -> dict:
+    def trim(ctx: StageContext, config) -> dict:
+        tcfg, finetune = config
         from flow.relevance import RelevanceScores
         from flow.trim import trim_model
         model, payload = load_checkpoint(model_path)
@@ -76,7 +85,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         trimmed, report = trim_model(model, scores, tcfg, calib=subset(data.train, cfg.relevance.images,
                                                                          cfg.relevance.seed))
         acc_trimmed = evaluate(trimmed, data.test)
-        history = train(trimmed, data.train, cfg.finetune, teacher=model, desc="fine-tune trimmed")
+        history = train(trimmed, data.train, finetune, teacher=model, desc="fine-tune trimmed")
         save_checkpoint(ctx.out_dir / CHECKPOINT, trimmed, payload["arch"], trimmed=True,
                         meta={"source": str(model_path), "trim": report})
         return {"report": report, "accuracy_before_finetune": acc_trimmed,
@@ -84,18 +93,21 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
                 "finetune_seconds": history["seconds"]}
 
     def quantize(ctx: StageContext, qcfg) -> dict:
-        from flow.quantize import quantize_model, save_quant_checkpoint
+        from flow.quantize import float_shapes, quantize_model, save_quant_checkpoint
         float_model, payload = load_checkpoint(ctx.input("trim", CHECKPOINT))
-        qmodel, info = quantize_model(float_model, data.train, qcfg, teacher=float_model)
-        save_quant_checkpoint(ctx.out_dir / CHECKPOINT, qmodel, payload, qcfg)
-        return {"accuracy": evaluate(qmodel, data.test), **info}
+        start = time.perf_counter()
+        qmodel = quantize_model(float_model, data.train, qcfg, teacher=float_model)
+        seconds = time.perf_counter() - start
+        save_quant_checkpoint(ctx.out_dir / CHECKPOINT, qmodel, payload["arch"], float_shapes(float_model), qcfg)
+        return {"accuracy": evaluate(qmodel, data.test), "bits_label": _bits_label(qcfg),
+                "qat_seconds": seconds, "qat_epochs": qcfg.train.epochs}
 
     def export(ctx: StageContext, ecfg) -> dict:
         from flow.export import export_qonnx, verify_qonnx
         from flow.quantize import load_quant_checkpoint
         qmodel = load_quant_checkpoint(ctx.input("quantize", CHECKPOINT))
         onnx_path = ctx.out_dir / "model.qonnx.onnx"
-        export_qonnx(qmodel, (1, *data.test.shape), onnx_path)
+        export_qonnx(qmodel, data.test.shape, onnx_path)
         check = verify_qonnx(onnx_path, qmodel, subset(data.test, ecfg.verify_images, seed=1))
         return {"qonnx": "model.qonnx.onnx", "verify": check}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 import sys
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def _flow_config(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Brevitas warns on import about an optional CUDA kernel package that CPU-only users never need.
+    warnings.filterwarnings("ignore", message="fast_hadamard_transform")
     console = Console(stderr=True)
     try:
         if args.command == "boards":

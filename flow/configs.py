@@ -29,11 +29,23 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise FlowError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    kwargs = {k: _convert(hints[k], _with_default(fields[k], v), f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise FlowError(f"{where}: {e}") from None
+
+
+def _with_default(field: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a nested config overrides that field's own default, not the nested class's."""
+    if not isinstance(value, dict):
+        return value
+    default = field.default
+    if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = field.default_factory()  # type: ignore[misc]
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return merge(to_dict(default), value)
+    return value
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -84,7 +84,8 @@ def train(model: nn.Module, data: ImageSet, cfg: TrainConfig, teacher: nn.Module
     start = time.perf_counter()
     step = 0
     model.train()
-    bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+               mininterval=1.0)
     while step < total_steps:
         running, seen = 0.0, 0
         for x, y in loader:

@@ -27,6 +27,15 @@ def test_nested_values_and_coercion():
     assert cfg == Outer(Inner(2), 1.0, (3, 4))
 
 
+@dataclasses.dataclass(frozen=True)
+class WithTunedDefault:
+    inner: Inner = Inner(bits=8, name="tuned")
+
+
+def test_partial_override_keeps_the_fields_own_default():
+    assert from_dict(WithTunedDefault, {"inner": {"bits": 2}}).inner == Inner(2, "tuned")
+
+
 def test_unknown_key_names_the_path():
     with pytest.raises(FlowError, match=r"config\.inner: unknown key\(s\) bitz"):
         from_dict(Outer, {"inner": {"bitz": 2}})

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from flow import FlowError
-from flow.artifacts import atomic_path
+from flow.artifacts import atomic_path, to_jsonable
 from flow.models.registry import build_model
 
 FORMAT = "trimflow-checkpoint/1"
@@ -23,7 +23,8 @@ FORMAT = "trimflow-checkpoint/1"
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: dict[str, Any],
                     meta: dict[str, Any] | None = None, trimmed: bool = False) -> None:
-    payload = {"format": FORMAT, "arch": arch, "trimmed": trimmed, "meta": meta or {},
+    # Plain JSON-like metadata only: checkpoints are read with weights_only=True, which refuses our classes.
+    payload = {"format": FORMAT, "arch": to_jsonable(arch), "trimmed": trimmed, "meta": to_jsonable(meta or {}),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
