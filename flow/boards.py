@@ -1,0 +1,240 @@
+"""Target boards (boards/*.yaml) and the check that a compiled design fits one.
+
+FINN's folding never checks a design against the board (finn.util.platforms has capacities but the builder does
+not use them), so trimflow does it here, with FINN's guideline utilisation limits as default caps: a design above
+them may still place, but timing closure gets unlikely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from flow import FlowError
+
+BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
+RESOURCES = ("LUT", "FF", "BRAM18", "URAM", "DSP")
+SHELL_FLOWS = ("vivado_zynq", "ip_only")
+# Xilinx's guideline limits, as in finn.util.platforms.DEFAULT_RES_LIMITS.
+DEFAULT_CAPS = {"LUT": 0.70, "FF": 0.50, "BRAM18": 0.80, "URAM": 0.80, "DSP": 0.80}
+
+
+@dataclasses.dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    part: str
+    finn_board: str | None  # key of finn.util.basic.pynq_part_map; None → FINN's part-only flow
+    shell_flow: str  # "vivado_zynq" (FINN builds the Zynq shell) or "ip_only" (user integrates the IP)
+    clock_period_ns: float
+    axi_width_bits: int
+    capacity: dict[str, int]
+    shell_overhead: dict[str, int]  # estimate for the DMA/interconnect around the dataflow IP
+    caps: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_CAPS))
+    source: str = ""  # the YAML file it came from
+
+    def __post_init__(self) -> None:
+        where = self.source or f"board {self.name!r}"
+        if not self.name or not self.part:
+            raise FlowError(f"{where}: 'name' and 'part' must be non-empty")
+        if self.shell_flow not in SHELL_FLOWS:
+            raise FlowError(f"{where}: shell_flow {self.shell_flow!r} is not one of {SHELL_FLOWS}")
+        if self.shell_flow == "vivado_zynq" and not self.finn_board:
+            raise FlowError(f"{where}: shell_flow vivado_zynq needs finn_board (FINN builds the shell per board)")
+        if not (isinstance(self.clock_period_ns, (int, float)) and 1.0 <= self.clock_period_ns <= 100.0):
+            raise FlowError(f"{where}: clock_period_ns must be a number in [1, 100], got {self.clock_period_ns!r}")
+        if self.axi_width_bits not in (32, 64, 128, 256, 512):
+            raise FlowError(f"{where}: axi_width_bits must be 32/64/128/256/512, got {self.axi_width_bits!r}")
+        for field, table, kind in (
+            ("capacity", self.capacity, int),
+            ("shell_overhead", self.shell_overhead, int),
+            ("caps", self.caps, float),
+        ):
+            if not isinstance(table, Mapping) or set(table) != set(RESOURCES):
+                got = sorted(table) if isinstance(table, Mapping) else table
+                raise FlowError(f"{where}: '{field}' must have exactly the keys {list(RESOURCES)}, got {got}")
+            for r, v in table.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (kind is int and v != int(v)):
+                    raise FlowError(f"{where}: {field}.{r} must be a non-negative {kind.__name__}, got {v!r}")
+                if field == "caps" and v > 1.0:
+                    raise FlowError(f"{where}: caps.{r} is a fraction of the capacity (0–1), got {v!r}")
+        if self.capacity["LUT"] == 0:
+            raise FlowError(f"{where}: capacity.LUT must be positive")
+
+    @property
+    def clock_mhz(self) -> float:
+        return 1000.0 / self.clock_period_ns
+
+    def limit(self, resource: str) -> int:
+        """The largest usable count of `resource` under the utilisation cap."""
+        return math.floor(self.capacity[resource] * self.caps[resource])
+
+
+def list_boards() -> list[str]:
+    return sorted(p.stem for p in BOARDS_DIR.glob("*.yaml"))
+
+
+def load_board(name: str | Path) -> Board:
+    """Load a board by name (boards/<name>.yaml) or from a YAML file path."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = BOARDS_DIR / f"{name}.yaml"
+        if not path.is_file():
+            raise FlowError(f"unknown board {str(name)!r}; valid boards: {', '.join(list_boards())}")
+    elif not path.is_file():
+        raise FlowError(f"board file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise FlowError(f"board file {path}: invalid YAML: {e}") from None
+    return board_from_dict(data, source=str(path))
+
+
+def board_from_dict(data: Any, source: str = "board") -> Board:
+    if not isinstance(data, dict):
+        raise FlowError(f"{source}: expected a mapping of board fields")
+    fields = {f.name for f in dataclasses.fields(Board)} - {"source"}
+    required = fields - {"caps", "finn_board"}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise FlowError(f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise FlowError(f"{source}: missing field(s) {', '.join(missing)}")
+    kwargs = dict(data)
+    # Caps may name only the resources they change; the rest keep FINN's guideline limits.
+    caps = kwargs.pop("caps", None) or {}
+    if not isinstance(caps, dict):
+        raise FlowError(f"{source}: 'caps' must be a mapping of resource → fraction")
+    kwargs["caps"] = {**DEFAULT_CAPS, **caps}
+    kwargs.setdefault("finn_board", None)
+    try:
+        return Board(**kwargs, source=source)
+    except TypeError as e:
+        raise FlowError(f"{source}: {e}") from None
+
+
+def format_boards_table(boards: Iterable[Board] | None = None) -> str:
+    """A plain-text table of the boards for `trimflow boards`."""
+    boards = list(boards) if boards is not None else [load_board(n) for n in list_boards()]
+    header = ("board", "part", "FINN board", "MHz", "LUT", "FF", "BRAM18", "DSP", "URAM")
+    rows = [
+        (
+            b.name,
+            b.part,
+            b.finn_board or "- (part only)",
+            f"{b.clock_mhz:.0f}",
+            *(f"{b.capacity[r]:,}" for r in ("LUT", "FF", "BRAM18", "DSP", "URAM")),
+        )
+        for b in boards
+    ]
+    return _table(header, rows, left=(0, 1, 2))
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: tuple[int, ...] = (0,)) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    def line(cells: Iterable[str]) -> str:
+        cells = [str(c).ljust(w) if i in left else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(cells)
+
+    return "\n".join([line(header), line("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceFit:
+    resource: str
+    dataflow: float | None  # FINN's estimate for the dataflow partition; None: not estimated (FINN has no FF model)
+    shell: int  # the board's shell overhead estimate
+    estimate: float  # dataflow + shell
+    cap: int  # usable count under the utilisation cap
+    capacity: int
+    percent: float  # estimate as % of capacity
+    ok: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class FitReport:
+    board: str
+    rows: tuple[ResourceFit, ...]
+    largest_layers: tuple[tuple[str, dict[str, float]], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    @property
+    def over(self) -> list[str]:
+        return [r.resource for r in self.rows if not r.ok]
+
+    def table(self) -> str:
+        header = ("resource", "dataflow", "shell", "estimate", "cap", "capacity", "%", "")
+        rows = [
+            (
+                r.resource,
+                "n/a" if r.dataflow is None else f"{r.dataflow:,.0f}",
+                f"{r.shell:,}",
+                f"{r.estimate:,.0f}",
+                f"{r.cap:,}",
+                f"{r.capacity:,}",
+                f"{r.percent:.1f}",
+                "ok" if r.ok else "OVER",
+            )
+            for r in self.rows
+        ]
+        return _table(header, rows)
+
+
+class BoardFitError(FlowError):
+    def __init__(self, report: FitReport):
+        self.report = report
+        lines = [f"design does not fit board {report.board} (over: {', '.join(report.over)}):", report.table()]
+        if report.largest_layers:
+            lines.append("largest layers:")
+            keys = [r for r in report.over if r != "FF"] or ["LUT"]  # FINN estimates no FF per layer
+            for name, res in report.largest_layers:
+                lines.append(f"  {name}: " + ", ".join(f"{k} {res.get(k, 0):,.0f}" for k in keys))
+        lines.append(
+            "Fold the layers more (lower target_fps, or compile.folding: optimize), trim more kernels, "
+            "or pick a larger board."
+        )
+        super().__init__("\n".join(lines))
+
+
+def check_fit(
+    resources: Mapping[str, float],
+    board: Board,
+    layers: Mapping[str, Mapping[str, float]] | None = None,
+    n_largest: int = 5,
+) -> FitReport:
+    """Check dataflow resource estimates (+ the board's shell overhead) against the board's utilisation caps.
+
+    `resources` maps resource names (RESOURCES) to the dataflow partition's estimate; a missing one is "not
+    estimated" (shown as n/a, checked with the shell overhead only).
+    `layers` (name → resources) is only used to name the largest layers in the report.
+    """
+    unknown = sorted(set(resources) - set(RESOURCES))
+    if unknown:
+        raise FlowError(f"check_fit: unknown resource(s) {unknown}; expected some of {list(RESOURCES)}")
+    rows = []
+    for r in RESOURCES:
+        dataflow = float(resources[r]) if r in resources else None
+        shell = board.shell_overhead[r]
+        est = (dataflow or 0.0) + shell
+        cap, capacity = board.limit(r), board.capacity[r]
+        pct = 100.0 * est / capacity if capacity else (0.0 if est == 0 else math.inf)
+        rows.append(ResourceFit(r, dataflow, shell, est, cap, capacity, pct, est <= cap))
+    largest: list[tuple[str, dict[str, float]]] = []
+    if layers:
+        over = [row.resource for row in rows if not row.ok] or ["LUT"]
+
+        def share(item: tuple[str, Mapping[str, float]]) -> float:
+            # rank by the largest fraction of capacity the layer takes among the overflowing resources
+            return max(float(item[1].get(r, 0)) / max(board.capacity[r], 1) for r in over)
+
+        ranked = sorted(layers.items(), key=share, reverse=True)[:n_largest]
+        largest = [(n, {k: float(v) for k, v in res.items()}) for n, res in ranked]
+    return FitReport(board.name, tuple(rows), tuple(largest))

@@ -1,0 +1,668 @@
+"""Compile a QONNX model into FINN dataflow layers for a board: estimates, generated RTL, fit check, verification.
+
+The hardware partition is meant to be all-RTL, so that it can be simulated with Verilator and synthesised without
+Vitis HLS. Three graph edits, run as custom builder steps, get it there:
+- the input becomes raw integer pixels (`x / input_divisor` is moved into the first thresholds by streamlining),
+  so the accelerator never sees floats;
+- the float scale/bias after the last MatMul (the "tail") is cut off after streamlining and recorded, so the host
+  applies it instead of an ElementwiseMul_hls/ElementwiseAdd_hls;
+- every HW node prefers its RTL implementation when FINN specialises layers.
+(Plus one FINN ordering fix: thresholds are clipped to their input range right after streamlining.)
+
+Outputs in out_dir: compile.json (CompileResult), hw_model.onnx (specialised HW layers with generated code under
+codegen/), dataflow_parent.onnx (host head + partition), finn/ (FINN's log, reports, intermediate models) and, for
+folding="optimize", folding.json. After moving out_dir, call relocate_compile_dir(out_dir) before using them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from flow import FlowError
+from flow.artifacts import atomic_dir, write_json
+from flow.boards import Board, BoardFitError, FitReport, check_fit
+from flow.finn.adapter import finn_session
+from flow.finn.reports import EstimateReport, parse_estimates
+
+HW_MODEL = "hw_model.onnx"  # the specialised dataflow partition, code generated (for simulation)
+PARENT_MODEL = "dataflow_parent.onnx"  # host-side head + the partition node
+RESULT_FILE = "compile.json"
+FINN_DIR = "finn"  # FINN's own output_dir (log, report/, intermediate_models/)
+CODEGEN_DIR = "codegen"  # FINN_BUILD_DIR: generated code of each node
+FOLDING_FILE = "folding.json"  # the optimiser's plan (folding == "optimize")
+SEARCH_DIR = "folding_search"  # the fully folded build the optimiser starts from (removed afterwards)
+TAIL_OPS = ("Mul", "Add", "Sub", "Div")
+_COMMUTATIVE = ("Mul", "Add")
+# Host-side head ops that only change the layout of the input (FINN's streams are NHWC).
+_LAYOUT_OPS = ("Transpose", "Reshape")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileConfig:
+    target_fps: float | None = None  # FINN's folding heuristic aims for this; None → fully folded (PE=SIMD=1)
+    # "auto": FINN's heuristic for target_fps; "optimize": the fastest folding within the board's caps
+    # (flow.finn.folding); or a path to a FINN folding-config JSON
+    folding: str = "auto"
+    max_simd: dict[str, int] | None = None  # "optimize" only: SIMD cap per op type, e.g. {"MVAU": 1}
+    mvau_wwidth_max: int = 36  # FINN's cap on an MVAU's weight-stream width (SIMD·PE·weight bits)
+    prefer: str = "rtl"  # "rtl" or "hls": implementation style preferred when FINN specialises layers
+    require_rtl: bool = False  # raise if any HW node ends up as _hls
+    input_divisor: float = 255.0  # the float model input is raw_pixels / input_divisor
+    generate_code: bool = True  # PrepareIP: RTL of _rtl nodes, C++ of _hls nodes (no Vivado needed)
+    verify: bool = True  # compare FINN's python execution with QONNX execution on real images
+    verify_images: int = 16
+    verify_dataset: str = "fashion-mnist"  # test split, used when compile_model gets no images
+    fail_if_not_fit: bool = True  # raise BoardFitError (after writing compile.json) when over the board's caps
+
+    def __post_init__(self) -> None:
+        if self.target_fps is not None and not (isinstance(self.target_fps, (int, float)) and self.target_fps > 0):
+            raise FlowError(f"compile.target_fps must be a positive number or null, got {self.target_fps!r}")
+        if self.folding not in ("auto", "optimize"):
+            if not str(self.folding).endswith(".json"):
+                raise FlowError(
+                    f"compile.folding must be 'auto', 'optimize' or a path to a folding JSON, got {self.folding!r}"
+                )
+            if not Path(self.folding).is_file():
+                raise FlowError(f"compile.folding: folding config {self.folding} does not exist")
+        if self.max_simd is not None and not (
+            isinstance(self.max_simd, dict)
+            and all(isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in self.max_simd.items())
+        ):
+            raise FlowError(f"compile.max_simd must map op types to positive integers, got {self.max_simd!r}")
+        if not (isinstance(self.mvau_wwidth_max, int) and self.mvau_wwidth_max >= 1):
+            raise FlowError(f"compile.mvau_wwidth_max must be a positive integer, got {self.mvau_wwidth_max!r}")
+        if self.prefer not in ("rtl", "hls"):
+            raise FlowError(f"compile.prefer must be 'rtl' or 'hls', got {self.prefer!r}")
+        if not (isinstance(self.input_divisor, (int, float)) and self.input_divisor > 0):
+            raise FlowError(f"compile.input_divisor must be positive, got {self.input_divisor!r}")
+        if not (isinstance(self.verify_images, int) and self.verify_images >= 1):
+            raise FlowError(f"compile.verify_images must be a positive integer, got {self.verify_images!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: list[int]
+    datatype: str  # FINN/QONNX datatype name, e.g. UINT8, INT12
+    layout: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class HostOp:
+    """One elementwise op the host applies: y = x <op> const (or const <op> x when const_first)."""
+
+    op: str
+    const: list  # nested lists, broadcast against x
+    const_first: bool = False
+    perm: list[int] | None = None  # for Transpose head ops
+    shape: list[int] | None = None  # for Reshape head ops
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    n_images: int
+    streamlined_max_abs_diff: float  # FINN streamlined model vs QONNX
+    streamlined_mismatches: int  # images outside tolerance
+    hw_max_abs_diff: float  # HW-layer model (python exec) + host tail vs QONNX
+    hw_mismatches: int
+    argmax_agreement: float  # fraction of images where the HW-layer model's class equals QONNX's
+    tolerance: float
+    ok: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileResult:
+    board: str
+    part: str
+    clock_period_ns: float
+    fps: float  # at the board clock: clock / slowest layer's cycles
+    latency_us: float  # FINN's critical-path cycles at the board clock
+    max_cycles: int
+    bottleneck: str
+    layers: list[dict[str, Any]]
+    totals: dict[str, float]  # the layers of the dataflow partition (FINN's estimate; no FF)
+    # Width converters FINN inserts later between layers whose stream widths differ (count + resources); the fit
+    # check counts them on top of `totals`.
+    width_converters: dict[str, float]
+    fit: dict[str, Any]  # FitReport incl. shell overhead
+    fits: bool
+    node_types: list[str]
+    hls_nodes: list[str]  # nodes FINN could only implement in HLS
+    all_rtl: bool
+    accel_input: TensorInfo
+    accel_output: TensorInfo
+    host_head: list[HostOp]  # applied to the float model input before the accelerator (layout only)
+    host_tail: list[HostOp]  # applied to the accelerator output to get the model's float output
+    verification: Verification | None
+    folding_plan: dict[str, Any] | None  # the optimiser's plan when folding == "optimize"
+    files: dict[str, str]  # relative to out_dir
+    built_in: str  # absolute out_dir the FINN paths inside point to; see relocate_compile_dir
+    config: dict[str, Any]
+    wall_s: float
+    finn_step_s: dict[str, float]
+
+
+# ---------------------------------------------------------------- graph edits (run as builder steps)
+
+
+def _integer_input(model: Any, divisor: float) -> Any:
+    """Make the model take raw integer pixels: insert `x / divisor` and annotate the input UINT8."""
+    from onnx import helper
+    from qonnx.core.datatype import DataType
+
+    inp = model.graph.input[0].name
+    if model.get_tensor_datatype(inp) != DataType["FLOAT32"]:
+        return model  # the exporter already declared an integer input
+    scaled = model.make_new_valueinfo_name()
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == inp:
+                node.input[i] = scaled
+    div_const = model.make_new_valueinfo_name()
+    model.set_initializer(div_const, np.asarray(divisor, dtype=np.float32))
+    model.graph.node.insert(0, helper.make_node("Div", [inp, div_const], [scaled], name="trimflow_input_div"))
+    model.set_tensor_datatype(inp, DataType["UINT8"])
+    return model
+
+
+def _detach_tail(model: Any) -> tuple[Any, list[HostOp]]:
+    """Cut the chain of elementwise-with-constant ops that ends at the graph output; return them in order."""
+    from onnx import helper
+
+    tail: list[HostOp] = []
+    while True:
+        out = model.graph.output[0]
+        node = model.find_producer(out.name)
+        if node is None or node.op_type not in TAIL_OPS or len(node.input) != 2:
+            break
+        consts = [model.get_initializer(i) for i in node.input]
+        if sum(c is not None for c in consts) != 1:
+            break
+        const_first = consts[0] is not None
+        if const_first and node.op_type not in _COMMUTATIVE:
+            tail.insert(0, HostOp(node.op_type, np.asarray(consts[0]).tolist(), const_first=True))
+        else:
+            tail.insert(0, HostOp(node.op_type, np.asarray(consts[0] if const_first else consts[1]).tolist()))
+        dyn = node.input[1] if const_first else node.input[0]
+        shape = model.get_tensor_shape(dyn)
+        model.graph.node.remove(node)
+        for vi in list(model.graph.value_info):
+            if vi.name == dyn:
+                model.graph.value_info.remove(vi)
+        model.graph.output.remove(out)
+        model.graph.output.append(helper.make_tensor_value_info(dyn, out.type.tensor_type.elem_type, shape))
+    return model, tail
+
+
+def apply_host_ops(ops: Sequence[HostOp | dict], x: np.ndarray) -> np.ndarray:
+    """Apply recorded host-side ops (a CompileResult's host_head or host_tail) to `x`."""
+    for op in ops:
+        op = op if isinstance(op, HostOp) else HostOp(**op)
+        if op.op == "Transpose":
+            x = np.transpose(x, op.perm)
+            continue
+        if op.op == "Reshape":
+            x = np.reshape(x, op.shape)
+            continue
+        c = np.asarray(op.const, dtype=np.float32)
+        a, b = (c, x) if op.const_first else (x, c)
+        x = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}[op.op](a, b)
+    return np.asarray(x, dtype=np.float32)
+
+
+def _prefer_impl(model: Any, style: str) -> Any:
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if node.domain.startswith("finn.custom_op.fpgadataflow"):
+            inst = getCustomOp(node)
+            if "preferred_impl_style" in inst.get_nodeattr_types():
+                inst.set_nodeattr("preferred_impl_style", style)
+    return model
+
+
+# ---------------------------------------------------------------- build
+
+
+class _StepTracker:
+    """Wraps builder steps to learn which one failed and with what; FINN's builder only logs it."""
+
+    def __init__(self) -> None:
+        self.step: str | None = None
+        self.error: BaseException | None = None
+        self.trace: str = ""
+
+    def wrap(self, fn: Callable) -> Callable:
+        from finn.util.exception import FINNUserError
+
+        def step(model: Any, cfg: Any) -> Any:
+            self.step = fn.__name__
+            try:
+                return fn(model, cfg)
+            except Exception as e:
+                self.error, self.trace = e, traceback.format_exc()
+                logging.getLogger("build_dataflow").info("trimflow: step %s failed:\n%s", fn.__name__, self.trace)
+                # A FINNUserError makes the builder log one line instead of printing a traceback to the console.
+                raise FINNUserError(f"{fn.__name__}: {type(e).__name__}: {e}") from e
+
+        step.__name__ = fn.__name__
+        return step
+
+
+def _named(name: str, fn: Callable) -> Callable:
+    fn.__name__ = name
+    return fn
+
+
+def _run_builder(
+    qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path, kept: Path, tail: list[HostOp], sub: str = ""
+) -> Path:
+    """Run FINN in `tmp` (or `tmp/sub`); return the path of FINN's output dir. On failure `tmp` is kept as `kept`."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    finn_out = tmp / sub / FINN_DIR
+    with finn_session(tmp / sub / CODEGEN_DIR) as fb:
+        from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+
+        try:
+            model = _integer_input(ModelWrapper(str(qonnx_path)), cfg.input_divisor)
+        except Exception as e:
+            raise FlowError(f"cannot read QONNX model {qonnx_path}: {type(e).__name__}: {e}") from None
+        input_model = tmp / sub / "input_model.onnx"
+        model.save(str(input_model))
+
+        def detach(model: Any, _cfg: Any) -> Any:
+            model, ops = _detach_tail(model)
+            tail.extend(ops)
+            return model
+
+        steps: list[Callable] = []
+        for name in fb.estimate_only_dataflow_steps:
+            if name == "step_specialize_layers":
+                steps.append(_named("step_trimflow_prefer_impl", lambda m, c: _prefer_impl(m, cfg.prefer)))
+            steps.append(getattr(fb.steps, name))
+            if name == "step_streamline":
+                steps.append(_named("step_trimflow_detach_tail", detach))
+                # FINN clips thresholds to the input range only after it has already asserted, for unsigned
+                # inputs, that they are non-negative (minimize_bit_width); an input quantizer that is signed
+                # while the raw pixels are UINT8 trips that assertion, so clip right after streamlining.
+                steps.append(
+                    _named("step_trimflow_round_thresholds", lambda m, c: m.transform(RoundAndClipThresholds()))
+                )
+        if cfg.generate_code:
+            steps.append(fb.steps.step_hw_codegen)
+        tracker = _StepTracker()
+        build_cfg = fb.DataflowBuildConfig(
+            output_dir=str(finn_out),
+            synth_clk_period_ns=float(board.clock_period_ns),
+            board=board.finn_board,
+            fpga_part=board.part,
+            shell_flow_type=fb.ShellFlowType.VIVADO_ZYNQ,
+            steps=[tracker.wrap(s) for s in steps],
+            generate_outputs=[fb.DataflowOutputType.ESTIMATE_REPORTS],
+            target_fps=None if cfg.folding != "auto" or cfg.target_fps is None else int(cfg.target_fps),
+            folding_config_file=None if cfg.folding == "auto" else str(Path(cfg.folding).resolve()),
+            mvau_wwidth_max=cfg.mvau_wwidth_max,
+            # Standalone thresholds are what lets FINN pick MVAU_rtl (it cannot fuse thresholds into RTL MVAUs).
+            standalone_thresholds=True,
+            save_intermediate_models=True,
+        )
+        log_path = finn_out / "build_dataflow.log"
+        try:
+            rc = fb.build_dataflow_cfg(str(input_model), build_cfg)
+        except Exception as e:  # under pytest the builder re-raises instead of returning an exit code
+            if tracker.error is None:
+                tracker.error, tracker.trace = e, traceback.format_exc()
+            rc = -1
+        if rc != 0:
+            err = tracker.error
+            what = f"{type(err).__name__}: {err}" if err is not None else "see the log"
+            raise FlowError(
+                f"FINN compile for board {board.name} failed in step {tracker.step or '?'}: {what}\n"
+                f"FINN log: {kept / log_path.relative_to(tmp)}"
+            )
+    return finn_out
+
+
+def _failed_dir(out_dir: Path) -> Path:
+    """Where a failed build is kept (the error message points at its log)."""
+    return out_dir.parent / f"{out_dir.name}.failed"
+
+
+def _rewrite_paths(root: Path, old: str, new: str) -> None:
+    """Rewrite absolute paths `old…` to `new…` in every file under `root` (FINN bakes them into node attributes
+    and generated sources, e.g. a memstream's INIT_FILE)."""
+    import onnx
+
+    for path in root.rglob("*"):
+        if not path.is_file() or path.stat().st_size > 64 << 20:
+            continue
+        data = path.read_bytes()
+        if old.encode() not in data:
+            continue
+        if path.suffix == ".onnx":  # protobuf strings are length-prefixed: edit them through onnx
+            model = onnx.load(str(path), load_external_data=False)
+            for node in _all_nodes(model.graph):
+                for a in node.attribute:
+                    if a.type == onnx.AttributeProto.STRING and old.encode() in a.s:
+                        a.s = a.s.replace(old.encode(), new.encode())
+            onnx.save(model, str(path))
+        else:
+            path.write_bytes(data.replace(old.encode(), new.encode()))
+
+
+def relocate_compile_dir(out_dir: str | os.PathLike) -> Path:
+    """Make a compile output dir usable where it is now, after it was moved (e.g. renamed into place by the
+    pipeline): FINN's absolute paths in hw_model.onnx and the generated code are rewritten to the current location.
+    Idempotent and cheap when nothing moved; call it before using hw_model.onnx. Returns the resolved dir."""
+    from flow.artifacts import read_json
+
+    out_dir = Path(out_dir).resolve()
+    result_file = out_dir / RESULT_FILE
+    if not result_file.is_file():
+        raise FlowError(f"{out_dir} is not a compile output ({RESULT_FILE} missing); run the compile stage")
+    data = read_json(result_file)
+    built_in = data.get("built_in", "")
+    if built_in and built_in != str(out_dir):
+        _rewrite_paths(out_dir, built_in, str(out_dir))
+        data["built_in"] = str(out_dir)
+        write_json(result_file, data)  # last, so an interrupted relocation is simply redone
+    return out_dir
+
+
+def _all_nodes(graph: Any) -> list:
+    nodes = []
+    for n in graph.node:
+        nodes.append(n)
+        for a in n.attribute:
+            if a.g is not None and len(a.g.node):
+                nodes.extend(_all_nodes(a.g))
+    return nodes
+
+
+def _tensor_info(model: Any, name: str, layout: str = "") -> TensorInfo:
+    shape = [int(d) for d in model.get_tensor_shape(name)]
+    return TensorInfo(name, shape, model.get_tensor_datatype(name).name, layout)
+
+
+def _host_head(parent: Any) -> list[HostOp]:
+    """The parent model's nodes before the dataflow partition; only layout changes are allowed there."""
+    head, outside = [], []
+    for node in parent.graph.node:
+        if node.op_type == "StreamingDataflowPartition":
+            continue
+        if node.op_type == "Transpose":
+            perm = [a.ints for a in node.attribute if a.name == "perm"][0]
+            head.append(HostOp("Transpose", [], perm=list(perm)))
+        elif node.op_type == "Reshape":
+            head.append(HostOp("Reshape", [], shape=[int(v) for v in parent.get_initializer(node.input[1])]))
+        else:
+            outside.append(f"{node.name} ({node.op_type})")
+    partitions = parent.get_nodes_by_op_type("StreamingDataflowPartition")
+    if outside or len(partitions) != 1:
+        raise FlowError(
+            f"FINN could not put the whole network into one dataflow partition ({len(partitions)} partitions); "
+            f"nodes left outside: {', '.join(outside) or 'none'}. Replace those layers with ones FINN supports "
+            "(conv/linear with quantized weights, quantized ReLU, strided conv instead of pooling)."
+        )
+    return head
+
+
+def compile_model(
+    qonnx_path: str | os.PathLike,
+    board: Board,
+    cfg: CompileConfig,
+    out_dir: str | os.PathLike,
+    verify_images: Any = None,
+) -> CompileResult:
+    """Compile `qonnx_path` for `board` into `out_dir` (written atomically) and return the result.
+
+    `verify_images`: an ImageSet or uint8 images (N, C, H, W) for the verification (the first cfg.verify_images
+    are used); default: cfg.verify_images test images of cfg.verify_dataset.
+    Raises BoardFitError (with `.result`) after writing out_dir when the design does not fit.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    qonnx_path, out_dir = Path(qonnx_path), Path(out_dir)
+    if not qonnx_path.is_file():
+        raise FlowError(f"QONNX model {qonnx_path} does not exist; run the export stage first")
+    t0 = time.time()
+    failed = _failed_dir(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        tmp = tmp.resolve()
+        tail: list[HostOp] = []
+        try:
+            plan = None
+            if cfg.folding == "optimize":
+                plan = _plan_folding(qonnx_path, board, cfg, tmp, failed)
+                cfg_run = dataclasses.replace(cfg, folding=str(tmp / FOLDING_FILE))
+            else:
+                cfg_run = cfg
+            finn_out = _run_builder(qonnx_path, board, cfg_run, tmp, failed, tail)
+        except FlowError:
+            # keep the failed build (log, intermediate models) where the error message points
+            shutil.rmtree(failed, ignore_errors=True)
+            shutil.move(str(tmp), failed)
+            raise
+        inter = finn_out / "intermediate_models"
+        final_steps = ("step_hw_codegen",) if cfg.generate_code else ()
+        final_steps += ("step_generate_estimate_reports",)
+        hw_src = next(inter / f"{s}.onnx" for s in final_steps if (inter / f"{s}.onnx").is_file())
+        shutil.copyfile(hw_src, tmp / HW_MODEL)
+        shutil.copyfile(inter / "dataflow_parent.onnx", tmp / PARENT_MODEL)
+        est = parse_estimates(finn_out / "report", tmp / HW_MODEL)
+        hw = ModelWrapper(str(tmp / HW_MODEL))
+        parent = ModelWrapper(str(tmp / PARENT_MODEL))
+        head = _host_head(parent)
+
+        verification = None
+        if cfg.verify:
+            arr = _verify_images(verify_images, cfg)
+            try:
+                verification = verify_streamlined(qonnx_path, finn_out, arr, cfg.input_divisor, tail)
+            except Exception as e:
+                raise FlowError(
+                    f"verification (FINN python execution vs QONNX) of {qonnx_path} crashed: {type(e).__name__}: {e}"
+                    "; set compile.verify=false to skip it"
+                ) from e
+        result = _result(board, cfg, est, hw, head, tail, verification, plan, t0, finn_out, out_dir)
+        write_json(tmp / RESULT_FILE, result)
+        _rewrite_paths(tmp, str(tmp), str(out_dir.resolve()))
+    if not result.fits and cfg.fail_if_not_fit:
+        err = BoardFitError(_fit_report_from(result))
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    if cfg.require_rtl and result.hls_nodes:
+        raise FlowError(
+            f"require_rtl: FINN implemented {', '.join(result.hls_nodes)} in HLS (no RTL variant for this "
+            f"configuration); see {out_dir / RESULT_FILE}"
+        )
+    return result
+
+
+def _plan_folding(qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path, kept: Path) -> Any:
+    """Build once fully folded (estimates only) to get FINN's HW layers, plan the folding, write FOLDING_FILE."""
+    from flow.finn.folding import optimize_folding
+
+    search = dataclasses.replace(cfg, folding="auto", target_fps=None, generate_code=False)
+    finn_out = _run_builder(qonnx_path, board, search, tmp, kept, [], sub=SEARCH_DIR)
+    plan = optimize_folding(finn_out / "intermediate_models" / "step_generate_estimate_reports.onnx", board,
+                            max_simd=cfg.max_simd)
+    plan.write(tmp / FOLDING_FILE)
+    shutil.rmtree(tmp / SEARCH_DIR)  # only the plan is needed; its paths would need relocating otherwise
+    return plan
+
+
+def _verify_images(images: Any, cfg: CompileConfig) -> np.ndarray:
+    if images is None:
+        from flow.data import load_dataset, subset
+
+        images = subset(load_dataset(cfg.verify_dataset, "test"), cfg.verify_images, seed=0).images
+    images = getattr(images, "images", images)  # an ImageSet
+    arr = np.asarray(images)[: cfg.verify_images]
+    if arr.dtype != np.uint8 or arr.ndim != 4:
+        raise FlowError(f"verification images must be uint8 (N, C, H, W), got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def _fit_report_from(result: CompileResult) -> FitReport:
+    from flow.boards import ResourceFit
+
+    fit = result.fit
+    return FitReport(
+        fit["board"],
+        tuple(ResourceFit(**r) for r in fit["rows"]),
+        tuple((n, res) for n, res in fit["largest_layers"]),
+    )
+
+
+def _width_converters(hw: Any, part: str, out_dir: Path) -> dict[str, float]:
+    """Estimate the StreamingDataWidthConverters FINN's InsertDWC would add (in a real build it does so when it
+    sizes FIFOs, a step the estimate flow skips), on a copy of the HW model."""
+    from flow.finn.reports import LAYER_RESOURCES
+
+    estimators = {"LUT": "lut_estimation", "BRAM18": "bram_estimation", "URAM": "uram_estimation",
+                  "DSP": "dsp_estimation"}
+    with finn_session(out_dir.parent / f".{out_dir.name}.dwc-scratch"):
+        from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+        from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+        from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.custom_op.registry import getCustomOp
+
+        model = ModelWrapper(copy.deepcopy(hw.model)).transform(InsertDWC())
+        for node in model.graph.node:
+            if node.op_type == "StreamingDataWidthConverter":
+                getCustomOp(node).set_nodeattr("preferred_impl_style", "rtl")
+        model = model.transform(SpecializeLayers(part))
+        dwcs = [getCustomOp(n) for n in model.graph.node if n.op_type.startswith("StreamingDataWidthConverter")]
+        out = {"count": float(len(dwcs))}
+        out.update({r: float(sum(getattr(d, estimators[r])(part) for d in dwcs)) for r in LAYER_RESOURCES})
+    shutil.rmtree(out_dir.parent / f".{out_dir.name}.dwc-scratch", ignore_errors=True)
+    return out
+
+
+def _result(
+    board: Board,
+    cfg: CompileConfig,
+    est: EstimateReport,
+    hw: Any,
+    head: list[HostOp],
+    tail: list[HostOp],
+    verification: Verification | None,
+    plan: Any,
+    t0: float,
+    finn_out: Path,
+    out_dir: Path,
+) -> CompileResult:
+    from flow.artifacts import read_json, to_jsonable
+
+    layers = {r.name: r.resources for r in est.layers}
+    dwc = _width_converters(hw, board.part, out_dir)
+    fit = check_fit({k: v + dwc[k] for k, v in est.totals.items()}, board, layers=layers)
+    node_types = [n.op_type for n in hw.graph.node]
+    hls = [n.name for n in hw.graph.node if n.op_type.endswith("_hls")]
+    clock_hz = 1e9 / board.clock_period_ns
+    times_file = finn_out / "report" / "time_per_step.json"
+    step_times = read_json(times_file) if times_file.exists() else {}
+    return CompileResult(
+        board=board.name,
+        part=board.part,
+        clock_period_ns=board.clock_period_ns,
+        fps=clock_hz / est.max_cycles,
+        latency_us=est.critical_path_cycles * board.clock_period_ns / 1000.0,
+        max_cycles=est.max_cycles,
+        bottleneck=est.bottleneck,
+        layers=[{**dataclasses.asdict(r)} for r in est.layers],
+        totals=est.totals,
+        width_converters=dwc,
+        fit=to_jsonable(fit),
+        fits=fit.ok,
+        node_types=node_types,
+        hls_nodes=hls,
+        all_rtl=not hls,
+        accel_input=_tensor_info(hw, hw.graph.input[0].name, "NHWC"),
+        accel_output=_tensor_info(hw, hw.graph.output[0].name),
+        host_head=head,
+        host_tail=tail,
+        verification=verification,
+        folding_plan=None if plan is None else {
+            "file": FOLDING_FILE, "fps": plan.fps, "max_cycles": plan.max_cycles, "totals": plan.totals,
+            "limited_by": plan.limited_by,
+        },
+        files={
+            "hw_model": HW_MODEL,
+            "dataflow_parent": PARENT_MODEL,
+            "finn_log": f"{FINN_DIR}/build_dataflow.log",
+            "finn_reports": f"{FINN_DIR}/report",
+            "codegen": CODEGEN_DIR,
+        },
+        built_in=str(out_dir.resolve()),
+        config=to_jsonable(cfg),
+        wall_s=time.time() - t0,
+        finn_step_s={k: float(v) for k, v in step_times.items()},
+    )
+
+
+# ---------------------------------------------------------------- verification
+
+
+def verify_streamlined(
+    qonnx_path: str | os.PathLike,
+    finn_out: str | os.PathLike,
+    images: np.ndarray,
+    input_divisor: float,
+    tail: Sequence[HostOp | dict],
+    rtol: float = 1e-4,
+) -> Verification:
+    """Execute QONNX, FINN's streamlined model and FINN's HW-layer model (python mode) on the same images.
+
+    The streamlined model still holds the float tail; the HW-layer model's output gets `tail` applied on the host.
+    A QONNX model whose input is annotated integer (flow.export's UINT8 input) gets the raw pixels, a float-input
+    one gets `raw / input_divisor` (what compile_model's inserted Div computes).
+    An image mismatches when |finn − qonnx| > rtol · max|qonnx| on any output.
+    """
+    from finn.core.onnx_exec import execute_onnx as finn_exec
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx as qonnx_exec
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    inter = Path(finn_out) / "intermediate_models"
+    ref_model = ModelWrapper(str(qonnx_path)).transform(InferShapes())
+    ref_divisor = 1.0 if ref_model.get_tensor_datatype(ref_model.graph.input[0].name).is_integer() else input_divisor
+    streamlined = ModelWrapper(str(inter / "step_streamline.onnx"))
+    parent = ModelWrapper(str(inter / "dataflow_parent.onnx"))
+
+    def run(model: Any, x: np.ndarray, exec_fn: Callable) -> np.ndarray:
+        return exec_fn(model, {model.graph.input[0].name: x})[model.graph.output[0].name]
+
+    s_diff = h_diff = 0.0
+    s_bad = h_bad = agree = 0
+    scale = 0.0
+    with finn_session(Path(finn_out).parent / CODEGEN_DIR):
+        from rich.progress import track
+
+        for img in track(images, description="verify FINN vs QONNX", transient=True):
+            raw = img[None].astype(np.float32)
+            ref = run(ref_model, raw / np.float32(ref_divisor), qonnx_exec)
+            s_out = run(streamlined, raw, finn_exec)
+            # the HW layers take NHWC; the parent model's head transposes, so feed it the NCHW raw image
+            h_out = apply_host_ops(tail, run(parent, raw, finn_exec)).reshape(ref.shape)
+            tol = rtol * max(float(np.max(np.abs(ref))), 1e-6)
+            scale = max(scale, tol)
+            ds, dh = float(np.max(np.abs(s_out - ref))), float(np.max(np.abs(h_out - ref)))
+            s_diff, h_diff = max(s_diff, ds), max(h_diff, dh)
+            s_bad += ds > tol
+            h_bad += dh > tol
+            agree += int(np.argmax(h_out) == np.argmax(ref))
+    n = len(images)
+    return Verification(n, s_diff, s_bad, h_diff, h_bad, agree / n, scale, s_bad == 0 and h_bad == 0)

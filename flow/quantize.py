@@ -1,0 +1,354 @@
+"""Turn a (possibly trimmed) float CNN into a Brevitas net that FINN can streamline, fine-tune it (QAT), save it.
+
+Only quantizers that FINN's streamlining turns into pure integer layers are used:
+- weights: signed narrow-range integers with a per-tensor or per-output-channel float scale (learned, started
+  from the MSE-optimal or the max-abs scale);
+  1-bit weights are bipolar {-s, +s} with s the mean absolute weight, exported as BipolarQuant.
+- activations: unsigned per-tensor quantizers fused into ReLU (QuantReLU). FINN turns them into MultiThreshold
+  nodes and absorbs conv scales and BatchNorm into the thresholds, so BatchNorm stays a float nn.BatchNorm.
+  At 1 bit the ReLU becomes a sign activation {-1, +1} (see _quant_act), as in FINN's binarized networks.
+- the input: images are uint8/255. An unsigned quantizer with a constant range [0, 1] has scale 1/(2^b - 1); at
+  8 bits that is exactly 1/255, so quantizing is an identity on the uint8 grid and the exporter can replace it by
+  a plain UINT8 input (flow.export). Fewer input bits keep a Quant node that FINN turns into an input threshold layer.
+- the last Linear keeps a float bias (no bias quantizer): its scale and bias stay after the last MVAU as a
+  host-side float tail, which FINN leaves outside the hardware partition.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from brevitas.core.function_wrapper import TensorClampSte
+from brevitas.core.scaling import ScalingImplType
+from brevitas.core.stats import StatsOp
+from brevitas.graph.calibrate import calibration_mode
+from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
+from brevitas.quant import (Int8WeightPerChannelFloat, Int8WeightPerChannelFloatMSE, Int8WeightPerTensorFloat,
+                            Int8WeightPerTensorFloatMSE, SignedBinaryActPerTensorConst,
+                            SignedBinaryWeightPerTensorConst, Uint8ActPerTensorFloat, Uint8ActPerTensorFloatMSE)
+from torch import nn
+from tqdm import tqdm
+
+from flow import FlowError
+from flow.artifacts import atomic_path, to_jsonable
+from flow.configs import from_dict
+from flow.data import ImageSet, make_loader
+from flow.models import build_model
+from flow.models.io import resize_to_state
+from flow.train import TrainConfig, seed_everything, train
+
+FORMAT = "trimflow-quant-checkpoint/1"
+MIN_BITS, MAX_BITS = 1, 8
+
+# Leaf modules the converter understands. Anything else with no quantized counterpart is rejected up front,
+# because FINN would otherwise fail much later with an error about an ONNX node the user never wrote.
+_PASSTHROUGH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, nn.Identity, nn.Dropout, nn.MaxPool2d)
+_SUPPORTED_ACTS = "nn.ReLU"
+_ACTIVATION_FUNCTIONS = {
+    torch.relu, torch.sigmoid, torch.tanh, nn.functional.relu, nn.functional.relu6, nn.functional.gelu,
+    nn.functional.silu, nn.functional.sigmoid, nn.functional.tanh, nn.functional.leaky_relu, nn.functional.elu,
+    nn.functional.hardswish, nn.functional.hardtanh, nn.functional.mish, nn.functional.softplus,
+}
+
+
+class InputQuant(Uint8ActPerTensorFloat):
+    """Unsigned input quantizer with the constant range [0, 1]: scale 1/(2^b - 1), exactly 1/255 at 8 bits."""
+    scaling_impl_type = ScalingImplType.CONST
+    max_val = 1.0
+
+
+class ActQuant(Uint8ActPerTensorFloat):
+    """Unsigned per-tensor ReLU quantizer whose scale starts from activation statistics (see calibrate_activations)."""
+
+
+class ActQuantMSE(Uint8ActPerTensorFloatMSE):
+    """Like ActQuant, but the initial scale minimises the quantization MSE instead of covering the max."""
+
+
+# scale_init -> (weight per tensor, weight per channel, activation). Max-abs scales leave 2-bit weights mostly
+# zero (levels {-max, 0, max}) and the net collapses; MSE-initialised learned scales do not (see the report).
+_SCALE_INIT = {
+    "max": (Int8WeightPerTensorFloat, Int8WeightPerChannelFloat, ActQuant),
+    "mse": (Int8WeightPerTensorFloatMSE, Int8WeightPerChannelFloatMSE, ActQuantMSE),
+}
+
+
+class BipolarWeightPerTensor(SignedBinaryWeightPerTensorConst):
+    # The mean absolute weight is the least-squares optimal scale of sign(w) (XNOR-Net), recomputed every step.
+    # The base class clamps the float weights in place, which breaks autograd once the scale depends on them.
+    tensor_clamp_impl = TensorClampSte
+    scaling_impl_type = ScalingImplType.STATS
+    scaling_stats_op = StatsOp.AVE
+    scaling_min_val = 1e-10
+
+
+class BipolarWeightPerChannel(BipolarWeightPerTensor):
+    scaling_per_output_channel = True
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    weight_bits: int = 4
+    act_bits: int = 4
+    input_bits: int = 8
+    first_layer_weight_bits: int = 8
+    last_layer_weight_bits: int = 8
+    per_channel_weights: bool = False
+    scale_init: str = "mse"  # "mse" or "max": how weight and activation scales start before QAT learns them
+    calibration_batches: int = 8  # batches of training images that set the initial activation scales
+    bn_recalibration_batches: int = 0  # >0: re-estimate BN statistics of the quantized net before QAT
+    calibration_batch_size: int = 128
+    train: TrainConfig = TrainConfig(epochs=1.0, lr=0.01, warmup_steps=20)
+
+    def __post_init__(self):
+        for name in ("weight_bits", "act_bits", "input_bits", "first_layer_weight_bits", "last_layer_weight_bits"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not MIN_BITS <= value <= MAX_BITS:
+                raise FlowError(f"quantize: {name} must be an integer from {MIN_BITS} to {MAX_BITS} "
+                                f"(1 = bipolar), got {value!r}")
+        if self.act_bits == 1 and (self.weight_bits != 1 or self.last_layer_weight_bits != 1):
+            raise FlowError("quantize: act_bits=1 (bipolar activations) needs weight_bits=1 and "
+                            "last_layer_weight_bits=1: FINN maps bipolar activations only into XNOR-popcount "
+                            "layers, whose weights are bipolar too (the first layer sees the UINT8 image and "
+                            f"may keep more bits); got weight_bits={self.weight_bits}, "
+                            f"last_layer_weight_bits={self.last_layer_weight_bits}")
+        for name in ("calibration_batches", "bn_recalibration_batches"):
+            if getattr(self, name) < 0:
+                raise FlowError(f"quantize: {name} must be >= 0, got {getattr(self, name)}")
+        if self.scale_init not in _SCALE_INIT:
+            raise FlowError(f"quantize: scale_init must be one of {', '.join(_SCALE_INIT)}, got {self.scale_init!r}")
+        if self.calibration_batch_size < 1:
+            raise FlowError(f"quantize: calibration_batch_size must be >= 1, got {self.calibration_batch_size}")
+        if not isinstance(self.train, TrainConfig):
+            raise FlowError(f"quantize: train must be a TrainConfig, got {type(self.train).__name__}")
+
+
+class QuantNet(nn.Module):
+    """The converted float net behind an input quantizer; state keys are `input_quant.*` and `net.<float name>`."""
+
+    def __init__(self, input_quant: nn.Module, net: nn.Module):
+        super().__init__()
+        self.input_quant = input_quant
+        self.net = net
+
+    def forward(self, x):
+        return self.net(self.input_quant(x))
+
+
+def _weight_quant(bits: int, per_channel: bool, scale_init: str) -> dict[str, Any]:
+    if bits == 1:
+        return {"weight_quant": BipolarWeightPerChannel if per_channel else BipolarWeightPerTensor}
+    per_tensor_quant, per_channel_quant, _ = _SCALE_INIT[scale_init]
+    return {"weight_quant": per_channel_quant if per_channel else per_tensor_quant, "weight_bit_width": bits}
+
+
+def _quant_act(bits: int, scale_init: str) -> nn.Module:
+    if bits == 1:
+        # Brevitas exports every 1-bit quantizer as BipolarQuant, so a 1-bit unsigned ReLU would export as
+        # sign(relu(x)) = +1 everywhere. A 1-bit activation is therefore the sign activation of binarized nets
+        # ({-1, +1}, the preceding BatchNorm sets the threshold), which FINN maps to single-threshold layers.
+        return QuantIdentity(act_quant=SignedBinaryActPerTensorConst)
+    return QuantReLU(act_quant=_SCALE_INIT[scale_init][2], bit_width=bits)
+
+
+def _execution_order(model: nn.Module) -> list[str]:
+    """Module names in the order forward() calls them (torch.fx); module-definition order if it cannot trace."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:
+        return [name for name, _ in model.named_modules()]
+    for node in graph.nodes:
+        fn = node.target if node.op == "call_function" else None
+        if fn in _ACTIVATION_FUNCTIONS or (node.op == "call_method" and node.target in ("relu", "sigmoid", "tanh")):
+            raise FlowError(f"model: node {node.name!r} applies {getattr(fn, '__name__', node.target)} as a "
+                            f"function call; only activation modules ({_SUPPORTED_ACTS}) can be quantized. "
+                            "Use an nn.ReLU module in the model definition.")
+    return [str(node.target) for node in graph.nodes if node.op == "call_module"]
+
+
+def _check_supported(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # an empty Sequential is an identity shortcut
+        if (len(list(module.children())) > 0 or isinstance(module, containers)
+                or isinstance(module, (nn.Conv2d, nn.Linear, nn.ReLU) + _PASSTHROUGH)):
+            continue
+        kind = type(module).__name__
+        what = "activation" if "activation" in type(module).__module__ else "layer type"
+        raise FlowError(f"model: layer {name!r} is {kind}, an unsupported {what}; trimflow quantizes Conv2d, "
+                        f"Linear, BatchNorm, Flatten, MaxPool2d and the activation {_SUPPORTED_ACTS} only. "
+                        "Replace it (and retrain the float model) before quantizing.")
+
+
+def _check_bipolar_padding(net: nn.Module, names: list[str]) -> None:
+    # FINN stores bipolar values as bits (0 -> -1), so it pads a bipolar feature map with -1 where PyTorch pads 0:
+    # the hardware would compute a different function at the borders.
+    padded = [n for n in names if isinstance(m := net.get_submodule(n), nn.Conv2d) and any(
+        p != 0 for p in (m.padding if isinstance(m.padding, tuple) else (m.padding,)))]
+    if padded:
+        raise FlowError(f"quantize: act_bits=1 (bipolar activations) cannot feed zero-padded convolutions "
+                        f"({', '.join(padded)}): FINN pads bipolar maps with -1, not 0. Use act_bits >= 2, "
+                        "or a model whose convolutions after the first use padding=0.")
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def _quant_conv(conv: nn.Conv2d, wq: dict[str, Any]) -> QuantConv2d:
+    q = QuantConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                    padding_mode=conv.padding_mode, bias_quant=None, **wq)
+    _copy_params(conv, q)
+    return q
+
+
+def _quant_linear(lin: nn.Linear, wq: dict[str, Any]) -> QuantLinear:
+    q = QuantLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, bias_quant=None, **wq)
+    _copy_params(lin, q)
+    return q
+
+
+def _copy_params(src: nn.Module, dst: nn.Module) -> None:
+    with torch.no_grad():
+        dst.weight.copy_(src.weight)
+        if src.bias is not None:
+            dst.bias.copy_(src.bias)
+
+
+def convert_model(float_model: nn.Module, cfg: QuantConfig) -> QuantNet:
+    """Brevitas copy of `float_model`: Conv2d/Linear/ReLU replaced, BatchNorm and everything else carried over."""
+    _check_supported(float_model)
+    net = copy.deepcopy(float_model).cpu().eval()
+    order = _execution_order(net)
+    weighted = [n for n in order if isinstance(net.get_submodule(n), (nn.Conv2d, nn.Linear))]
+    if not weighted:
+        raise FlowError("model: no Conv2d or Linear layer to quantize")
+    if cfg.act_bits == 1:
+        _check_bipolar_padding(net, weighted[1:])
+    for name in weighted:
+        module = net.get_submodule(name)
+        if name == weighted[0]:
+            bits = cfg.first_layer_weight_bits
+        elif name == weighted[-1]:
+            bits = cfg.last_layer_weight_bits
+        else:
+            bits = cfg.weight_bits
+        wq = _weight_quant(bits, cfg.per_channel_weights, cfg.scale_init)
+        _set_module(net, name, _quant_conv(module, wq) if isinstance(module, nn.Conv2d) else _quant_linear(module, wq))
+    for name, module in list(net.named_modules()):
+        if isinstance(module, nn.ReLU):
+            _set_module(net, name, _quant_act(cfg.act_bits, cfg.scale_init))
+    input_quant = QuantIdentity(act_quant=InputQuant, bit_width=cfg.input_bits)
+    model = QuantNet(input_quant, net).eval()
+    with torch.no_grad():
+        # Learned weight scales are initialised from the weights on first use; do it now, from the float weights,
+        # so the scale is part of the state (checkpoints) before calibration or training touch anything.
+        for module in model.modules():
+            if isinstance(module, (QuantConv2d, QuantLinear)):
+                module.quant_weight()
+    return model
+
+
+def _batches(data: ImageSet, count: int, batch_size: int, seed: int):
+    loader = make_loader(data, batch_size, shuffle=True, seed=seed, augment=False)
+    for i, (x, _) in enumerate(loader):
+        if i >= count:
+            break
+        yield x
+
+
+@torch.no_grad()
+def calibrate_activations(model: QuantNet, data: ImageSet, batches: int, batch_size: int = 128,
+                          seed: int = 0) -> None:
+    """Set every activation scale from the float activation statistics of a few batches (brevitas calibration)."""
+    model.eval()
+    with calibration_mode(model):
+        for x in tqdm(_batches(data, batches, batch_size, seed), total=batches, desc="calibrate", leave=False):
+            model(x)
+    model.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: ImageSet, batches: int, batch_size: int = 128,
+                          seed: int = 0) -> None:
+    """Re-estimate BN running statistics under quantized weights (cumulative average over `batches` batches)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()  # only the BN layers: activation quantizers must not collect statistics here
+    try:
+        for x in tqdm(_batches(data, batches, batch_size, seed), total=batches, desc="bn-recal", leave=False):
+            model(x)
+    finally:
+        for m, momentum in zip(bns, saved):
+            m.momentum = momentum
+        model.eval()
+
+
+def quantize_model(float_model: nn.Module, train_set: ImageSet, cfg: QuantConfig,
+                   teacher: nn.Module | None = None, progress: bool = True) -> QuantNet:
+    """Convert, calibrate, optionally re-estimate BN, then quantization-aware fine-tuning with flow.train."""
+    seed_everything(cfg.train.seed)
+    model = convert_model(float_model, cfg)
+    if cfg.calibration_batches:
+        calibrate_activations(model, train_set, cfg.calibration_batches, cfg.calibration_batch_size, cfg.train.seed)
+    if cfg.bn_recalibration_batches:
+        recalibrate_batchnorm(model, train_set, cfg.bn_recalibration_batches, cfg.calibration_batch_size,
+                              cfg.train.seed)
+    train(model, train_set, cfg.train, teacher=teacher, desc="qat", progress=progress)
+    return model.eval()
+
+
+def float_shapes(float_model: nn.Module) -> dict[str, list[int]]:
+    """Shapes of the float model's tensors: what a quant checkpoint needs to rebuild a trimmed net."""
+    return {k: list(v.shape) for k, v in float_model.state_dict().items()}
+
+
+def save_quant_checkpoint(path: str | os.PathLike, quant_model: QuantNet, float_arch: dict[str, Any],
+                          float_shapes: dict[str, list[int]], cfg: QuantConfig,
+                          meta: dict[str, Any] | None = None) -> None:
+    payload = {"format": FORMAT, "arch": float_arch, "float_shapes": {k: list(v) for k, v in float_shapes.items()},
+               "quant_config": to_jsonable(cfg), "meta": meta or {},
+               "state_dict": {k: v.detach().cpu() for k, v in quant_model.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_quant_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FlowError(f"quantized checkpoint {path} does not exist; run the quantize stage first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FlowError(f"quantized checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FlowError(f"{path} is not a trimflow quantized checkpoint (expected format {FORMAT!r})")
+    return payload
+
+
+def load_quant_checkpoint(path: str | os.PathLike) -> QuantNet:
+    """Rebuild the float net from its arch (resized to the stored, possibly trimmed, shapes), convert, load."""
+    payload = read_quant_checkpoint(path)
+    arch = payload["arch"]
+    cfg = from_dict(QuantConfig, payload["quant_config"], where=f"{path}: quant_config")
+    float_model = build_model(arch["name"], **arch.get("kwargs", {}))
+    resize_to_state(float_model, {k: torch.empty(s) for k, s in payload["float_shapes"].items()})
+    model = convert_model(float_model, cfg)
+    try:
+        # Not load_state_strict: brevitas adds a calibrated scale's parameter to the state only once statistics
+        # were collected, so a fresh model lacks keys that brevitas' own strict loading accepts.
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise FlowError(f"quantized checkpoint {path} does not match its own arch/config ({e}); "
+                        "re-run the quantize stage") from None
+    return model.eval()

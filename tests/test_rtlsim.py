@@ -1,0 +1,309 @@
+"""Verilator simulation of FINN-generated RTL (flow.sim): bit-exact against FINN's python execution, cycle counts
+against FINN's estimates, and the errors a user can hit."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+
+from flow import FlowError
+from flow.finn.execute import execute_hw_model
+from flow.sim import SimConfig, build_simulator, diagnose_stall
+from flow.sim.fixes import patch_add_multi
+from flow.sim.packing import pack_beats, unpack_beats
+from flow.sim.stitch import check_rtl_only
+
+PART = "xc7z020clg400-1"
+# (PE, SIMD) per MVAU of the test net: SIMD > 1 everywhere so add_multi's adder tree is exercised.
+FOLDING = {0: (2, 3), 1: (4, 4), 2: (2, 8)}
+
+
+# ------------------------------------------------------------------------------------------------ fast unit tests
+
+
+def test_pack_beats_matches_finn_packing():
+    from qonnx.core.datatype import DataType
+    from finn.util.data_packing import npy_to_rtlsim_input
+
+    rng = np.random.default_rng(0)
+    for dt, elems in (("UINT8", 1), ("UINT4", 3), ("INT4", 8), ("INT15", 5), ("UINT2", 40)):
+        d = DataType[dt]
+        vals = rng.integers(d.min(), d.max() + 1, size=(7, elems))
+        width = -(-elems * d.bitwidth() // 8) * 8
+        words = -(-width // 32)
+        ours = pack_beats(vals, d.bitwidth(), words)
+        finn = npy_to_rtlsim_input(vals.astype(np.float32), d, width)
+        as_int = [sum(int(w) << (32 * i) for i, w in enumerate(beat)) for beat in ours]
+        assert as_int == [int(x) for x in finn], dt
+        assert np.array_equal(unpack_beats(ours, elems, d.bitwidth(), d.signed()), vals), dt
+
+
+def test_add_multi_patch_moves_function_out_of_generate():
+    from finn.util.settings import get_settings  # noqa: F401  (import check only)
+    import finn
+
+    src = open(os.path.join(os.path.dirname(finn.__file__), "finn-rtllib/mvu/add_multi.sv")).read()
+    patched = patch_add_multi(src)
+    assert patched.count("function leaf_load_t init_leaf_loads()") == 1
+    # declared before the first generate block, still used inside it
+    assert patched.index("function leaf_load_t init_leaf_loads()") < patched.index("if(L < 1) begin : genTrivial")
+    assert "LEAF_LOAD = init_leaf_loads();" in patched
+    with pytest.raises(FlowError, match="add_multi"):
+        patch_add_multi(patched.replace("typedef int unsigned  leaf_load_t", "typedef int leaf_load_t"))
+
+
+def _graph_with(op_type: str, domain: str):
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 4, 2])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 2, 2])
+    node = oh.make_node(op_type, ["x"], ["y"], name=f"{op_type}_0", domain=domain)
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    return ModelWrapper(oh.make_model(oh.make_graph([node], "g", [x], [y])))
+
+
+def test_hls_only_layer_is_rejected_with_alternative():
+    with pytest.raises(FlowError, match=r"Pool_hls_0.*stride-2 convolution"):
+        check_rtl_only(_graph_with("Pool_hls", "finn.custom_op.fpgadataflow.hls"))
+    with pytest.raises(FlowError, match=r"MVAU_0.*SpecializeLayers"):
+        check_rtl_only(_graph_with("MVAU", "finn.custom_op.fpgadataflow"))
+    with pytest.raises(FlowError, match=r"MaxPool_0"):
+        check_rtl_only(_graph_with("MaxPool", ""))
+    with pytest.raises(FlowError, match=r"Requant_rtl_0 \(Requant_rtl\) is not supported"):
+        check_rtl_only(_graph_with("Requant_rtl", "finn.custom_op.fpgadataflow.rtl"))
+
+
+def test_missing_or_old_verilator(tmp_path):
+    with pytest.raises(FlowError, match="Verilator not found"):
+        build_simulator(tmp_path / "hw.onnx", tmp_path / "sim", SimConfig(verilator=str(tmp_path / "nope")))
+    old = tmp_path / "verilator"
+    old.write_text("#!/bin/sh\necho 'Verilator 5.006 2023-01-22 rev (Debian 5.006-3)'\n")
+    old.chmod(old.stat().st_mode | stat.S_IEXEC)
+    with pytest.raises(FlowError, match=r"5\.006.*needs >= 5\.020"):
+        build_simulator(tmp_path / "hw.onnx", tmp_path / "sim", SimConfig(verilator=str(old)))
+
+
+def test_sim_config_validation():
+    with pytest.raises(FlowError, match="fifo_depth"):
+        SimConfig(fifo_depth=1)
+    with pytest.raises(FlowError, match="stall_cycles"):
+        SimConfig(stall_cycles=0)
+
+
+def test_diagnose_stall_names_the_layer():
+    stages = ["FMPadding_rtl_0", "fifo_1", "MVAU_rtl_0", "Thresholding_rtl_0"]
+    expected = [784, 900, 900, 196, 196]
+    # MVAU_rtl_0 is offered data it does not take, and nothing downstream of it is blocked
+    msg = diagnose_stall(stages, [784, 900, 700, 150, 150], expected, [0, 0, 1, 0, 0], [1, 1, 0, 1, 1])
+    assert msg.startswith("layer MVAU_rtl_0 stopped accepting input (700/900")
+    # back-pressure propagates upstream: the stage at the head of the blocked run is named
+    msg = diagnose_stall(stages, [784, 800, 700, 150, 150], expected, [1, 1, 1, 0, 0], [0, 0, 0, 1, 1])
+    assert msg.startswith("layer MVAU_rtl_0")
+    # nothing offered anywhere: the first layer that produced too little
+    msg = diagnose_stall(stages, [784, 900, 900, 150, 150], expected, [0] * 5, [1] * 5)
+    assert msg.startswith("layer MVAU_rtl_0 produced 150/196")
+
+
+# ------------------------------------------------------------------------------------------ end-to-end (Verilator)
+
+
+def _tiny_net():
+    import torch
+    from torch import nn
+    import brevitas.nn as qnn
+
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = qnn.QuantConv2d(1, 4, 3, padding=1, bias=False, weight_bit_width=4)
+            self.b1, self.r1 = nn.BatchNorm2d(4), qnn.QuantReLU(bit_width=4)
+            self.c2 = qnn.QuantConv2d(4, 8, 3, stride=2, padding=1, bias=False, weight_bit_width=4)
+            self.b2, self.r2 = nn.BatchNorm2d(8), qnn.QuantReLU(bit_width=4)
+            self.fc = qnn.QuantLinear(8 * 14 * 14, 10, bias=False, weight_bit_width=4)
+
+        def forward(self, x):
+            x = self.r2(self.b2(self.c2(self.r1(self.b1(self.c1(x))))))
+            return self.fc(torch.flatten(x, 1))
+
+    net = Net()
+    with torch.no_grad():  # non-trivial thresholds
+        for b in (net.b1, net.b2):
+            b.running_mean.uniform_(-20, 20)
+            b.running_var.uniform_(50, 500)
+    return net.eval()
+
+
+def _hw_model(tmp_path, finn_fifos: bool):
+    """Tiny Brevitas CNN -> QONNX -> FINN HW layers, specialised to RTL and folded (SIMD > 1).
+
+    Without DWCs and without generated code: build_simulator has to add both. With `finn_fifos`, FINN's
+    InsertFIFO adds StreamingFIFO nodes whose depths the simulator must honour.
+    """
+    import torch
+    from brevitas.export import export_qonnx
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+    from qonnx.util.cleanup import cleanup_model
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+    from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+        InferQuantizedMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
+    from finn.transformation.fpgadataflow.create_dataflow_partition import CreateDataflowPartition
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
+    from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+    from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
+    from finn.transformation.streamline import Streamline
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+
+    def tidy(m):
+        for t in (InferShapes(), FoldConstants(), GiveUniqueNodeNames(), GiveReadableTensorNames(),
+                  InferDataTypes(), InferDataLayouts()):
+            m = m.transform(t)
+        return m
+
+    def minimize(m):
+        for t in (MinimizeWeightBitWidth(), MinimizeAccumulatorWidth(), InferDataTypes(),
+                  RoundAndClipThresholds(), InferDataTypes()):
+            m = m.transform(t)
+        return m
+
+    torch.set_num_threads(1)
+    export_qonnx(_tiny_net(), torch.zeros(1, 1, 28, 28), str(tmp_path / "tiny_qonnx.onnx"))
+    m = cleanup_model(ModelWrapper(str(tmp_path / "tiny_qonnx.onnx")))
+    m.set_tensor_datatype(m.graph.input[0].name, DataType["UINT8"])  # raw pixels
+    m = tidy(m.transform(ConvertQONNXtoFINN()))
+    for t in (absorb.AbsorbScalarBiasIntoMultiThreshold(), Streamline(), LowerConvsToMatMul(),
+              absorb.AbsorbTransposeIntoMultiThreshold(), absorb.AbsorbConsecutiveTransposes(), Streamline(),
+              InferThresholdingLayer(), InferQuantizedMatrixVectorActivation(), InferConvInpGen(),
+              absorb.AbsorbConsecutiveTransposes(), RemoveCNVtoFCFlatten()):
+        m = m.transform(t)
+    m = tidy(m)
+    # the float output scale (Mul) and the NCHW->NHWC Transpose stay outside the partition, on the host
+    parent = m.transform(CreateDataflowPartition(partition_model_dir=str(tmp_path / "partitions")))
+    sdp = parent.get_nodes_by_op_type("StreamingDataflowPartition")[0]
+    hw = ModelWrapper(getCustomOp(sdp).get_nodeattr("model"))
+    for n in hw.graph.node:
+        getCustomOp(n).set_nodeattr("preferred_impl_style", "rtl")
+    hw = minimize(hw.transform(SpecializeLayers(PART)))
+    mvaus = hw.get_nodes_by_op_type("MVAU_rtl")
+    for i, n in enumerate(mvaus):
+        getCustomOp(n).set_nodeattr("PE", FOLDING[i][0])
+        getCustomOp(n).set_nodeattr("SIMD", FOLDING[i][1])
+    for n in hw.get_nodes_by_op_type("Thresholding_rtl"):
+        getCustomOp(n).set_nodeattr("PE", 2)
+    if finn_fifos:  # as FINN's step_set_fifo_depths does: converters first, then FIFOs between all layers
+        hw = hw.transform(InsertDWC()).transform(InsertFIFO(create_shallow_fifos=True))
+        for n in hw.graph.node:
+            getCustomOp(n).set_nodeattr("preferred_impl_style", "rtl")
+        hw = hw.transform(SpecializeLayers(PART)).transform(GiveUniqueNodeNames())
+    assert {n.op_type for n in hw.graph.node} <= {"FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_rtl",
+                                                 "Thresholding_rtl", "StreamingFIFO_rtl",
+                                                 "StreamingDataWidthConverter_rtl"}
+    path = tmp_path / f"hw_model{'_fifos' if finn_fifos else ''}.onnx"
+    hw.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hw_build(tmp_path_factory):
+    """The HW model as our compile stage leaves it: no width converters, no FIFOs, no generated code."""
+    from flow.finn.adapter import finn_session
+
+    tmp = tmp_path_factory.mktemp("rtlsim")
+    with finn_session(tmp / "finn"):
+        return tmp, _hw_model(tmp, finn_fifos=False)
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    from flow.data import load_dataset
+
+    return np.asarray(load_dataset("fashion-mnist", "test").images[:6])  # (N, 1, 28, 28) uint8
+
+
+@pytest.mark.rtlsim
+def test_simulation_bit_exact_and_cycles(hw_build, test_images):
+    from flow.finn.adapter import finn_session
+
+    tmp, hw_path = hw_build
+    sim = build_simulator(hw_path, tmp / "sim", SimConfig())
+    manifest = json.loads((tmp / "sim" / "manifest.json").read_text())
+    # width converters were added where SIMD changes, our FIFO (default depth) between every two blocks
+    stages = manifest["stages"]
+    assert sum(s.startswith("StreamingDataWidthConverter") for s in stages) == 4
+    assert all(s.startswith("fifo_") for s in stages[1::2]) and len(stages) == 2 * 13 - 1
+
+    res = sim.run(test_images)  # NCHW uint8, as flow.data gives them
+    with finn_session(tmp / "finn"):
+        ref = execute_hw_model(hw_path, test_images.transpose(0, 2, 3, 1))
+    assert res.outputs.shape == (6, 10)
+    assert np.array_equal(res.outputs, ref.reshape(res.outputs.shape))
+    assert len(np.unique(res.outputs)) > 20  # a real computation, not zeros
+
+    # slowest layer is the first SWG (28x28 pixels, SIMD=1): measured II within 20 % of FINN's estimate
+    assert res.est_ii == max(res.layer_est_cycles.values())
+    assert 0.8 < res.ii_ratio < 1.2 and not res.ii_flagged
+    assert res.ii * 5 <= res.total_cycles <= res.ii * 6 + res.latency
+    assert res.latency < res.est_latency  # layers overlap: latency is far below the sum of per-layer cycles
+
+    # a second build with the same inputs is reused, not recompiled
+    mtime = (tmp / "sim" / "sim").stat().st_mtime
+    assert build_simulator(hw_path, tmp / "sim", SimConfig()).manifest["key"] == manifest["key"]
+    assert (tmp / "sim" / "sim").stat().st_mtime == mtime
+
+
+@pytest.mark.rtlsim
+def test_watchdog_names_starved_layer(hw_build, test_images):
+    tmp, hw_path = hw_build
+    sim = build_simulator(hw_path, tmp / "sim", SimConfig())
+    cfg = SimConfig(stall_cycles=2000)
+    from flow.sim import Simulator
+
+    sim = Simulator(tmp / "sim", cfg)
+    # drop the last 100 pixels of the second image: the pipeline starves before its last output
+    beats = sim.manifest["in_beats"] * 2 - 100
+    with pytest.raises(FlowError, match=r"deadlocked.*layer \S+ produced \d+/\d+ output beats"):
+        sim.run_beats(test_images[:2], beats)
+    with pytest.raises(FlowError, match=r"max_cycles=1000"):
+        Simulator(tmp / "sim", SimConfig(max_cycles=1000)).run(test_images[:1])
+    with pytest.raises(FlowError, match=r"integers of type UINT8"):
+        sim.run(test_images.astype(np.float32) / 255)
+
+
+@pytest.mark.rtlsim
+@pytest.mark.slow
+def test_finn_sized_fifos_bit_exact(tmp_path, test_images):
+    """A model that already has FINN's width converters and StreamingFIFO nodes: those depths are used as-is."""
+    from flow.finn.adapter import finn_session
+
+    with finn_session(tmp_path / "finn"):
+        hw_path = _hw_model(tmp_path, finn_fifos=True)
+    sim = build_simulator(hw_path, tmp_path / "sim", SimConfig(fifo_depth=0))
+    stages = sim.manifest["stages"]
+    assert sum(s.startswith("StreamingFIFO_rtl") for s in stages) >= 10 and not any(s.startswith("fifo_")
+                                                                                    for s in stages)
+    res = sim.run(test_images[:3])
+    with finn_session(tmp_path / "finn"):
+        ref = execute_hw_model(hw_path, test_images[:3].transpose(0, 2, 3, 1))
+    assert np.array_equal(res.outputs, ref.reshape(res.outputs.shape))
+    assert 0.8 < res.ii_ratio < 1.2
