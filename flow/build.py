@@ -79,7 +79,8 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         scores = score(model, data.train, cfg.trim.criterion, rcfg)
         scores.save(ctx.out_dir / "relevance.json")
         return {"float_accuracy": evaluate(model, data.test), "params": _params(model),
-                "layers": scores.summary() if hasattr(scores, "summary") else {}}
+                "layers": {name: {**stats, "scores": scores.layers[name]}
+                           for name, stats in scores.summary().items()}}
 
     def trim(ctx: StageContext, config) -> dict:
         tcfg, finetune = config

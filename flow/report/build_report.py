@@ -59,7 +59,11 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
                f"{ver.get('max_abs_diff', float('nan')):.3g}, top-1 agreement {pct(ver.get('top1_agreement'))}.", ""]
     fver = comp.get("verification") or {}
     if fver:
-        md += [f"FINN python execution of the streamlined model vs QONNX: {fver.get('summary', fver)}.", ""]
+        md += [f"FINN python execution vs QONNX on {fver.get('n_images')} real test images: streamlined model max "
+               f"|diff| {fver.get('streamlined_max_abs_diff', float('nan')):.3g}, HW-layer model (+ host tail) max "
+               f"|diff| {fver.get('hw_max_abs_diff', float('nan')):.3g} (tolerance {fver.get('tolerance', 0):.3g}),"
+               f" top-1 agreement {pct(fver.get('argmax_agreement'))} — "
+               f"{'**ok**' if fver.get('ok') else '**MISMATCH**'}.", ""]
 
     md += ["## Size", "", table(("", "params", "MACs / image"), [
         ("pretrained", num(rep.get("params_before")), mega(rep.get("macs_before"))),

@@ -1,0 +1,96 @@
+"""The whole flow on the committed pretrained net with small settings: every stage runs for real, the numbers the
+stages report agree with each other, a second run is served from the cache, and bad input fails clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from flow import FlowError
+from flow.boards import BoardFitError
+from flow.build import run_flow
+from flow.cli import main
+from flow.config import load_flow_config
+
+SMALL = [
+    "eval_images=300", "relevance.images=300", "trim.calib_images=300", "finetune.epochs=0.02",
+    "quantize.train.epochs=0.02", "quantize.calibration_batches=2", "export.verify_images=40",
+    "compile.verify_images=4", "simulate.images=0",
+]
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("build")
+    cfg = load_flow_config(overrides=SMALL)
+    return root, cfg, run_flow(cfg, "pynq-z2", root)
+
+
+def test_every_stage_ran_and_the_report_is_written(small_build):
+    root, _, result = small_build
+    assert list(result.results) == ["relevance", "trim", "quantize", "export", "compile", "simulate", "synth",
+                                    "report"]
+    assert result.report_path == root / "pynq-z2" / "report.md"
+    text = result.report_path.read_text()
+    assert "Resources vs the board" in text and "estimated fps" in text
+    report = json.loads((root / "pynq-z2" / "report.json").read_text())
+    assert set(report["stages"]) >= {"relevance", "trim", "quantize", "export", "compile"}
+
+
+def test_stage_numbers_agree(small_build):
+    _, _, result = small_build
+    s = {name: r.summary for name, r in result.results.items()}
+    rep = s["trim"]["report"]
+    assert 0.4 <= rep["macs_after"] / rep["macs_before"] <= 0.5  # budget 0.5 of MACs, rounded down to fit
+    assert all(layer["kept"] % 4 == 0 for layer in rep["layers"])  # round_to=4
+    # QONNX execution equals the Brevitas forward on real test images
+    assert s["export"]["verify"]["top1_agreement"] == 1.0
+    # FINN's python execution of the streamlined and the HW-layer model equals QONNX
+    ver = s["compile"]["verification"]
+    assert ver["ok"] and ver["hw_mismatches"] == 0 and ver["streamlined_mismatches"] == 0
+    comp = s["compile"]
+    assert comp["fits"] and comp["all_rtl"]
+    assert comp["fps"] == pytest.approx(1e9 / (comp["max_cycles"] * comp["clock_period_ns"]), rel=1e-6)
+    assert comp["max_cycles"] == max(layer["cycles"] for layer in comp["layers"])
+    for row in comp["fit"]["rows"]:
+        assert row["ok"] == (row["estimate"] <= row["cap"])
+
+
+def test_second_run_is_fully_cached(small_build):
+    root, cfg, first = small_build
+    again = run_flow(cfg, "pynq-z2", root)
+    assert all(r.cached for r in again.results.values())
+    assert again.results["quantize"].summary == first.results["quantize"].summary
+
+
+def test_board_too_small_fails_with_the_table(small_build, tmp_path):
+    root, cfg, _ = small_build
+    board = yaml.safe_load(open("boards/zybo-z7-10.yaml"))
+    board.update(name="tiny-board", capacity={"LUT": 3000, "FF": 6000, "BRAM18": 10, "DSP": 6, "URAM": 0},
+                 shell_overhead={"LUT": 0, "FF": 0, "BRAM18": 0, "DSP": 0, "URAM": 0})
+    path = tmp_path / "tiny-board.yaml"
+    path.write_text(yaml.safe_dump(board))
+    with pytest.raises(BoardFitError) as err:
+        run_flow(cfg, str(path), root)
+    msg = str(err.value)
+    assert "tiny-board" in msg and "BRAM18" in msg and "DSP" in msg
+
+
+def test_cli_unknown_board_lists_the_valid_ones(capsys):
+    assert main(["build", "--board", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown board 'nope'" in err and "pynq-z2" in err and "zybo-z7-10" in err
+
+
+def test_cli_missing_checkpoint_and_bad_config_key(capsys, tmp_path):
+    assert main(["relevance", "--build-dir", str(tmp_path), "--set", "model=missing.pt"]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
+    assert main(["config", "--set", "trim.kep=0.3"]) == 2
+    assert "unknown key(s) kep" in capsys.readouterr().err
+
+
+def test_flow_config_rejects_bad_values():
+    with pytest.raises(FlowError, match="eval_images|expected int"):
+        load_flow_config(overrides=["eval_images=lots"])
