@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
 
 from flow import FlowError
+from flow.configs import load_yaml
 
 BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
 RESOURCES = ("LUT", "FF", "BRAM18", "URAM", "DSP")
@@ -87,11 +87,7 @@ def load_board(name: str | Path) -> Board:
             raise FlowError(f"unknown board {str(name)!r}; valid boards: {', '.join(list_boards())}")
     elif not path.is_file():
         raise FlowError(f"board file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise FlowError(f"board file {path}: invalid YAML: {e}") from None
-    return board_from_dict(data, source=str(path))
+    return board_from_dict(load_yaml(path), source=str(path))
 
 
 def board_from_dict(data: Any, source: str = "board") -> Board:

@@ -35,11 +35,10 @@ from torch import nn
 from tqdm import tqdm
 
 from flow import FlowError
-from flow.artifacts import atomic_path, to_jsonable
 from flow.configs import from_dict
 from flow.data import ImageSet, make_loader
 from flow.models import build_model
-from flow.models.io import resize_to_state
+from flow.models.io import read_payload, resize_to_state, write_payload
 from flow.train import TrainConfig, seed_everything, train
 
 FORMAT = "trimflow-quant-checkpoint/1"
@@ -316,24 +315,12 @@ def float_shapes(float_model: nn.Module) -> dict[str, list[int]]:
 def save_quant_checkpoint(path: str | os.PathLike, quant_model: QuantNet, float_arch: dict[str, Any],
                           float_shapes: dict[str, list[int]], cfg: QuantConfig,
                           meta: dict[str, Any] | None = None) -> None:
-    payload = {"format": FORMAT, "arch": float_arch, "float_shapes": {k: list(v) for k, v in float_shapes.items()},
-               "quant_config": to_jsonable(cfg), "meta": meta or {},
-               "state_dict": {k: v.detach().cpu() for k, v in quant_model.state_dict().items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_payload(path, {"format": FORMAT, "arch": float_arch, "float_shapes": float_shapes,
+                         "quant_config": cfg, "meta": meta or {}}, quant_model)
 
 
 def read_quant_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise FlowError(f"quantized checkpoint {path} does not exist; run the quantize stage first")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FlowError(f"quantized checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise FlowError(f"{path} is not a trimflow quantized checkpoint (expected format {FORMAT!r})")
-    return payload
+    return read_payload(path, FORMAT, "quantized checkpoint", "run the quantize stage first")
 
 
 def load_quant_checkpoint(path: str | os.PathLike) -> QuantNet:

@@ -150,6 +150,9 @@ class CompileResult:
     config: dict[str, Any]
     wall_s: float
     finn_step_s: dict[str, float]
+    # What the fit check counted and how (flow.finn.estimates): per-resource totals of the compute layers (FINN's
+    # estimate completed with LUT for RTL MVAUs and FF), FIFOs, width converters, and the notes on each model.
+    estimates: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- graph edits (run as builder steps)
@@ -264,6 +267,23 @@ def _named(name: str, fn: Callable) -> Callable:
     return fn
 
 
+def dataflow_config(fb: Any, board: Board, output_dir: Path, steps: list, outputs: list, **extra: Any) -> Any:
+    """FINN's DataflowBuildConfig for `board`, with the settings every trimflow build shares."""
+    return fb.DataflowBuildConfig(
+        output_dir=str(output_dir),
+        synth_clk_period_ns=float(board.clock_period_ns),
+        board=board.finn_board,
+        fpga_part=board.part,
+        shell_flow_type=fb.ShellFlowType.VIVADO_ZYNQ,
+        steps=steps,
+        generate_outputs=outputs,
+        # Standalone thresholds are what lets FINN pick MVAU_rtl (it cannot fuse thresholds into RTL MVAUs).
+        standalone_thresholds=True,
+        save_intermediate_models=True,
+        **extra,
+    )
+
+
 def _run_builder(
     qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path, kept: Path, tail: list[HostOp], sub: str = ""
 ) -> Path:
@@ -302,20 +322,11 @@ def _run_builder(
         if cfg.generate_code:
             steps.append(fb.steps.step_hw_codegen)
         tracker = _StepTracker()
-        build_cfg = fb.DataflowBuildConfig(
-            output_dir=str(finn_out),
-            synth_clk_period_ns=float(board.clock_period_ns),
-            board=board.finn_board,
-            fpga_part=board.part,
-            shell_flow_type=fb.ShellFlowType.VIVADO_ZYNQ,
-            steps=[tracker.wrap(s) for s in steps],
-            generate_outputs=[fb.DataflowOutputType.ESTIMATE_REPORTS],
+        build_cfg = dataflow_config(
+            fb, board, finn_out, [tracker.wrap(s) for s in steps], [fb.DataflowOutputType.ESTIMATE_REPORTS],
             target_fps=None if cfg.folding != "auto" or cfg.target_fps is None else int(cfg.target_fps),
             folding_config_file=None if cfg.folding == "auto" else str(Path(cfg.folding).resolve()),
             mvau_wwidth_max=cfg.mvau_wwidth_max,
-            # Standalone thresholds are what lets FINN pick MVAU_rtl (it cannot fuse thresholds into RTL MVAUs).
-            standalone_thresholds=True,
-            save_intermediate_models=True,
         )
         log_path = finn_out / "build_dataflow.log"
         try:
@@ -492,12 +503,14 @@ def compile_model(
 
 def _plan_folding(qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path, kept: Path) -> Any:
     """Build once fully folded (estimates only) to get FINN's HW layers, plan the folding, write FOLDING_FILE."""
-    from flow.finn.folding import optimize_folding
+    from flow.finn.folding import plan_within_caps
 
     search = dataclasses.replace(cfg, folding="auto", target_fps=None, generate_code=False)
     finn_out = _run_builder(qonnx_path, board, search, tmp, kept, [], sub=SEARCH_DIR)
-    plan = optimize_folding(finn_out / "intermediate_models" / "step_generate_estimate_reports.onnx", board,
-                            max_simd=cfg.max_simd)
+    with finn_session(tmp / SEARCH_DIR / CODEGEN_DIR):
+        plan = plan_within_caps(finn_out / "intermediate_models" / "step_generate_estimate_reports.onnx", board,
+                                tmp / SEARCH_DIR / "estimate-scratch", max_simd=cfg.max_simd,
+                                target_fps=cfg.target_fps)
     plan.write(tmp / FOLDING_FILE)
     shutil.rmtree(tmp / SEARCH_DIR)  # only the plan is needed; its paths would need relocating otherwise
     return plan
@@ -527,28 +540,11 @@ def _fit_report_from(result: CompileResult) -> FitReport:
 
 
 def _width_converters(hw: Any, part: str, out_dir: Path) -> dict[str, float]:
-    """Estimate the StreamingDataWidthConverters FINN's InsertDWC would add (in a real build it does so when it
-    sizes FIFOs, a step the estimate flow skips), on a copy of the HW model."""
-    from flow.finn.reports import LAYER_RESOURCES
+    """The StreamingDataWidthConverters FINN's InsertDWC would add (count + FINN's estimate of them)."""
+    from flow.finn.estimates import estimate_design
 
-    estimators = {"LUT": "lut_estimation", "BRAM18": "bram_estimation", "URAM": "uram_estimation",
-                  "DSP": "dsp_estimation"}
-    with finn_session(out_dir.parent / f".{out_dir.name}.dwc-scratch"):
-        from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
-        from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
-        from qonnx.core.modelwrapper import ModelWrapper
-        from qonnx.custom_op.registry import getCustomOp
-
-        model = ModelWrapper(copy.deepcopy(hw.model)).transform(InsertDWC())
-        for node in model.graph.node:
-            if node.op_type == "StreamingDataWidthConverter":
-                getCustomOp(node).set_nodeattr("preferred_impl_style", "rtl")
-        model = model.transform(SpecializeLayers(part))
-        dwcs = [getCustomOp(n) for n in model.graph.node if n.op_type.startswith("StreamingDataWidthConverter")]
-        out = {"count": float(len(dwcs))}
-        out.update({r: float(sum(getattr(d, estimators[r])(part) for d in dwcs)) for r in LAYER_RESOURCES})
-    shutil.rmtree(out_dir.parent / f".{out_dir.name}.dwc-scratch", ignore_errors=True)
-    return out
+    est = estimate_design(hw, part, out_dir.parent / f".{out_dir.name}.dwc-scratch")
+    return {k: v for k, v in est.width_converters.items() if k != "FF"}
 
 
 def _result(
@@ -566,9 +562,11 @@ def _result(
 ) -> CompileResult:
     from flow.artifacts import read_json, to_jsonable
 
-    layers = {r.name: r.resources for r in est.layers}
-    dwc = _width_converters(hw, board.part, out_dir)
-    fit = check_fit({k: v + dwc[k] for k, v in est.totals.items()}, board, layers=layers)
+    from flow.finn.estimates import estimate_design
+
+    design = estimate_design(hw, board.part, out_dir.parent / f".{out_dir.name}.estimate-scratch")
+    dwc = {k: v for k, v in design.width_converters.items() if k != "FF"}
+    fit = check_fit(design.totals, board, layers=design.layers)
     node_types = [n.op_type for n in hw.graph.node]
     hls = [n.name for n in hw.graph.node if n.op_type.endswith("_hls")]
     clock_hz = 1e9 / board.clock_period_ns
@@ -597,7 +595,8 @@ def _result(
         verification=verification,
         folding_plan=None if plan is None else {
             "file": FOLDING_FILE, "fps": plan.fps, "max_cycles": plan.max_cycles, "totals": plan.totals,
-            "limited_by": plan.limited_by,
+            "limited_by": plan.limited_by, "max_possible_fps": plan.max_possible_fps, "reserve": plan.reserve,
+            "design_totals": plan.design_totals,
         },
         files={
             "hw_model": HW_MODEL,
@@ -610,6 +609,11 @@ def _result(
         config=to_jsonable(cfg),
         wall_s=time.time() - t0,
         finn_step_s={k: float(v) for k, v in step_times.items()},
+        estimates={
+            "layers": {r: sum(v[r] for v in design.layers.values()) for r in design.totals},
+            "fifos": design.fifos, "width_converters": design.width_converters, "totals": design.totals,
+            "shell": dict(board.shell_overhead), "fifo_depth": design.fifo_depth, "notes": design.notes,
+        },
     )
 
 

@@ -28,6 +28,7 @@ from flow import FlowError
 from flow.artifacts import atomic_dir, read_json, write_json
 from flow.boards import Board, load_board
 from flow.finn.adapter import finn_session, vivado_available
+from flow.finn.compile import dataflow_config
 
 RUNTIME_SRC = Path(__file__).resolve().parents[2] / "hw" / "runtime" / "trimflow_runtime"
 MANIFEST_FORMAT = "trimflow-deploy/1"  # read by hw/runtime/trimflow_runtime/package.py
@@ -203,17 +204,9 @@ def _run_finn(compile_dir: Path, board: Board, plan: SynthPlan, tmp: Path) -> Pa
             fifo = dict(auto_fifo_depths=True, auto_fifo_strategy=fb.config.AutoFIFOSizingMethod.FORCE_MINIMAL_FIFOS)
         else:
             fifo = dict(auto_fifo_depths=False, fifo_config_file=str(Path(plan.fifo_sizing).resolve()))
-        build_cfg = fb.DataflowBuildConfig(
-            output_dir=str(finn_out),
-            synth_clk_period_ns=float(board.clock_period_ns),
-            board=board.finn_board,
-            fpga_part=board.part,
-            shell_flow_type=fb.ShellFlowType.VIVADO_ZYNQ,
-            steps=[tracked(s) for s in plan.steps],
-            generate_outputs=[fb.DataflowOutputType(o) for o in plan.outputs],
+        build_cfg = dataflow_config(
+            fb, board, finn_out, [tracked(s) for s in plan.steps], [fb.DataflowOutputType(o) for o in plan.outputs],
             mvau_wwidth_max=int(compile_cfg.get("mvau_wwidth_max", 36)),
-            standalone_thresholds=True,
-            save_intermediate_models=True,
             **fifo,
         )
         try:

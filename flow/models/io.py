@@ -21,27 +21,39 @@ from flow.models.registry import build_model
 FORMAT = "trimflow-checkpoint/1"
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: dict[str, Any],
-                    meta: dict[str, Any] | None = None, trimmed: bool = False) -> None:
-    # Plain JSON-like metadata only: checkpoints are read with weights_only=True, which refuses our classes.
-    payload = {"format": FORMAT, "arch": to_jsonable(arch), "trimmed": trimmed, "meta": to_jsonable(meta or {}),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+def write_payload(path: str | os.PathLike, payload: dict[str, Any], model: nn.Module) -> None:
+    """Save `payload` plus the model's state_dict with torch.save, atomically.
+
+    Everything but the tensors goes through to_jsonable: payloads are read back with weights_only=True, which
+    refuses any class of ours."""
+    payload = {k: to_jsonable(v) for k, v in payload.items()}
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_payload(path: str | os.PathLike, fmt: str, what: str, hint: str) -> dict[str, Any]:
+    """Load a payload written by write_payload and check its format tag; `what` names it in errors."""
     path = Path(path)
     if not path.exists():
-        raise FlowError(f"checkpoint {path} does not exist")
+        raise FlowError(f"{what} {path} does not exist; {hint}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FlowError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise FlowError(f"checkpoint {path} is not a trimflow checkpoint (expected format {FORMAT!r}); "
-                        "save it with `trimflow import` or flow.models.save_checkpoint")
+        raise FlowError(f"{what} {path} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise FlowError(f"{path} is not a trimflow {what} (expected format {fmt!r}); {hint}")
     return payload
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: dict[str, Any],
+                    meta: dict[str, Any] | None = None, trimmed: bool = False) -> None:
+    write_payload(path, {"format": FORMAT, "arch": arch, "trimmed": trimmed, "meta": meta or {}}, model)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    return read_payload(path, FORMAT, "checkpoint", "save it with `trimflow pretrain`, flow.models.importers or "
+                                                    "flow.models.save_checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
