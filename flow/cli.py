@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", help="YAML with a PretrainConfig (model, dataset, train)")
     pre.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     pre.add_argument("--data-dir")
+    imp = sub.add_parser("import", help="turn a PyTorch/TorchScript/ONNX model into a trimflow checkpoint")
+    from flow.models.importers import add_cli_arguments
+    add_cli_arguments(imp)
     cfg = sub.add_parser("config", help="print the effective flow config as YAML")
     _add_flow_args(cfg)
     return parser
@@ -71,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             data = merge(load_yaml(args.config) if args.config else {}, parse_set(args.set))
             info = pretrain(from_dict(PretrainConfig, data, "pretrain"), args.out, args.data_dir)
             console.print(f"test accuracy {info['test_accuracy']:.4f} → {args.out}")
+        elif args.command == "import":
+            from flow.models.importers import config_from_cli, import_model
+            info = import_model(config_from_cli(args), args.out)
+            console.print(f"imported {args.source} → {args.out} ({info.get('arch', {}).get('name', '?')})")
         elif args.command == "config":
             import yaml
             from flow.configs import to_dict

@@ -31,6 +31,13 @@ def test_pytorch_class_and_state_dict(tmp_path):
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(loaded(x), model(x))
     assert json.loads((tmp_path / "ck.json").read_text())["arch"] == "module"
+    from flow.graph import build_graph
+    from flow.trim import remove_channels
+    graph = build_graph(loaded, (1, 28, 28))
+    narrow = remove_channels(loaded, graph, {g.id: torch.arange(4) for g in graph.groups if g.frozen is None})
+    save_checkpoint(tmp_path / "t.pt", narrow, payload["arch"], trimmed=True)
+    again, _ = load_checkpoint(tmp_path / "t.pt")
+    assert again.features[0].out_channels == 4 and torch.equal(again(x), narrow(x))
 
 
 def test_user_class_from_a_file_and_wrapped_state_dict(tmp_path):
@@ -194,7 +201,30 @@ def test_rescale_divides_logits_by_a_power_of_two_exactly(tmp_path):
         assert torch.equal(scaled(x) * factor, orig(x))  # exact: powers of two only move exponents
     assert logit_rescale_factor(scaled, x) in (0.5, 1.0, 2.0)
     with pytest.raises(FlowError, match=r"layer 'features\.1' is a BatchNorm2d"):
-        rescale_activations(build_model("cnv"), 4.0)
+        rescale_activations(build_model("cnv"), 4.0, x)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    want = mlp(x)
+    rescale_activations(mlp, 8.0, x)  # the first weight layer sits behind a Flatten
+    assert torch.equal(mlp(x) * 8, want)
+
+
+def test_rescale_refuses_a_forward_that_does_not_scale():
+    from flow.models.importers import rescale_activations
+
+    class Offset(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return torch.sigmoid(self.fc(x.flatten(1)))
+
+    net = Offset().eval()
+    x = torch.rand(5, 1, 2, 2)
+    want = net(x)
+    with pytest.raises(FlowError, match="does not scale with its activations"):
+        rescale_activations(net, 4.0, x)
+    assert torch.equal(net(x), want)  # left as it was
 
 
 def test_cli_arguments_build_the_config(tmp_path):

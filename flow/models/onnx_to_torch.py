@@ -116,7 +116,6 @@ class _Converter:
         self.state: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.alias: dict[str, str] = {}  # ONNX value → the value that carries it after a removed node
-        self.producer: dict[str, int] = {}  # value → index in self.steps
         self.shapes: dict[str, tuple[int, ...]] = {}  # value → shape of the dummy batch-1 forward
         self.probe: dict[str, torch.Tensor] = {}
 
@@ -163,7 +162,6 @@ class _Converter:
                 out = torch.cat(args, 1)
         self.probe[step[3]] = out
         self.shapes[step[3]] = tuple(out.shape)
-        self.producer[step[3]] = len(self.steps)
         self.steps.append(step)
 
     def consumers(self, name: str) -> list:
