@@ -78,6 +78,18 @@ def test_hls_only_layer_is_rejected_with_alternative():
         check_rtl_only(_graph_with("Requant_rtl", "finn.custom_op.fpgadataflow.rtl"))
 
 
+def test_mvau_rtl_folding_rule():
+    from flow.sim.stitch import mvau_rtl_folding_issue
+
+    msg = mvau_rtl_folding_issue("MVAU_rtl_0", "MVAU_rtl", 9, 9)
+    assert msg and "MVAU_rtl_0" in msg and "MW=9" in msg and "SIMD=3" in msg and "8 cycles" in msg
+    assert "SIMD=4" in mvau_rtl_folding_issue("MVAU_rtl_1", "MVAU_rtl", 8, 8)
+    assert "no valid SIMD" in mvau_rtl_folding_issue("MVAU_rtl_2", "MVAU_rtl", 1, 1)
+    for mw, simd in ((9, 3), (9, 1), (18, 9), (1568, 784)):
+        assert mvau_rtl_folding_issue("MVAU_rtl_0", "MVAU_rtl", mw, simd) is None
+    assert mvau_rtl_folding_issue("MVAU_hls_0", "MVAU_hls", 9, 9) is None
+
+
 def test_missing_or_old_verilator(tmp_path):
     with pytest.raises(FlowError, match="Verilator not found"):
         build_simulator(tmp_path / "hw.onnx", tmp_path / "sim", SimConfig(verilator=str(tmp_path / "nope")))
@@ -112,19 +124,20 @@ def test_diagnose_stall_names_the_layer():
 # ------------------------------------------------------------------------------------------ end-to-end (Verilator)
 
 
-def _tiny_net():
+def _tiny_net(first_weight_bits: int = 4, first_channels: int = 4):
     import torch
     from torch import nn
     import brevitas.nn as qnn
 
     torch.manual_seed(0)
+    c1 = first_channels
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c1 = qnn.QuantConv2d(1, 4, 3, padding=1, bias=False, weight_bit_width=4)
-            self.b1, self.r1 = nn.BatchNorm2d(4), qnn.QuantReLU(bit_width=4)
-            self.c2 = qnn.QuantConv2d(4, 8, 3, stride=2, padding=1, bias=False, weight_bit_width=4)
+            self.c1 = qnn.QuantConv2d(1, c1, 3, padding=1, bias=False, weight_bit_width=first_weight_bits)
+            self.b1, self.r1 = nn.BatchNorm2d(c1), qnn.QuantReLU(bit_width=4)
+            self.c2 = qnn.QuantConv2d(c1, 8, 3, stride=2, padding=1, bias=False, weight_bit_width=4)
             self.b2, self.r2 = nn.BatchNorm2d(8), qnn.QuantReLU(bit_width=4)
             self.fc = qnn.QuantLinear(8 * 14 * 14, 10, bias=False, weight_bit_width=4)
 
@@ -140,7 +153,7 @@ def _tiny_net():
     return net.eval()
 
 
-def _hw_model(tmp_path, finn_fifos: bool):
+def _hw_model(tmp_path, finn_fifos: bool, folding: dict = FOLDING, name: str = "hw_model", **net):
     """Tiny Brevitas CNN -> QONNX -> FINN HW layers, specialised to RTL and folded (SIMD > 1).
 
     Without DWCs and without generated code: build_simulator has to add both. With `finn_fifos`, FINN's
@@ -188,8 +201,8 @@ def _hw_model(tmp_path, finn_fifos: bool):
         return m
 
     torch.set_num_threads(1)
-    export_qonnx(_tiny_net(), torch.zeros(1, 1, 28, 28), str(tmp_path / "tiny_qonnx.onnx"))
-    m = cleanup_model(ModelWrapper(str(tmp_path / "tiny_qonnx.onnx")))
+    export_qonnx(_tiny_net(**net), torch.zeros(1, 1, 28, 28), str(tmp_path / f"{name}_qonnx.onnx"))
+    m = cleanup_model(ModelWrapper(str(tmp_path / f"{name}_qonnx.onnx")))
     m.set_tensor_datatype(m.graph.input[0].name, DataType["UINT8"])  # raw pixels
     m = tidy(m.transform(ConvertQONNXtoFINN()))
     for t in (absorb.AbsorbScalarBiasIntoMultiThreshold(), Streamline(), LowerConvsToMatMul(),
@@ -207,8 +220,8 @@ def _hw_model(tmp_path, finn_fifos: bool):
     hw = minimize(hw.transform(SpecializeLayers(PART)))
     mvaus = hw.get_nodes_by_op_type("MVAU_rtl")
     for i, n in enumerate(mvaus):
-        getCustomOp(n).set_nodeattr("PE", FOLDING[i][0])
-        getCustomOp(n).set_nodeattr("SIMD", FOLDING[i][1])
+        getCustomOp(n).set_nodeattr("PE", folding[i][0])
+        getCustomOp(n).set_nodeattr("SIMD", folding[i][1])
     for n in hw.get_nodes_by_op_type("Thresholding_rtl"):
         getCustomOp(n).set_nodeattr("PE", 2)
     if finn_fifos:  # as FINN's step_set_fifo_depths does: converters first, then FIFOs between all layers
@@ -219,7 +232,7 @@ def _hw_model(tmp_path, finn_fifos: bool):
     assert {n.op_type for n in hw.graph.node} <= {"FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_rtl",
                                                  "Thresholding_rtl", "StreamingFIFO_rtl",
                                                  "StreamingDataWidthConverter_rtl"}
-    path = tmp_path / f"hw_model{'_fifos' if finn_fifos else ''}.onnx"
+    path = tmp_path / f"{name}{'_fifos' if finn_fifos else ''}.onnx"
     hw.save(str(path))
     return path
 
@@ -307,3 +320,45 @@ def test_finn_sized_fifos_bit_exact(tmp_path, test_images):
         ref = execute_hw_model(hw_path, test_images[:3].transpose(0, 2, 3, 1))
     assert np.array_equal(res.outputs, ref.reshape(res.outputs.shape))
     assert 0.8 < res.ii_ratio < 1.2
+
+
+# The pipeline's default design had its first MVAU (8-bit pixels x 8-bit weights, one input channel: MW=9) folded
+# to PE=4, SIMD=9, and FINN's RTL overflowed its output queue under back-pressure (see
+# flow.sim.stitch.mvau_rtl_folding_issue). The same layer here, with a much slower second MVAU behind it so that it is
+# back-pressured for long stretches: with SIMD=9 and the check bypassed, this net stops with "Overflowing output
+# queue" in MVAU_rtl_0 (checked by hand); with SIMD=3 (MW/SIMD = 3) it must be bit-exact.
+FOLDING_8BIT_FIRST = {0: (4, 3), 1: (2, 4), 2: (2, 8)}
+
+
+@pytest.mark.rtlsim
+def test_8bit_first_layer_under_backpressure(tmp_path, test_images):
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+    from flow.finn.adapter import finn_session
+
+    with finn_session(tmp_path / "finn"):
+        hw_path = _hw_model(tmp_path, finn_fifos=False, folding=FOLDING_8BIT_FIRST, name="hw8",
+                            first_weight_bits=8, first_channels=8)
+        hw = ModelWrapper(str(hw_path))
+    first = getCustomOp(hw.get_nodes_by_op_type("MVAU_rtl")[0])
+    assert (first.get_nodeattr("MW"), first.get_nodeattr("MH")) == (9, 8)
+    assert first.get_input_datatype(0).bitwidth() == 8 and first.get_input_datatype(1).bitwidth() == 8
+
+    # SIMD == MW (the optimiser's original choice) is refused before anything is generated or compiled
+    first.set_nodeattr("SIMD", 9)
+    hw.save(str(tmp_path / "hw8_sf1.onnx"))
+    with pytest.raises(FlowError, match=r"MVAU_rtl_0 \(MVAU_rtl\) has SIMD=9 equal to .* MW=9.*SIMD=3"):
+        build_simulator(tmp_path / "hw8_sf1.onnx", tmp_path / "sim_sf1", SimConfig())
+    assert not (tmp_path / "sim_sf1").exists()
+
+    sim = build_simulator(hw_path, tmp_path / "sim", SimConfig(optimize=False))  # -O0: builds faster
+    images = test_images[:3]
+    res = sim.run(images)
+    with finn_session(tmp_path / "finn"):
+        ref = execute_hw_model(hw_path, images.transpose(0, 2, 3, 1))
+    assert np.array_equal(res.outputs, ref.reshape(res.outputs.shape))
+    assert len(np.unique(res.outputs)) > 10
+    # the second MVAU is the bottleneck, so the first one's output really was held back, and for long stretches
+    assert max(res.layer_est_cycles, key=res.layer_est_cycles.get) == "MVAU_rtl_1"
+    held = [v for k, v in res.link_backpressure.items() if k.startswith("MVAU_rtl_0 ->")]
+    assert held and held[0] > res.total_cycles // 4

@@ -3,12 +3,15 @@
 FINN's own heuristic (SetFolding, driven by target_fps) never looks at the board: the user has to guess an fps that
 fits. Here the bottleneck layer is made faster one step at a time (the cheapest next-faster folding among the
 divisors of its channel counts), as long as the design, plus the board's shell overhead, stays under the caps.
-Cycles and resources come from FINN's per-node estimates, so the result agrees with FINN's reports.
-Not modelled: data-width converters FINN inserts between layers whose stream widths differ, and FIFOs.
+Cycles come from FINN's per-node estimates; resources from flow.finn.estimates.node_resources (FINN's estimates
+with the LUT of RTL MVAUs and an FF figure filled in). FIFOs and data-width converters depend on the neighbours'
+stream widths, so the greedy search does not see them: `reserve` holds room for them, and plan_within_caps()
+re-estimates the whole folded design with them and replans with a larger reserve until it fits.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -30,17 +33,21 @@ FOLDABLE = {
     "LabelSelect": (("PE", "Labels"),),
     "VVAU": (("PE", "Channels"),),
 }
-_ESTIMATES = {"LUT": "lut_estimation", "BRAM18": "bram_estimation", "URAM": "uram_estimation", "DSP": "dsp_estimation"}
+_ESTIMATES = ("LUT", "FF", "BRAM18", "URAM", "DSP")
 
 
 @dataclasses.dataclass(frozen=True)
 class FoldingPlan:
     folding: dict[str, dict[str, int]]  # node name → {"PE": .., "SIMD": ..}, FINN's folding-config layout
     cycles: dict[str, int]
-    totals: dict[str, float]  # dataflow resources (LUT/BRAM18/URAM/DSP)
+    totals: dict[str, float]  # layers incl. the FIFO on each layer's output (LUT/FF/BRAM18/URAM/DSP)
     max_cycles: int
     fps: float  # at the board clock
     limited_by: str  # why the search stopped
+    # fps with every layer at its fastest folding, resources ignored: no folding of this net goes faster
+    max_possible_fps: float = 0.0
+    reserve: dict[str, float] = dataclasses.field(default_factory=dict)  # room kept for FIFOs/DWCs
+    design_totals: dict[str, float] = dataclasses.field(default_factory=dict)  # incl. FIFOs/DWCs (plan_within_caps)
 
     def finn_config(self) -> dict[str, Any]:
         return {"Defaults": {}, **self.folding}
@@ -59,19 +66,32 @@ def _kind(op_type: str) -> str | None:
     return next((k for k in FOLDABLE if op_type.startswith(k)), None)
 
 
-def optimize_folding(hw_model_path: str | Path, board: Board, max_simd: dict[str, int] | None = None) -> FoldingPlan:
-    """Plan a folding for the specialised HW-layer model at `hw_model_path` (e.g. a compile's hw_model.onnx).
+def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: dict[str, int] | None = None,
+                     target_fps: float | None = None, reserve: dict[str, float] | None = None) -> FoldingPlan:
+    """Plan a folding for the specialised HW-layer model at `hw_model_path` (e.g. a compile's hw_model.onnx, or a
+    ModelWrapper, whose node attributes are left at the plan's last tried values).
 
     `max_simd` optionally caps SIMD per op-type prefix, e.g. {"MVAU": 1} for simulators that need SIMD=1.
+    `target_fps`: stop once it is reached (the cheapest folding found for it) instead of going as fast as fits.
+    `reserve`: resources kept free (FIFOs, width converters) on top of the board's shell overhead.
     """
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
+    from flow.finn.estimates import node_resources, output_fifo_resources
+
     max_simd = max_simd or {}
-    model = ModelWrapper(str(hw_model_path))
-    caps = {r: board.limit(r) - board.shell_overhead[r] for r in _ESTIMATES}
-    if any(v < 0 for v in caps.values()):
+    reserve = {r: float((reserve or {}).get(r, 0.0)) for r in _ESTIMATES}
+    model = hw_model_path if isinstance(hw_model_path, ModelWrapper) else ModelWrapper(str(hw_model_path))
+    caps = {r: board.limit(r) - board.shell_overhead[r] - reserve[r] for r in _ESTIMATES}
+    if any(board.limit(r) - board.shell_overhead[r] < 0 for r in _ESTIMATES):
         raise FlowError(f"board {board.name}: the shell overhead alone exceeds the caps; nothing left for layers")
+    target_cycles = None if not target_fps else 1e9 / board.clock_period_ns / target_fps
+
+    def _resources(inst: Any, part: str) -> dict[str, float]:
+        # the FIFO on a node's output is as wide as its (folding-dependent) output stream: charge it to the node
+        own, fifo = node_resources(inst, part), output_fifo_resources(inst, part)
+        return {r: own[r] + fifo[r] for r in _ESTIMATES}
 
     # Per node: candidate foldings sorted from slowest to fastest, each with (cycles, resources).
     options: dict[str, list[tuple[dict[str, int], int, dict[str, float]]]] = {}
@@ -95,6 +115,10 @@ def optimize_folding(hw_model_path: str | Path, board: Board, max_simd: dict[str
         for combo in combos:
             if combo.get("SIMD", 1) > max_simd.get(kind, 1 << 30):
                 continue
+            # finn-rtllib's MVAU (mvu_vvu_axi.sv) loses outputs under back-pressure when SIMD == MW, i.e. one
+            # input beat per output (see flow.sim.stitch.mvau_rtl_folding_issue): keep SIMD a proper divisor of MW.
+            if node.op_type == "MVAU_rtl" and 1 < int(inst.get_nodeattr("MW")) == combo.get("SIMD", 1):
+                continue
             for a, v in combo.items():
                 inst.set_nodeattr(a, v)
             try:
@@ -105,6 +129,11 @@ def optimize_folding(hw_model_path: str | Path, board: Board, max_simd: dict[str
             raise FlowError(f"folding: no valid PE/SIMD for layer {node.name} ({node.op_type})")
         cands.sort(key=lambda c: (-c[1], _weight(c[2], caps)))
         options[node.name] = cands
+        for a, v in cands[0][0].items():  # leave the node fully folded, as the search starts
+            inst.set_nodeattr(a, v)
+
+    fastest = max([c for c, _ in fixed.values()] + [min(c[1] for c in o) for o in options.values()])
+    max_possible_fps = 1e9 / board.clock_period_ns / fastest
 
     choice = {n: 0 for n in options}  # start fully folded (slowest, smallest)
 
@@ -120,6 +149,9 @@ def optimize_folding(hw_model_path: str | Path, board: Board, max_simd: dict[str
         limited_by = ""
     while not limited_by:
         bottleneck = max(list(fixed) + list(options), key=lambda n: state(n)[0])
+        if target_cycles is not None and state(bottleneck)[0] <= target_cycles:
+            limited_by = f"reached target {target_fps:g} fps"
+            break
         if bottleneck in fixed:
             limited_by = f"layer {bottleneck} has no folding parameters"
             break
@@ -142,6 +174,18 @@ def optimize_folding(hw_model_path: str | Path, board: Board, max_simd: dict[str
             break
         choice[bottleneck] = best[1]
 
+    # The greedy path can lock resources into early choices (a layer sped up along an expensive option) and stop
+    # at the first bottleneck step that no longer fits. A second search sets one cycle budget T for every layer
+    # and gives each its cheapest option within T, under a few resource prices (the one that binds made dearer);
+    # the smallest T whose design fits, found by bisection, replaces the greedy plan when it is faster.
+    if limited_by.startswith("resources"):
+        greedy_cycles = max(state(n)[0] for n in list(fixed) + list(options))
+        swept = _budget_search(options, fixed, caps, greedy_cycles)
+        if swept is not None:
+            choice.update(swept)
+            limited_by = (f"resources: one cycle budget for all layers; a smaller one would exceed {board.name}'s "
+                          "caps")
+
     cycles = {n: state(n)[0] for n in list(fixed) + list(options)}
     max_cycles = max(cycles.values())
     return FoldingPlan(
@@ -151,11 +195,95 @@ def optimize_folding(hw_model_path: str | Path, board: Board, max_simd: dict[str
         max_cycles=max_cycles,
         fps=1e9 / board.clock_period_ns / max_cycles,
         limited_by=limited_by,
+        max_possible_fps=max_possible_fps,
+        reserve=reserve,
     )
 
 
-def _resources(inst: Any, part: str) -> dict[str, float]:
-    return {r: float(getattr(inst, fn)(part)) for r, fn in _ESTIMATES.items()}
+def apply_folding(model: Any, plan: FoldingPlan) -> Any:
+    """Set the plan's PE/SIMD on the nodes of a ModelWrapper (in place)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        for a, v in plan.folding.get(node.name, {}).items():
+            getCustomOp(node).set_nodeattr(a, v)
+    return model
+
+
+def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Path,
+                     max_simd: dict[str, int] | None = None, target_fps: float | None = None,
+                     rounds: int = 5) -> FoldingPlan:
+    """optimize_folding with room reserved for FIFOs and width converters, checked on the whole folded design
+    (flow.finn.estimates). Over a cap: the overshoot joins the reserve; under: the reserve shrinks to what the
+    plan's FIFOs/DWCs really take. Returns the fastest plan that fits (or the last one when none does)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flow.finn.estimates import estimate_design, fits
+
+    base = ModelWrapper(str(hw_model_path))
+    # the optimiser's starting point (every node at its slowest folding) needs the least FIFO/DWC room
+    slowest = optimize_folding(ModelWrapper(str(hw_model_path)), board, max_simd, target_fps=1e-12)
+    reserve = _extras(estimate_design(apply_folding(ModelWrapper(copy.deepcopy(base.model)), slowest), board.part,
+                                      Path(scratch) / "r0"))
+    best = plan = None
+    seen: list[dict[str, float]] = []
+    for i in range(rounds):
+        seen.append(reserve)
+        plan = optimize_folding(ModelWrapper(str(hw_model_path)), board, max_simd, target_fps, reserve)
+        est = estimate_design(apply_folding(ModelWrapper(copy.deepcopy(base.model)), plan), board.part,
+                              Path(scratch) / f"r{i + 1}")
+        plan = dataclasses.replace(plan, design_totals=est.totals)
+        if plan.limited_by == "does not fit even fully folded":
+            break
+        if fits(est.totals, board):
+            if best is None or plan.fps > best.fps:
+                best = plan
+            reserve = _extras(est)
+        else:
+            reserve = {r: reserve[r] + max(0.0, est.totals[r] + board.shell_overhead[r] - board.limit(r))
+                       for r in _ESTIMATES}
+        if reserve in seen:
+            break
+    return best or plan
+
+
+def _extras(est: Any) -> dict[str, float]:
+    """What the search does not charge to nodes: width converters and the FIFOs beyond one per node output."""
+    return {r: max(0.0, est.totals[r] - sum(est.layers[n][r] + est.output_fifos[n][r] for n in est.layers))
+            for r in _ESTIMATES}
+
+
+def _budget_search(options: dict[str, list], fixed: dict[str, tuple[int, dict[str, float]]],
+                   caps: dict[str, float], beat: int) -> dict[str, int] | None:
+    """Choices (node → option index) for the smallest cycle budget below `beat` whose cheapest design fits."""
+    base = {r: 1.0 / caps[r] if caps[r] > 0 else 1e9 for r in _ESTIMATES}
+    prices = [base] + [{**base, r: base[r] * 8} for r in _ESTIMATES if caps[r] > 0]
+    floor = max([c for c, _ in fixed.values()] + [min(o[1] for o in opts) for opts in options.values()])
+    budgets = sorted({c[1] for opts in options.values() for c in opts if floor <= c[1] < beat})
+    fixed_res = {r: sum(res[r] for _, res in fixed.values()) for r in _ESTIMATES}
+
+    def design(budget: int) -> dict[str, int] | None:
+        for price in prices:
+            choice, tot = {}, dict(fixed_res)
+            for n, opts in options.items():
+                i = min((i for i, c in enumerate(opts) if c[1] <= budget),
+                        key=lambda i: (sum(price[r] * opts[i][2][r] for r in _ESTIMATES), opts[i][1]))
+                choice[n] = i
+                for r in _ESTIMATES:
+                    tot[r] += opts[i][2][r]
+            if _fits(tot, caps):
+                return choice
+        return None
+
+    best, lo, hi = None, 0, len(budgets) - 1  # budgets ascending: find the smallest that fits
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        found = design(budgets[mid])
+        if found is not None:
+            best, hi = found, mid - 1
+        else:
+            lo = mid + 1
+    return best
 
 
 def _fits(totals: dict[str, float], caps: dict[str, int]) -> bool:

@@ -79,8 +79,43 @@ def _alternative(op_type: str) -> str:
     return "set preferred_impl_style='rtl' for it, or replace it by a layer FINN implements in RTL"
 
 
+# finn-rtllib's MVAU_rtl (mvu_vvu_axi.sv, finn-plus 1.6.1) cannot take back-pressure when SIMD == MW.
+# Its output side is a queue that catches every result leaving the DSP pipeline; on back-pressure it locks the
+# compute input ("OLock") and relies on the queue to absorb what is still in flight. The queue holds
+# MAX_IN_FLIGHT + 1 entries with MAX_IN_FLIGHT = CORE_PIPELINE_DEPTH (3 + clog2(SIMD+1) for DSP48 cores), but
+# with MW/SIMD = 1 every input beat completes an output, so when the lock engages it has to take the entry it
+# already holds, the one arriving that cycle and one per pipeline stage: PIPELINE_DEPTH + 2 entries, where mvu.sv's
+# PIPELINE_DEPTH is 3 + clog2(SIMD) + 1 (one more than the wrapper assumes when SIMD is not a power of two).
+# A stall of about PIPELINE_DEPTH cycles therefore overflows it: Verilator stops on the RTL's own assertion
+# ("Overflowing output queue"), hardware silently drops outputs (the signed queue pointer wraps to "empty").
+# With MW/SIMD >= 2 at most ceil((PIPELINE_DEPTH + 1) / 2) + 1 entries are needed, always within the queue.
+# Measured with the module alone under Verilator (W8A8, MH=8, PE=4): SIMD=MW=9 and SIMD=MW=8 overflow once the
+# output stalls for 8 cycles; MW=18, SIMD=9 runs with 100-cycle stalls. This is the RTL, not a simulator artefact:
+# the pipeline-depth and queue logic are the same in mvu.sv's behavioural (Verilator) and DSP (Vivado) paths.
+# VVAU_rtl uses the same wrapper and very likely has the same limit; the simulator does not support it yet.
+
+
+def mvau_rtl_folding_issue(name: str, op_type: str, mw: int, simd: int) -> str | None:
+    """Why FINN's RTL matrix-vector unit cannot run with this folding (None if it can).
+
+    The constraint for a folding search: for MVAU_rtl, SIMD must be a proper divisor of MW (MW/SIMD >= 2).
+    """
+    if op_type != "MVAU_rtl" or simd != mw:
+        return None
+    depth = 3 + (simd - 1).bit_length() + (simd == 1) + 1  # mvu.sv PIPELINE_DEPTH (DSP48 cores)
+    fits = [d for d in range(1, mw // 2 + 1) if mw % d == 0]
+    hint = (f"Fold it with SIMD={fits[-1]} (a proper divisor of MW, so MW/SIMD >= 2) and raise PE instead for "
+            f"throughput" if fits else "MW=1 leaves no valid SIMD; implement this layer in HLS")
+    return (f"layer {name} ({op_type}) has SIMD={simd} equal to its input length MW={mw}; FINN's RTL MVU "
+            f"(finn-rtllib mvu_vvu_axi.sv) then finishes an output every cycle and overflows its output queue when "
+            f"the next layer stalls for about its pipeline depth ({depth} cycles) "
+            f"or longer: outputs are lost on hardware and the simulation stops with 'Overflowing output queue'. "
+            f"{hint}")
+
+
 def check_rtl_only(model) -> None:
-    """Raise FlowError naming the first layer Verilator cannot simulate (HLS-only or not a linear chain)."""
+    """Raise FlowError naming the first layer Verilator cannot simulate (HLS-only, not a linear chain, or a folding
+    FINN's RTL does not run correctly)."""
     for node in model.graph.node:
         if not node.domain.startswith("finn.custom_op.fpgadataflow") or not node.op_type.endswith("_rtl"):
             raise FlowError(
@@ -90,6 +125,14 @@ def check_rtl_only(model) -> None:
         if node.op_type not in SUPPORTED:
             raise FlowError(f"layer {node.name} ({node.op_type}) is not supported by the Verilator simulator yet "
                             f"(supported: {', '.join(SUPPORTED)})")
+        if node.op_type == "MVAU_rtl":
+            from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415  (heavy import)
+
+            inst = getCustomOp(node)
+            issue = mvau_rtl_folding_issue(node.name, node.op_type, int(inst.get_nodeattr("MW")),
+                                           int(inst.get_nodeattr("SIMD")))
+            if issue:
+                raise FlowError(issue)
     for node in model.graph.node:
         consumers = model.find_consumers(node.output[0]) or []
         if len(node.output) != 1 or len(consumers) > 1:
