@@ -90,8 +90,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         from flow.trim import trim_model
         model, payload = load_checkpoint(model_path)
         scores = RelevanceScores.load(ctx.input("relevance", "relevance.json"))
-        trimmed, report = trim_model(model, scores, tcfg, calib=subset(data.train, cfg.relevance.images,
-                                                                         cfg.relevance.seed))
+        trimmed, report = trim_model(model, scores, tcfg, calib=subset(data.train, tcfg.calib_images, tcfg.seed))
         acc_trimmed = evaluate(trimmed, data.test)
         history = train(trimmed, data.train, finetune, teacher=model, desc="fine-tune trimmed")
         save_checkpoint(ctx.out_dir / CHECKPOINT, trimmed, payload["arch"], trimmed=True,
@@ -122,7 +121,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
     def compile_(ctx: StageContext, ccfg) -> dict:
         from flow.finn.compile import compile_model
         result = compile_model(ctx.input("export", "model.qonnx.onnx"), board, ccfg, ctx.out_dir / "finn",
-                               verify_images=subset(data.test, 8, seed=2))
+                               verify_images=subset(data.test, ccfg.verify_images, seed=2))
         return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
 
     def simulate(ctx: StageContext, scfg) -> dict:
