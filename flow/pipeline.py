@@ -53,7 +53,7 @@ class StageResult:
 
 class Pipeline:
     def __init__(self, root: str | Path, stages: Iterable[Stage], console: Console | None = None):
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # stages hand paths to tools that run in other working directories
         self.stages = {s.name: s for s in stages}
         self.console = console or Console(stderr=True)
         for s in self.stages.values():
