@@ -85,19 +85,29 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
                            for name, stats in scores.summary().items()}}
 
     def trim(ctx: StageContext, config) -> dict:
-        tcfg, finetune = config
+        tcfg, finetune, hw = config
         from flow.relevance import RelevanceScores
         from flow.trim import trim_model
         model, payload = load_checkpoint(model_path)
         scores = RelevanceScores.load(ctx.input("relevance", "relevance.json"))
-        trimmed, report = trim_model(model, scores, tcfg, calib=subset(data.train, tcfg.calib_images, tcfg.seed))
+        calib = subset(data.train, tcfg.calib_images, tcfg.seed)
+        hwtrim = None
+        if hw is not None:
+            from flow.hwtrim import fit_by_trimming
+            hcfg, qcfg, ccfg = hw
+            found = fit_by_trimming(model, scores, board, ccfg.target_fps, tcfg, qcfg, ccfg, calib,
+                                    subset(data.test, hcfg.test_images, seed=4), hcfg.accuracy_floor,
+                                    ctx.out_dir / "hwtrim", budgets=hcfg.budgets, calib_batches=hcfg.calib_batches)
+            trimmed, report, hwtrim = found.model, found.trim_report, found.to_json()
+        else:
+            trimmed, report = trim_model(model, scores, tcfg, calib=calib)
         acc_trimmed = evaluate(trimmed, data.test)
         history = train(trimmed, data.train, finetune, teacher=model, desc="fine-tune trimmed")
         save_checkpoint(ctx.out_dir / CHECKPOINT, trimmed, payload["arch"], trimmed=True,
                         meta={"source": str(model_path), "trim": report})
         return {"report": report, "accuracy_before_finetune": acc_trimmed,
                 "accuracy": evaluate(trimmed, data.test), "params": _params(trimmed),
-                "finetune_seconds": history["seconds"]}
+                "finetune_seconds": history["seconds"], "hwtrim": hwtrim}
 
     def quantize(ctx: StageContext, qcfg) -> dict:
         from flow.quantize import float_shapes, quantize_model, save_quant_checkpoint
@@ -148,9 +158,12 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         return {"files": sorted(p.name for p in paths)}
 
     board_salt = dataclasses.asdict(board)
+    # A target fps makes the trim budget depend on the board and on the quantize/compile settings it searches with.
+    hw = (cfg.hwtrim, cfg.quantize, cfg.compile) if cfg.compile.target_fps else None
     stages = [
         Stage("relevance", relevance, (cfg.relevance, cfg.trim.criterion), salt=source),
-        Stage("trim", trim, (cfg.trim, cfg.finetune), deps=("relevance",), salt=source),
+        Stage("trim", trim, (cfg.trim, cfg.finetune, hw), deps=("relevance",),
+              salt={**source, "board": board_salt} if hw else source),
         Stage("quantize", quantize, cfg.quantize, deps=("trim",), salt=source),
         Stage("export", export, cfg.export, deps=("quantize",)),
         Stage("compile", compile_, cfg.compile, deps=("export",), salt=board_salt),

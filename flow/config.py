@@ -10,6 +10,7 @@ from flow import FlowError
 from flow.configs import from_dict, load_yaml, merge, parse_set
 from flow.finn.compile import CompileConfig
 from flow.finn.synth import SynthConfig
+from flow.hwtrim import HwTrimConfig
 from flow.quantize import QuantConfig
 from flow.relevance import RelevanceConfig
 from flow.sim import SimConfig
@@ -51,6 +52,9 @@ class FlowConfig:
     quantize: QuantConfig = QuantConfig()
     export: ExportConfig = ExportConfig()
     compile: CompileConfig = CompileConfig(folding="optimize")  # fastest folding within the board's caps
+    # With compile.target_fps set, the trim stage picks the largest MAC budget whose design reaches it on the board
+    # (flow.hwtrim) instead of trim.budget.
+    hwtrim: HwTrimConfig = HwTrimConfig()
     simulate: SimulateConfig = SimulateConfig()
     synth: SynthConfig = SynthConfig()  # the Vivado part; without Vivado only the host-emulation package is made
 

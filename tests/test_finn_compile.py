@@ -104,7 +104,16 @@ def test_all_rtl_layers_and_estimates(compiled):
     assert result.fits
     fit = {row["resource"]: row for row in result.fit["rows"]}
     assert result.width_converters["count"] >= 1  # FINN's folding leaves some stream widths unequal
-    assert fit["LUT"]["dataflow"] == result.totals["LUT"] + result.width_converters["LUT"]
+    # The fit check counts more than FINN's layer totals (flow.finn.estimates): RTL MVAUs' LUTs, FIFOs, DWCs, FF.
+    est = result.estimates
+    for key in ("LUT", "FF", "BRAM18", "DSP"):
+        assert fit[key]["dataflow"] == pytest.approx(
+            est["layers"][key] + est["fifos"][key] + est["width_converters"][key])
+    assert est["layers"]["LUT"] > result.totals["LUT"]  # FINN's MVAU_rtl model reports 0 LUT
+    assert est["width_converters"]["LUT"] == result.width_converters["LUT"]
+    assert est["fifos"]["count"] >= len(EXPECTED_TYPES) + 1 and est["fifos"]["LUT"] > 0
+    assert est["layers"]["FF"] > 0 and fit["FF"]["dataflow"] is not None
+    assert any("MVAU_rtl" in n for n in est["notes"]) and any("shell" in n for n in est["notes"])
     assert fit["LUT"]["estimate"] == fit["LUT"]["dataflow"] + load_board("pynq-z2").shell_overhead["LUT"]
 
     saved = read_json(out / "compile.json")
@@ -243,8 +252,11 @@ def test_folding_optimizer_fits_and_agrees_with_finn(qonnx_path, tmp_path):
     result = compile_model(qonnx_path, board, cfg, tmp_path / "out")
     plan = result.folding_plan
     assert result.fits and result.totals["DSP"] <= 32
-    # the optimiser's predictions are FINN's own per-layer estimates, so they must match FINN's report exactly
-    assert plan["max_cycles"] == result.max_cycles and plan["totals"] == result.totals
+    # the optimiser's cycles are FINN's own per-layer estimates, so they must match FINN's report exactly; its
+    # estimate of the whole folded design (FIFOs, DWCs, RTL-MVAU LUTs, FF) is what the fit check counts
+    assert plan["max_cycles"] == result.max_cycles and plan["totals"]["DSP"] == result.totals["DSP"]
+    assert plan["design_totals"] == result.estimates["totals"]
+    assert plan["design_totals"]["LUT"] > plan["totals"]["LUT"] > result.totals["LUT"]
     assert "resources" in plan["limited_by"]
     folding = json.loads((tmp_path / "out" / "folding.json").read_text())
     layers = {r["name"]: r for r in result.layers}

@@ -539,14 +539,6 @@ def _fit_report_from(result: CompileResult) -> FitReport:
     )
 
 
-def _width_converters(hw: Any, part: str, out_dir: Path) -> dict[str, float]:
-    """The StreamingDataWidthConverters FINN's InsertDWC would add (count + FINN's estimate of them)."""
-    from flow.finn.estimates import estimate_design
-
-    est = estimate_design(hw, part, out_dir.parent / f".{out_dir.name}.dwc-scratch")
-    return {k: v for k, v in est.width_converters.items() if k != "FF"}
-
-
 def _result(
     board: Board,
     cfg: CompileConfig,

@@ -5,8 +5,8 @@ fits. Here the bottleneck layer is made faster one step at a time (the cheapest 
 divisors of its channel counts), as long as the design, plus the board's shell overhead, stays under the caps.
 Cycles come from FINN's per-node estimates; resources from flow.finn.estimates.node_resources (FINN's estimates
 with the LUT of RTL MVAUs and an FF figure filled in). FIFOs and data-width converters depend on the neighbours'
-stream widths, so the greedy search does not see them: `reserve` holds room for them, and plan_within_caps()
-re-estimates the whole folded design with them and replans with a larger reserve until it fits.
+stream widths, so the search does not see them: `reserve` holds room for them, and plan_within_caps()
+estimates the whole folded design with them and bisects the reserve for the fastest plan that fits.
 """
 
 from __future__ import annotations
@@ -212,45 +212,54 @@ def apply_folding(model: Any, plan: FoldingPlan) -> Any:
 
 def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Path,
                      max_simd: dict[str, int] | None = None, target_fps: float | None = None,
-                     rounds: int = 5) -> FoldingPlan:
-    """optimize_folding with room reserved for FIFOs and width converters, checked on the whole folded design
-    (flow.finn.estimates). Over a cap: the overshoot joins the reserve; under: the reserve shrinks to what the
-    plan's FIFOs/DWCs really take. Returns the fastest plan that fits (or the last one when none does)."""
+                     rounds: int = 8) -> FoldingPlan:
+    """optimize_folding, checked on the whole folded design (flow.finn.estimates: FIFOs, width converters).
+
+    Their cost depends on the folding (stream widths), so the search plans without them first; when that design is
+    over a cap, a share t of each overshooting resource's room is held back and t is bisected (`rounds` steps) for
+    the smallest reserve whose plan fits. Returns the fastest plan that fits, or the fully folded one (marked) when
+    nothing does."""
     from qonnx.core.modelwrapper import ModelWrapper
 
     from flow.finn.estimates import estimate_design, fits
 
     base = ModelWrapper(str(hw_model_path))
-    # the optimiser's starting point (every node at its slowest folding) needs the least FIFO/DWC room
-    slowest = optimize_folding(ModelWrapper(str(hw_model_path)), board, max_simd, target_fps=1e-12)
-    reserve = _extras(estimate_design(apply_folding(ModelWrapper(copy.deepcopy(base.model)), slowest), board.part,
-                                      Path(scratch) / "r0"))
-    best = plan = None
-    seen: list[dict[str, float]] = []
-    for i in range(rounds):
-        seen.append(reserve)
+    room = {r: max(0.0, board.limit(r) - board.shell_overhead[r]) for r in _ESTIMATES}
+    tried = 0
+
+    def attempt(reserve: dict[str, float]) -> tuple[FoldingPlan, bool, list[str]]:
+        nonlocal tried
+        tried += 1
         plan = optimize_folding(ModelWrapper(str(hw_model_path)), board, max_simd, target_fps, reserve)
         est = estimate_design(apply_folding(ModelWrapper(copy.deepcopy(base.model)), plan), board.part,
-                              Path(scratch) / f"r{i + 1}")
-        plan = dataclasses.replace(plan, design_totals=est.totals)
-        if plan.limited_by == "does not fit even fully folded":
-            break
-        if fits(est.totals, board):
-            if best is None or plan.fps > best.fps:
-                best = plan
-            reserve = _extras(est)
+                              Path(scratch) / f"r{tried}")
+        over = [r for r in _ESTIMATES if est.totals[r] + board.shell_overhead[r] > board.limit(r)]
+        return dataclasses.replace(plan, design_totals=est.totals), fits(est.totals, board), over
+
+    plan, ok, over = attempt({})
+    if ok or plan.limited_by == "does not fit even fully folded":
+        return plan
+    best: FoldingPlan | None = None
+    held = set(over)
+    lo, hi = 0.0, 1.0  # share of the room held back: lo does not fit, hi is the fully folded end
+    for _ in range(rounds):
+        t = (lo + hi) / 2
+        cand, ok, over = attempt({r: t * room[r] for r in held})
+        if ok:
+            if best is None or cand.fps > best.fps:
+                best = cand
+            hi = t
         else:
-            reserve = {r: reserve[r] + max(0.0, est.totals[r] + board.shell_overhead[r] - board.limit(r))
-                       for r in _ESTIMATES}
-        if reserve in seen:
-            break
-    return best or plan
-
-
-def _extras(est: Any) -> dict[str, float]:
-    """What the search does not charge to nodes: width converters and the FIFOs beyond one per node output."""
-    return {r: max(0.0, est.totals[r] - sum(est.layers[n][r] + est.output_fifos[n][r] for n in est.layers))
-            for r in _ESTIMATES}
+            held |= set(over)
+            lo = t
+    if best is None:
+        slowest = optimize_folding(ModelWrapper(str(hw_model_path)), board, max_simd, target_fps=1e-12)
+        est = estimate_design(apply_folding(ModelWrapper(copy.deepcopy(base.model)), slowest), board.part,
+                              Path(scratch) / "slowest")
+        best = dataclasses.replace(slowest, design_totals=est.totals,
+                                   limited_by="resources: only the fully folded design fits with its FIFOs/DWCs"
+                                   if fits(est.totals, board) else "does not fit with its FIFOs/DWCs")
+    return best
 
 
 def _budget_search(options: dict[str, list], fixed: dict[str, tuple[int, dict[str, float]]],

@@ -72,6 +72,12 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
     if rep.get("macs_before"):
         md += [f"Trimming keeps {pct(rep['macs_after'] / rep['macs_before'], 1)} of the MACs and "
                f"{pct(rep['params_after'] / rep['params_before'], 1)} of the parameters.", ""]
+    hw = trim.get("hwtrim")
+    if hw:
+        md += [f"### Trim budget chosen for {num(hw['target_fps'])} fps on {hw['board']}", "",
+               f"Each budget: trim by relevance, quick PTQ (no QAT), FINN estimate with the fastest folding within the "
+               f"caps. Chosen: **{hw['budget']:g}** of the MACs (first that fits at the target; PTQ accuracy floor "
+               f"{pct(hw['accuracy_floor'])}).", "", hw["table"], ""]
     if rep.get("layers"):
         md += ["### Kernels kept per layer", "", table(("layer", "kernels", "kept", "share"), _kernels_rows(rep)),
                ""]
@@ -97,8 +103,9 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
         md += ["## Resources vs the board", "",
                table(("resource", "dataflow (FINN)", "shell", "estimate", "cap", "device", "use", ""),
                      _fit_rows(fit)), "",
-               "The dataflow figures are FINN's per-layer estimates; the shell column is the board file's estimate "
-               "of the DMA/interconnect around the accelerator; FINN estimates no flip-flops per layer.", ""]
+               "The dataflow figures are FINN's per-layer estimates completed for what FINN leaves out (how: below); "
+               "the shell column is the board file's estimate of the DMA/interconnect around the accelerator.", ""]
+        md += [f"- {n}" for n in (comp.get("estimates") or {}).get("notes", [])] + [""]
         written.append(plots.resources_plot(fit["rows"], out_dir / "resources.png"))
         md += [f"![resources vs caps]({link_prefix}resources.png)", ""]
     if comp:

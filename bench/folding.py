@@ -1,0 +1,370 @@
+"""Folding benchmark: trimflow's optimiser vs FINN's target_fps heuristic vs a hand folding, within a board's caps.
+
+    .venv/bin/python bench/folding.py [--part cnv|boards|all] [--trimmed Q.onnx] [--untrimmed Q.onnx]
+
+(a) cnv: Brevitas' CNV-W2A2 (brevitas_examples.bnn_pynq, random weights: folding and resources do not depend on
+    the weight values, only on shapes and bit widths) on the PYNQ-Z2 (xc7z020, 10 ns, caps 70 % LUT / 50 % FF /
+    80 % BRAM18 / 80 % DSP, plus the board's shell overhead).
+(b) boards: the trimflow default net, trimmed (QONNX from `trimflow export`) and untrimmed, on pynq-z2,
+    zybo-z7-10 and kv260.
+
+Each design is judged by the same fit check as the compile stage (flow.finn.estimates: FINN's per-layer estimates
+plus RTL-MVAU LUTs, FF, FIFOs, width converters, shell). FINN's heuristic is swept over target_fps and the fastest
+design that fits is kept; "fits (FINN only)" says whether it would fit by FINN's own layer estimates + DWCs +
+shell (what the compile stage checked before), to show what the honest estimate changes.
+Writes bench/results/folding.json and folding.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from flow.boards import load_board  # noqa: E402
+from flow.finn.compile import CompileConfig, compile_model  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+WORK = Path("/tmp/trimflow-bench-folding")
+
+# finn-examples' hand folding of CNV-W2A2 for the PYNQ boards (build/bnn-pynq/folding_config/cnv-w2a2_folding_config
+# .json), as (PE, SIMD) per matrix layer in network order: six convolutions, three fully connected layers. The
+# sliding-window generator feeding a convolution takes that convolution's SIMD and each standalone threshold layer
+# the PE of the layer it follows, as in that file.
+CNV_HAND = [(8, 3), (16, 16), (8, 16), (8, 16), (4, 8), (1, 8), (1, 2), (2, 2), (5, 1)]
+
+
+def cnv_qonnx(path: Path) -> Path:
+    import torch
+    from brevitas.export import export_qonnx
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+
+    if not path.exists():
+        torch.manual_seed(0)
+        model, _ = model_with_cfg("cnv_2w2a", pretrained=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_qonnx(model.eval(), torch.rand(1, 3, 32, 32), export_path=str(path))
+    return path
+
+
+def _cfg(**kw) -> CompileConfig:
+    return CompileConfig(generate_code=False, verify=False, fail_if_not_fit=False, **kw)
+
+
+def _row(result, seconds: float, **extra) -> dict:
+    fit = {r["resource"]: r for r in result.fit["rows"]}
+    board = load_board(result.board)
+    finn_only = {r: result.totals.get(r, 0.0) + result.width_converters.get(r, 0.0) + board.shell_overhead[r]
+                 for r in ("LUT", "BRAM18", "DSP", "URAM")}
+    return {
+        "fps": result.fps, "max_cycles": result.max_cycles, "bottleneck": result.bottleneck, "fits": result.fits,
+        "fits_finn_only": all(v <= board.limit(r) for r, v in finn_only.items()),
+        "percent": {r: round(fit[r]["percent"], 1) for r in ("LUT", "FF", "BRAM18", "DSP")},
+        "estimate": {r: fit[r]["estimate"] for r in ("LUT", "FF", "BRAM18", "DSP")},
+        "finn_only_percent": {r: round(100 * finn_only[r] / board.capacity[r], 1) for r in ("LUT", "BRAM18", "DSP")},
+        "hls_nodes": len(result.hls_nodes), "seconds": round(seconds, 1), **extra,
+    }
+
+
+def compile_row(qonnx: Path, board: str, cfg: CompileConfig, tag: str, **extra) -> dict:
+    out = WORK / f"{qonnx.stem}-{board}-{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    result = compile_model(qonnx, load_board(board), cfg, out)
+    row = _row(result, time.perf_counter() - t0, **extra)
+    if result.folding_plan:
+        row["limited_by"] = result.folding_plan["limited_by"]
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def finn_sweep(qonnx: Path, board: str, start: float, prefer: str = "rtl", ratio: float = 1.25,
+               misses: int = 3) -> dict:
+    """FINN's SetFolding for target_fps rising by `ratio` from `start` until `misses` targets in a row do not fit
+    (what fits is not monotonic in target_fps: FINN's choices of PE/SIMD change the memory shapes); the fastest
+    fitting design wins."""
+    tried: list[dict] = []
+    t, run_of_misses = start, 0
+    while run_of_misses < misses and len(tried) < 20:
+        row = compile_row(qonnx, board, _cfg(folding="auto", target_fps=t, prefer=prefer), f"finn{t:.0f}",
+                          target_fps=t)
+        tried.append(row)
+        print(f"  FINN target_fps {t:8.0f}: {row['fps']:10.1f} fps, fits {row['fits']}", flush=True)
+        run_of_misses = 0 if row["fits"] else run_of_misses + 1
+        t *= ratio
+    fitting = [r for r in tried if r["fits"]]
+    best = max(fitting, key=lambda r: r["fps"]) if fitting else min(tried, key=lambda r: r["fps"])
+    return {**best, "sweep": [{k: r[k] for k in ("target_fps", "fps", "fits", "fits_finn_only")} for r in tried],
+            "seconds": round(sum(r["seconds"] for r in tried), 1)}
+
+
+def _hw_nodes(qonnx: Path, board: str, prefer: str = "rtl"):
+    """The fully folded HW-layer graph FINN builds for `qonnx` (node names for a folding config)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    out = WORK / f"{qonnx.stem}-{board}-nodes"
+    shutil.rmtree(out, ignore_errors=True)
+    compile_model(qonnx, load_board(board), _cfg(folding="auto", prefer=prefer), out)
+    model = ModelWrapper(str(out / "hw_model.onnx"))
+    return model, out
+
+
+def folding_from_mvau(model, mvau: list[tuple[int, int]]) -> dict:
+    """A FINN folding config from (PE, SIMD) per MVAU in graph order; generators take their MVAU's SIMD,
+    thresholds the PE of the layer they follow."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    nodes = list(model.graph.node)
+    mv = [n for n in nodes if n.op_type.startswith("MVAU")]
+    if len(mv) != len(mvau):
+        raise SystemExit(f"hand folding has {len(mvau)} entries, the net has {len(mv)} MVAUs")
+    conf: dict = {"Defaults": {}}
+    for n, (pe, simd) in zip(mv, mvau):
+        conf[n.name] = {"PE": pe, "SIMD": simd}
+        prod = model.find_producer(n.input[0])
+        if prod is not None and prod.op_type.startswith("ConvolutionInputGenerator"):
+            conf[prod.name] = {"SIMD": simd}
+        cons = model.find_consumer(n.output[0])
+        if cons is not None and cons.op_type.startswith("Thresholding"):
+            ch = getCustomOp(cons).get_nodeattr("NumChannels")
+            conf[cons.name] = {"PE": pe if ch % pe == 0 else 1}
+    return conf
+
+
+def mvau_dims(model) -> list[tuple[int, int, int]]:
+    """(MW, MH, output pixels) per MVAU."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    dims = []
+    for n in model.graph.node:
+        if n.op_type.startswith("MVAU"):
+            inst = getCustomOp(n)
+            mw, mh = inst.get_nodeattr("MW"), inst.get_nodeattr("MH")
+            dims.append((mw, mh, inst.get_exp_cycles() // (mw * mh // (inst.get_nodeattr("PE")
+                                                                    * inst.get_nodeattr("SIMD")))))
+    return dims
+
+
+def hand_mvau(dims: list[tuple[int, int, int]], cycles: int, in_channels: list[int]) -> list[tuple[int, int]]:
+    """The rule a person applies by hand (as in finn-examples' configs): every matrix layer gets under one cycle
+    budget per image; parallelism goes first into SIMD along the input channels (a divisor of the channel count,
+    so the window generator keeps up), then into PE along the output channels."""
+    out = []
+    for (mw, mh, pix), cin in zip(dims, in_channels):
+        need = pix * mw * mh / cycles
+        simds = [d for d in range(1, cin + 1) if cin % d == 0 and mw % d == 0]
+        simd = next((d for d in simds if d >= need), simds[-1])
+        pes = [d for d in range(1, mh + 1) if mh % d == 0]
+        pe = next((d for d in pes if d * simd >= need), pes[-1])
+        out.append((pe, simd))
+    return out
+
+
+def hand_sweep(qonnx: Path, board: str, model, in_channels: list[int]) -> dict:
+    """The hand rule at cycle budgets 2^k (k searched by bisection, as a person halving the budget would),
+    fastest fitting kept."""
+    dims = mvau_dims(model)
+    top = max(p * mw * mh for mw, mh, p in dims).bit_length() - 1
+    tried: dict[int, dict] = {}
+
+    def run(k: int) -> dict:
+        budget = 1 << k
+        mv = hand_mvau(dims, budget, in_channels)
+        path = WORK / f"{qonnx.stem}-{board}-hand{budget}.json"
+        path.write_text(json.dumps(folding_from_mvau(model, mv)))
+        row = compile_row(qonnx, board, _cfg(folding=str(path)), f"hand{budget}", cycle_budget=budget,
+                          mvau_pe_simd=mv)
+        tried[k] = row
+        print(f"  hand budget {budget:8d}: {row['fps']:10.1f} fps, fits {row['fits']}", flush=True)
+        return row
+
+    lo, hi = top, 6  # fully folded (fits, or nothing does) .. 64 cycles
+    if run(lo)["fits"] and not run(hi)["fits"]:
+        while lo - hi > 1:
+            mid = (lo + hi) // 2
+            if run(mid)["fits"]:
+                lo = mid
+            else:
+                hi = mid
+    fitting = [r for r in tried.values() if r["fits"]]
+    best = max(fitting, key=lambda r: r["fps"]) if fitting else tried[top]
+    return {**best, "seconds": round(sum(r["seconds"] for r in tried.values()), 1)}
+
+
+def bench_cnv(prefer: str) -> dict:
+    q = cnv_qonnx(WORK / "cnv_w2a2.onnx")
+    board = "pynq-z2"
+    print(f"CNV-W2A2 on {board}, prefer {prefer}", flush=True)
+    model, nodes_dir = _hw_nodes(q, board, prefer)
+    hls = sorted({n.op_type for n in model.graph.node if n.op_type.endswith("_hls")})
+    t0 = time.perf_counter()
+    opt = compile_row(q, board, _cfg(folding="optimize", prefer=prefer), f"opt-{prefer}")
+    opt["optimizer_seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"  optimiser: {opt['fps']:.1f} fps, fits {opt['fits']}", flush=True)
+    path = WORK / f"cnv-hand-{prefer}.json"
+    path.write_text(json.dumps(folding_from_mvau(model, CNV_HAND)))
+    hand = compile_row(q, board, _cfg(folding=str(path), prefer=prefer), f"hand-{prefer}", mvau_pe_simd=CNV_HAND)
+    print(f"  finn-examples hand folding: {hand['fps']:.1f} fps, fits {hand['fits']}", flush=True)
+    finn = finn_sweep(q, board, 250.0, prefer, ratio=1.2, misses=4)
+    shutil.rmtree(nodes_dir, ignore_errors=True)
+    return {"net": "CNV-W2A2 (brevitas_examples.bnn_pynq, random weights)", "board": board, "prefer": prefer,
+            "hls_node_types": hls, "optimizer": opt, "finn_target_fps_best": finn, "hand_finn_examples": hand,
+            "reference_issue": {"finn_target_fps_best": 977, "hand_finn_examples": 868}}
+
+
+def _in_channels(model) -> list[int]:
+    from qonnx.custom_op.registry import getCustomOp
+
+    chans = []
+    for n in model.graph.node:
+        if n.op_type.startswith("MVAU"):
+            prod = model.find_producer(n.input[0])
+            inst = getCustomOp(n)
+            if prod is not None and prod.op_type.startswith("ConvolutionInputGenerator"):
+                chans.append(getCustomOp(prod).get_nodeattr("IFMChannels"))
+            else:
+                chans.append(inst.get_nodeattr("MW"))
+    return chans
+
+
+def bench_boards(nets: dict[str, Path], boards=("pynq-z2", "zybo-z7-10", "kv260")) -> list[dict]:
+    rows = []
+    for net, q in nets.items():
+        for board in boards:
+            print(f"{net} on {board}", flush=True)
+            model, nodes_dir = _hw_nodes(q, board)
+            opt = compile_row(q, board, _cfg(folding="optimize"), "opt")
+            print(f"  optimiser: {opt['fps']:.1f} fps, fits {opt['fits']} ({opt['seconds']} s)", flush=True)
+            finn = finn_sweep(q, board, 500.0, ratio=1.4, misses=2)
+            hand = hand_sweep(q, board, model, _in_channels(model))
+            shutil.rmtree(nodes_dir, ignore_errors=True)
+            rows.append({"net": net, "board": board, "optimizer": opt, "finn_target_fps_best": finn, "hand": hand})
+    return rows
+
+
+def bench_hwtrim(board_name: str, target_fps: float, scores_path: Path) -> dict:
+    """fit_by_trimming on the default checkpoint: the budget ladder for `board_name` at `target_fps`, with the fit
+    table of the untrimmed candidate and of the chosen one."""
+    import torch
+
+    from flow.boards import FitReport, ResourceFit
+    from flow.config import FlowConfig
+    from flow.data import load_dataset, subset
+    from flow.hwtrim import fit_by_trimming, format_iterations
+    from flow.models import load_checkpoint
+    from flow.relevance import RelevanceScores
+
+    torch.set_num_threads(1)
+    cfg = FlowConfig()
+    model, _ = load_checkpoint(ROOT / cfg.model)
+    scores = RelevanceScores.load(scores_path)
+    train = load_dataset(cfg.dataset, "train")
+    calib = subset(train, cfg.relevance.images, cfg.relevance.seed)
+    test = subset(load_dataset(cfg.dataset, "test"), 1000, seed=4)
+    work = WORK / f"hwtrim-{board_name}"
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = fit_by_trimming(model, scores, load_board(board_name), target_fps, cfg.trim, cfg.quantize, cfg.compile,
+                          calib, test, 0.80, work, keep_work=True)
+    seconds = time.perf_counter() - t0
+
+    def fit_table(budget: float) -> str:
+        fit = json.loads((work / f"budget-{budget:g}" / "compile" / "compile.json").read_text())["fit"]
+        return FitReport(fit["board"], tuple(ResourceFit(**r) for r in fit["rows"])).table()
+
+    out = {"board": board_name, "target_fps": target_fps, "chosen_budget": res.budget, "seconds": round(seconds, 1),
+           "iterations": [dataclasses.asdict(i) for i in res.iterations], "table": format_iterations(res.iterations),
+           "fit_untrimmed": fit_table(1.0), "fit_chosen": fit_table(res.budget)}
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _over(s: dict) -> str:
+    return "" if s["fits"] else " (over, fits FINN-only)" if s["fits_finn_only"] else " (over)"
+
+
+def _fmt(r: dict) -> str:
+    p = r["percent"]
+    return (f"{r['fps']:,.0f} | {'yes' if r['fits'] else 'NO'} | {p['LUT']} / {p['FF']} / {p['BRAM18']} / "
+            f"{p['DSP']} | {r['seconds']}")
+
+
+def markdown(data: dict) -> str:
+    lines = ["# Folding: trimflow optimiser vs FINN target_fps vs hand folding", "",
+             "Estimates only (no synthesis): FINN's per-layer cycles; resources by flow.finn.estimates (FINN's layer "
+             "estimates + RTL-MVAU LUTs + FF + FIFOs at depth 64 + width converters + board shell). fps at the board "
+             "clock. Resources as % of the device (LUT / FF / BRAM18 / DSP). Seconds: wall time of all compiles for "
+             "that column (FINN: the whole target_fps sweep; hand: every cycle budget tried).", ""]
+    for c in data.get("cnv", []):
+        lines += [f"## (a) {c['net']} on {c['board']} (xc7z020, 10 ns), MVAUs preferred {c['prefer'].upper()}", "",
+                  "| folding | fps | fits | % LUT / FF / BRAM18 / DSP | s |", "|---|---|---|---|---|",
+                  f"| trimflow optimiser | {_fmt(c['optimizer'])} |",
+                  f"| FINN target_fps, best fitting (target {c['finn_target_fps_best']['target_fps']:.0f}) | "
+                  f"{_fmt(c['finn_target_fps_best'])} |",
+                  f"| finn-examples hand folding | {_fmt(c['hand_finn_examples'])} |", "",
+                  f"HLS layers: {', '.join(c['hls_node_types']) or 'none'}. Issue reference: FINN best ≈ 977 fps, "
+                  "hand ≈ 868 fps.", "",
+                  "FINN target_fps sweep (target→fps; over = does not fit; FINN-only = fits by FINN's own layer "
+                  "estimates + DWC + shell): " + ", ".join(
+                      f"{s['target_fps']:.0f}→{s['fps']:.0f}{_over(s)}" for s in c["finn_target_fps_best"]["sweep"]), ""]
+    if "hwtrim" in data:
+        h = data["hwtrim"]
+        lines += [f"## Hardware-aware trimming: {h['board']} at {h['target_fps']:g} fps", "",
+                  f"Default checkpoint, relevance scores of the default flow, budgets largest first; each candidate "
+                  f"is PTQ'd (no QAT), exported and compiled (optimiser, estimates only). Chosen budget "
+                  f"**{h['chosen_budget']:g}**; {h['seconds']} s in all.", "", h["table"], "",
+                  "Untrimmed (budget 1.0), resources vs caps:", "", "```", h["fit_untrimmed"], "```", "",
+                  f"Chosen (budget {h['chosen_budget']:g}):", "", "```", h["fit_chosen"], "```", ""]
+    if "boards" in data:
+        lines += ["## (b) trimflow default net", "",
+                  "| net | board | optimiser fps | fits | % LUT/FF/BRAM/DSP | opt s | FINN best fps | fits | "
+                  "% LUT/FF/BRAM/DSP | sweep s | hand fps | fits | % LUT/FF/BRAM/DSP |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in data["boards"]:
+            lines.append(f"| {r['net']} | {r['board']} | {_fmt(r['optimizer'])} | {_fmt(r['finn_target_fps_best'])} "
+                         f"| {' | '.join(_fmt(r['hand']).split(' | ')[:3])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=("cnv", "boards", "hwtrim", "all"), default="all")
+    ap.add_argument("--scores", type=Path, help="relevance.json of the default flow (--part hwtrim)")
+    ap.add_argument("--hw-board", default="zybo-z7-10")
+    ap.add_argument("--target-fps", type=float, default=2000.0)
+    ap.add_argument("--trimmed", type=Path, help="QONNX of the default trimmed net (trimflow export)")
+    ap.add_argument("--untrimmed", type=Path, help="QONNX of the untrimmed default net")
+    ap.add_argument("--boards", nargs="*", default=["pynq-z2", "zybo-z7-10", "kv260"])
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / "folding.json"
+    new = {}
+    if args.part in ("cnv", "all"):
+        new["cnv"] = [bench_cnv("rtl"), bench_cnv("hls")]
+    if args.part in ("boards", "all"):
+        nets = {k: v for k, v in (("trimmed (0.5 MACs)", args.trimmed), ("untrimmed", args.untrimmed)) if v}
+        if not nets:
+            raise SystemExit("--part boards needs --trimmed and/or --untrimmed QONNX files")
+        new["boards"] = bench_boards(nets, tuple(args.boards))
+    if args.part == "hwtrim":
+        if not args.scores:
+            raise SystemExit("--part hwtrim needs --scores (build/<board>/relevance/relevance.json)")
+        new["hwtrim"] = bench_hwtrim(args.hw_board, args.target_fps, args.scores)
+    # read late: the parts may run as separate processes, each keeps the other's results
+    data = {**(json.loads(json_path.read_text()) if json_path.exists() else {}), **new}
+    json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (RESULTS / "folding.md").write_text(markdown(data) + "\n")
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Hardware-aware trimming (flow.hwtrim): a tiny net on a tiny board, and the loop's decisions and errors."""
+
+import dataclasses
+
+import pytest
+
+from flow import FlowError
+from flow.boards import board_from_dict, load_board
+
+torch = pytest.importorskip("torch")
+
+# A board a third the size of a Zybo Z7-10 in LUTs, without shell: the tiny net reaches about 14k fps on it
+# untrimmed and about 27k fps at half its MACs (measured with the optimiser's estimates).
+TINY_BOARD = {"shell_overhead": {"LUT": 0, "FF": 0, "BRAM18": 0, "DSP": 0, "URAM": 0},
+              "capacity": {"LUT": 6000, "FF": 35200, "BRAM18": 120, "DSP": 80, "URAM": 0}}
+
+
+def _board(**changes):
+    data = dataclasses.asdict(load_board("zybo-z7-10"))
+    data.pop("source")
+    data.update(name="tiny", **TINY_BOARD)
+    data.update(changes)
+    return board_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from flow.data import load_dataset, subset
+    from flow.models.cnv import CNVLike
+    from flow.relevance import RelevanceConfig, compute_relevance
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = CNVLike(widths=(8, 16), strides=(1, 2)).eval()
+    train = subset(load_dataset("fashion-mnist", "train"), 256, seed=0)
+    test = subset(load_dataset("fashion-mnist", "test"), 64, seed=1)
+    return model, compute_relevance(model, train, RelevanceConfig(images=128)), train, test
+
+
+def _run(setup, tmp_path, target_fps, budgets=(1.0, 0.5), floor=0.0, board=None):
+    from flow.finn.compile import CompileConfig
+    from flow.hwtrim import fit_by_trimming
+    from flow.quantize import QuantConfig
+    from flow.trim import TrimConfig
+
+    model, scores, train, test = setup
+    return fit_by_trimming(model, scores, board or _board(), target_fps, TrimConfig(round_to=4, calib_images=128),
+                           QuantConfig(calibration_batch_size=32), CompileConfig(), train, test, floor,
+                           tmp_path / "work", budgets=budgets)
+
+
+def test_untrimmed_misses_target_trimmed_meets_it(setup, tmp_path):
+    res = _run(setup, tmp_path, 20000)
+    first, second = res.iterations
+    assert res.budget == 0.5 and len(res.iterations) == 2
+    assert first.fits and not first.meets_target and first.fps < 20000
+    assert first.kept == {"features.0": "8/8", "features.3": "16/16"} and first.macs_fraction == 1.0
+    assert second.meets_target and second.fps >= 20000 and second.macs_fraction <= 0.5
+    # what was trimmed is what is returned, and it is what the iteration reports
+    convs = [m for m in res.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [int(v.split("/")[0]) for v in second.kept.values()]
+    # resources include the board's (here zero) shell and stay under the caps of the tiny board
+    board = _board()
+    assert all(second.resources[r] <= board.limit(r) for r in ("LUT", "FF", "BRAM18", "DSP"))
+    assert second.percent["LUT"] == pytest.approx(100 * second.resources["LUT"] / 6000)
+    assert "| 0.5 |" in res.to_json()["table"]
+    assert not (tmp_path / "work").exists()  # candidates' builds are removed
+
+
+def test_target_beyond_any_folding_is_a_clear_error(setup, tmp_path):
+    # every layer fully parallel: the 28x28 first convolution alone needs at least 784 cycles per image, so no
+    # folding passes 1e8 / 784 ≈ 127k fps at 100 MHz
+    with pytest.raises(FlowError, match=r"out of reach.*at most ([\d,]+) fps") as e:
+        _run(setup, tmp_path, 500000)
+    best = float(e.value.args[0].split("at most ")[1].split(" fps")[0].replace(",", ""))
+    assert 10000 < best <= 1e8 / 784
+
+
+def _fake_iteration(budget, fps, fits, acc=0.9, lut=3000.0):
+    from flow.hwtrim import HwTrimIteration
+
+    res = {"LUT": lut, "FF": 1000.0, "BRAM18": 10.0, "DSP": 4.0, "URAM": 0.0}
+    return HwTrimIteration(budget, budget, 1000, {"c1": "8/8"}, acc, res,
+                           {r: 100 * v / 6000 for r, v in res.items()}, fps, 1e5, fits,
+                           fits and fps >= 1000, "", 0.1)
+
+
+@pytest.fixture
+def fake(monkeypatch, setup):
+    """fit_by_trimming with its candidate evaluation replaced by a table of iterations."""
+    import flow.hwtrim as hwtrim
+
+    table: dict[float, object] = {}
+
+    def candidate(float_model, scores, budget, *args, **kwargs):
+        return table[budget], float_model, None
+
+    monkeypatch.setattr(hwtrim, "_candidate", candidate)
+    return table
+
+
+def test_stops_at_first_budget_that_meets_the_target(fake, setup, tmp_path):
+    fake.update({1.0: _fake_iteration(1.0, 400, True), 0.5: _fake_iteration(0.5, 1200, True),
+                 0.25: _fake_iteration(0.25, 3000, True)})
+    res = _run(setup, tmp_path, 1000, budgets=(0.25, 1.0, 0.5))  # order does not matter: largest first
+    assert res.budget == 0.5 and [i.budget for i in res.iterations] == [1.0, 0.5]
+
+
+def test_accuracy_floor_before_a_fit_raises_with_table(fake, setup, tmp_path):
+    fake.update({1.0: _fake_iteration(1.0, 400, True, acc=0.85), 0.5: _fake_iteration(0.5, 800, True, acc=0.6)})
+    with pytest.raises(FlowError, match=r"PTQ accuracy 60.00 % at budget 0.5 is below the floor 80.00 %") as e:
+        _run(setup, tmp_path, 1000, floor=0.8)
+    msg = str(e.value)
+    assert "| 1 | 1.000 | 8 | 85.00 %" in msg and "| 0.5 |" in msg
+    # fits at 800 fps with half the MACs → 1000 fps needs about 0.5 · 800/1000 = 0.40
+    assert "about 0.40 of the original" in msg
+
+
+def test_nothing_fits_reports_needed_budget(fake, setup, tmp_path):
+    # over the LUT cap (0.7 · 6000 = 4200) even fully folded: 4200/8400 → half of the last budget's MACs
+    fake.update({1.0: _fake_iteration(1.0, 50, False, lut=16000.0), 0.5: _fake_iteration(0.5, 60, False, lut=8400.0)})
+    with pytest.raises(FlowError, match="even the most folded design is over the board's caps") as e:
+        _run(setup, tmp_path, 1000)
+    assert "about 0.25 of the original" in str(e.value)
+
+
+def test_argument_errors(setup, tmp_path):
+    with pytest.raises(FlowError, match="positive target fps"):
+        _run(setup, tmp_path, 0)
+    with pytest.raises(FlowError, match="accuracy_floor"):
+        _run(setup, tmp_path, 100, floor=80)
