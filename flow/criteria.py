@@ -94,15 +94,16 @@ def score(model: nn.Module, data: ImageSet, criterion: str,
           cfg: RelevanceConfig = RelevanceConfig()) -> RelevanceScores:
     """Score every trimmable kernel with `criterion`; data-driven criteria use `cfg.images` images of `data`.
 
-    Data-free criteria (l1, l2, bn_gamma, random) only read the images' shape. `cfg.statistic` only matters for
-    "relevance"; taylor runs the images in batches of cfg.batch_size.
+    Data-free criteria (l1, l2, bn_gamma, random) only read the images' shape. `cfg.statistic` and
+    `cfg.weighting` only matter for "relevance"; taylor runs the images in batches of cfg.batch_size.
     """
     if criterion not in CRITERIA:
         raise FlowError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
     if criterion == "relevance":
         return compute_relevance(model, data, cfg)
     if criterion == "apoz":
-        out = compute_relevance(model, data, dataclasses.replace(cfg, statistic="apoz"))
+        # APoZ is the published criterion as is: no consumer weighting, whatever relevance's default is
+        out = compute_relevance(model, data, dataclasses.replace(cfg, statistic="apoz", weighting="none"))
         out.criterion = "apoz"
         return out
     start = time.perf_counter()

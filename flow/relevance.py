@@ -3,6 +3,11 @@
 One streaming pass with forward hooks accumulates per-channel sums (never a single batch's values), so any number
 of images costs the memory of one batch. The same pass records the mean input of every conv/linear layer that
 reads a trimmable channel: removing a kernel later folds that mean into the consumer's bias (trim.py).
+
+The default score is the kernel's mean post-activation times the L2 norm of the (BN-folded) weights that read it
+downstream (weighting="consumer"): a kernel that fires a lot into weights that ignore it is not relevant, and a
+busy-looking first-layer kernel is not comparable to a deep one without them. weighting="none" is the paper's plain
+statistic. bench/trim.py holds the comparison with the other criteria.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from flow.artifacts import read_json, write_json
 from flow.data import ImageSet, make_loader, subset
 from flow.graph import ChannelGraph, Tap, build_graph
 
-STATISTICS = ("mean", "mean_abs", "apoz", "max", "variance")
+STATISTICS = ("mean", "mean_abs", "apoz", "max", "variance", "std")
+WEIGHTING = ("none", "consumer")
 WHERE = ("post_act", "pre_act", "quant_act")
 NORMALIZE = ("none", "l2", "max", "rank")
 FORMAT = "trimflow-scores/1"
@@ -30,7 +36,12 @@ FORMAT = "trimflow-scores/1"
 @dataclasses.dataclass(frozen=True)
 class RelevanceConfig:
     images: int | None = 2000  # representative images (a seeded subset); None = the whole set
-    statistic: str = "mean"  # mean | mean_abs | apoz (1 - fraction of zeros) | max | variance
+    statistic: str = "mean"  # mean | mean_abs | apoz (1 - fraction of zeros) | max | variance | std
+    # consumer: times the L2 norm of the weights that read the kernel's output in the next conv/linear layer(s),
+    # with the BN that follows each of them folded in (consumer_norms): mean x norm is the kernel's expected
+    # contribution to the next layer, not just how busy it is. The default since bench/trim.py: on CNV it is the
+    # best activation-based score at every MAC budget, after trimming and after the fine-tune ("none" = the paper).
+    weighting: str = "consumer"
     where: str = "post_act"  # post_act | pre_act | quant_act (Brevitas models)
     normalize: str = "none"  # per-layer: none | l2 | max | rank
     batch_size: int = 250
@@ -41,6 +52,8 @@ class RelevanceConfig:
             raise FlowError(f"relevance: images must be >= 1 (or null for all), got {self.images}")
         if self.statistic not in STATISTICS:
             raise FlowError(f"relevance: statistic {self.statistic!r} unknown; use one of {', '.join(STATISTICS)}")
+        if self.weighting not in WEIGHTING:
+            raise FlowError(f"relevance: weighting {self.weighting!r} unknown; use one of {', '.join(WEIGHTING)}")
         if self.where not in WHERE:
             raise FlowError(f"relevance: where {self.where!r} unknown; use one of {', '.join(WHERE)}")
         if self.normalize not in NORMALIZE:
@@ -151,7 +164,7 @@ class _Accumulator:
             e = total(x.abs())
         elif self.statistic == "apoz":
             e = total(x.abs().sign_())
-        elif self.statistic == "variance":
+        elif self.statistic in ("variance", "std"):
             e = total(x.square())
         elif self.statistic == "max":
             e = x.amax(2).amax(0).double()
@@ -173,8 +186,9 @@ class _Accumulator:
             return self.mean()
         if self.statistic == "max":
             return self.extra
-        if self.statistic == "variance":
-            return (self.extra / self.count - self.mean() ** 2).clamp_min(0.0)
+        if self.statistic in ("variance", "std"):
+            var = (self.extra / self.count - self.mean() ** 2).clamp_min(0.0)
+            return var.sqrt() if self.statistic == "std" else var
         return self.extra / self.count  # mean_abs, apoz (fraction of non-zeros)
 
 
@@ -244,6 +258,50 @@ def collect(model: nn.Module, data: ImageSet, graph: ChannelGraph, statistic: st
     return acc, inputs
 
 
+def consumer_norms(model: nn.Module, graph: ChannelGraph) -> dict[str, torch.Tensor]:
+    """Per trimmable producer: for each kernel, the L2 norm of every weight that reads its output downstream.
+
+    A kernel whose output varies by std s around its mean, read with weights w (all output kernels and taps of
+    every consumer), puts an error of RMS about s * ||w|| into the consumers' pre-activations once it is removed and
+    its mean folded into their biases (spatial correlation ignored). A BN right after a consumer rescales that
+    error by gamma / sqrt(running_var + eps), so it is folded in: the norm then measures the error in units the
+    next activation sees, which makes the product comparable across layers.
+    """
+    prunable = {g.id for g in graph.prunable()}
+    energy: dict[int, torch.Tensor] = {}
+    for use in graph.uses.values():
+        if use.kind not in ("conv", "linear", "depthwise"):
+            continue
+        w = model.get_submodule(use.name).weight.detach().double()
+        w = w.reshape(w.shape[0], w.shape[1], -1)  # (out, in, taps); linear: taps = 1
+        if use.bn_after is not None:
+            bn = model.get_submodule(use.bn_after)
+            scale = torch.ones(w.shape[0], dtype=torch.float64)
+            if bn.track_running_stats and bn.running_var is not None:
+                scale = scale / (bn.running_var.double() + bn.eps).sqrt()
+            if bn.affine:
+                scale = scale * bn.weight.detach().double().abs()
+            w = w * scale[:, None, None]
+        if use.kind == "depthwise":  # output channel c reads only input channel c
+            per_in = w.square().sum((1, 2))
+        else:
+            per_in = w.square().sum((0, 2))  # per input feature (per channel x position for a flattened linear)
+        offset = 0
+        for seg in use.inputs:
+            gid = graph.find(seg.group)
+            width = seg.size * seg.spatial
+            if gid in prunable:
+                e = per_in[offset:offset + width].reshape(seg.size, seg.spatial).sum(1)
+                energy[gid] = energy[gid] + e if gid in energy else e
+            offset += width
+    out = {}
+    for g in graph.prunable():
+        e = energy.get(g.id, torch.zeros(g.size, dtype=torch.float64))
+        for p in g.producers:
+            out[p] = e.sqrt()
+    return out
+
+
 def compute_relevance(model: nn.Module, data: ImageSet, cfg: RelevanceConfig = RelevanceConfig()) -> RelevanceScores:
     """Score every trimmable kernel of `model` on `cfg.images` images of `data`."""
     check_input(model, data)
@@ -251,9 +309,13 @@ def compute_relevance(model: nn.Module, data: ImageSet, cfg: RelevanceConfig = R
     data = subset(data, cfg.images, cfg.seed)
     graph = build_graph(model, data.shape)
     acc, inputs = collect(model, data, graph, cfg.statistic, cfg.where, cfg.batch_size)
+    raw = {p: a.score() for p, a in acc.items()}
+    if cfg.weighting == "consumer":
+        norms = consumer_norms(model, graph)
+        raw = {p: s * norms[p] for p, s in raw.items()}
     return RelevanceScores(
         criterion="relevance", config=dataclasses.asdict(cfg), input_shape=tuple(data.shape), images=len(data),
-        layers={p: normalize(a.score(), cfg.normalize).tolist() for p, a in acc.items()},
+        layers={p: normalize(s, cfg.normalize).tolist() for p, s in raw.items()},
         channel_means={p: a.mean().tolist() for p, a in acc.items()},
         input_means={c: a.mean().tolist() for c, a in inputs.items()},
         seconds=round(time.perf_counter() - start, 3))

@@ -151,3 +151,35 @@ def test_scores_from_another_model_are_rejected(cnv):
                     {"budget_metric": "luts"}, {"criterion": "l7"}):
         with pytest.raises(FlowError, match="trim: "):
             TrimConfig(**bad_cfg)
+
+
+def test_iterative_trim_rescoring_each_step(cnv):
+    from flow.train import TrainConfig
+    from flow.trim import iterative_trim
+
+    model, data, _ = cnv
+    seen = []
+
+    def score_fn(m):
+        seen.append(count_params_macs(m, (1, 28, 28))[1])
+        return score(m, data, "l1")
+
+    cfg = TrimConfig(policy="budget", budget=0.36, round_to=1, recalibrate_bn=True, calib_images=32)
+    trimmed, reports = iterative_trim(model, score_fn, cfg, data, data, TrainConfig(epochs=0.5, batch_size=32),
+                                      steps=2)
+    full = count_params_macs(model, (1, 28, 28))[1]
+    # step 1 scores the original, step 2 the net step 1 left, which kept at most sqrt(0.36) = 60 % of the MACs
+    assert seen[0] == full and len(reports) == 2 and 0.5 < seen[1] / full <= 0.6
+    assert reports[1].macs_before == seen[1] and reports[0].macs_after == seen[1]
+    # the last step asks for its share of the original: the end result is within a kernel's cost of 36 %
+    final = count_params_macs(trimmed, (1, 28, 28))[1] / full
+    assert 0.33 < final <= 0.36
+    assert not any(torch.equal(a, b) for a, b in zip(trimmed.state_dict().values(), model.state_dict().values())
+                   if a.shape == b.shape and a.dtype.is_floating_point)  # fine-tuned between/after the steps
+    one, _ = iterative_trim(model, lambda m: score(m, data, "l1"), cfg, data, steps=1)
+    direct, _ = trim_model(model, score(model, data, "l1"), cfg, data)
+    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), direct.state_dict().values()))
+    with pytest.raises(FlowError, match="policy='budget'"):
+        iterative_trim(model, score_fn, TrimConfig(policy="uniform"), data, steps=2)
+    with pytest.raises(FlowError, match="both train_set and finetune"):
+        iterative_trim(model, score_fn, cfg, data, data, steps=2)
