@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 
 from flow import FlowError, __version__
@@ -51,10 +50,6 @@ class _Data:
         return subset(load_dataset(self.cfg.dataset, "test", self.cfg.data_dir), self.cfg.eval_images)
 
 
-def _params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _bits_label(q) -> str:
     return (f"W{q.weight_bits}A{q.act_bits}, input {q.input_bits}-bit, first/last layer weights "
             f"{q.first_layer_weight_bits}/{q.last_layer_weight_bits}-bit")
@@ -80,7 +75,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         # the baselines run through exactly the same flow.
         scores = score(model, data.train, cfg.trim.criterion, rcfg)
         scores.save(ctx.out_dir / "relevance.json")
-        return {"float_accuracy": evaluate(model, data.test), "params": _params(model),
+        return {"float_accuracy": evaluate(model, data.test),
                 "layers": {name: {**stats, "scores": scores.layers[name]}
                            for name, stats in scores.summary().items()}}
 
@@ -106,7 +101,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         save_checkpoint(ctx.out_dir / CHECKPOINT, trimmed, payload["arch"], trimmed=True,
                         meta={"source": str(model_path), "trim": report})
         return {"report": report, "accuracy_before_finetune": acc_trimmed,
-                "accuracy": evaluate(trimmed, data.test), "params": _params(trimmed),
+                "accuracy": evaluate(trimmed, data.test),
                 "finetune_seconds": history["seconds"], "hwtrim": hwtrim}
 
     def quantize(ctx: StageContext, qcfg) -> dict:
