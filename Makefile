@@ -9,10 +9,12 @@ DATA_DIR ?=
 TARGET_FPS ?=
 BUILD_DIR ?= build
 PYTEST_ARGS ?=
+SET ?=
 STAMP := $(VENV)/.trimflow-setup
 
 BUILD_ARGS := --board $(BOARD) $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
-              $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) --build-dir $(BUILD_DIR)
+              $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) --build-dir $(BUILD_DIR) \
+              $(if $(SET),--set $(SET))
 
 .PHONY: setup build pretrain test test-all boards bench clean docker synth deploy
 setup: $(STAMP)

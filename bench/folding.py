@@ -7,6 +7,8 @@
     80 % BRAM18 / 80 % DSP, plus the board's shell overhead).
 (b) boards: the trimflow default net, trimmed (QONNX from `trimflow export`) and untrimmed, on pynq-z2,
     zybo-z7-10 and kv260.
+(c) pareto: the fps-vs-LUT Pareto set (flow.finn.pareto) of CNV-W2A2 (RTL MVAUs) and of the nets given with
+    --trimmed/--untrimmed on pynq-z2, with the optimiser's build plan marked; one PNG per net.
 
 Each design is judged by the same fit check as the compile stage (flow.finn.estimates: FINN's per-layer estimates
 plus RTL-MVAU LUTs, FF, FIFOs, width converters, shell). FINN's heuristic is swept over target_fps and the fastest
@@ -286,6 +288,50 @@ def bench_hwtrim(board_name: str, target_fps: float, scores_path: Path) -> dict:
     return out
 
 
+def bench_pareto(qonnx: Path, net: str, board: str = "pynq-z2", points: int = 8, prefer: str = "rtl") -> dict:
+    """The Pareto set of `qonnx` on `board` from the fully folded HW model, `points` optimiser runs between the
+    fully folded design and the build's plan (planned here exactly as the compile stage plans it)."""
+    from flow.finn.pareto import pareto_front
+    from flow.report.plots import pareto_plot
+
+    print(f"Pareto set: {net} on {board} ({points} runs)", flush=True)
+    _, nodes_dir = _hw_nodes(qonnx, board, prefer)
+    pset = pareto_front(nodes_dir / "hw_model.onnx", load_board(board), WORK / "pareto-scratch", points=points)
+    shutil.rmtree(nodes_dir, ignore_errors=True)
+    data = {"net": net, "prefer": prefer, "points_requested": points, **pset.summary(),
+            "front_foldings": [p.folding for p in pset.points]}
+    slug = "-".join("".join(c if c.isalnum() else " " for c in f"{net.split(' (')[0]} {board}").lower().split())
+    data["plot"] = pareto_plot(data, RESULTS / f"pareto-{slug}.png", f"{net.split(' (')[0]} on {board}").name
+    for p in data["tried"]:
+        print(f"  {'front' if p in data['points'] else '     '} {p['source']:22s} {p['fps']:10.1f} fps "
+              f"{p['resources']['LUT'] + data['shell_overhead']['LUT']:8.0f} LUT fits {p['fits']}", flush=True)
+    print(f"  {pset.seconds} s", flush=True)
+    return data
+
+
+def _pareto_md(c: dict) -> list[str]:
+    shell, cap = c["shell_overhead"]["LUT"], c["limits"]["LUT"]
+    rows = []
+    for p in c["points"]:
+        lut = p["resources"]["LUT"] + shell
+        rows.append(f"| {p['fps']:,.{0 if p['fps'] >= 100 else 1}f} | {lut:,.0f} | {100 * lut / cap:.1f} | "
+                    f"{p['resources']['FF']:,.0f} | {p['resources']['BRAM18']:,.0f} | {p['resources']['DSP']:,.0f} | "
+                    f"{'**build (optimiser)**' if p['chosen'] else p['source']} |")
+    ch = c["chosen"]
+    tail = ("" if c["chosen_on_front"] else
+            f" The build's plan ({ch['fps']:,.0f} fps, {ch['resources']['LUT'] + shell:,.0f} LUT) is not on the front"
+            f"{'' if ch['fits'] else ' (does not fit)'}.")
+    return [f"## (c) Pareto set (fps vs LUT): {c['net']} on {c['board']} ({c['part']}, "
+            f"{c['clock_period_ns']:g} ns), MVAUs {c['prefer'].upper()}", "",
+            f"The optimiser (plan_within_caps) under LUT budgets between the fully folded design and the build's "
+            f"plan, and under fps targets between the two; {len(c['points'])} non-dominated of "
+            f"{len(c['tried'])} distinct plans, {c['seconds']:.0f} s. LUT includes the board shell ({shell:,}); "
+            f"LUT cap {cap:,}. FF / BRAM18 / DSP: the design alone (caps {c['limits']['FF']:,} / "
+            f"{c['limits']['BRAM18']:,} / {c['limits']['DSP']:,} incl. shell).{tail}", "",
+            "| fps | LUT | % of cap | FF | BRAM18 | DSP | found by |", "|---|---|---|---|---|---|---|", *rows, "",
+            f"![fps vs LUT]({c['plot']})", ""]
+
+
 def _over(s: dict) -> str:
     return "" if s["fits"] else " (over, fits FINN-only)" if s["fits_finn_only"] else " (over)"
 
@@ -331,12 +377,15 @@ def markdown(data: dict) -> str:
             lines.append(f"| {r['net']} | {r['board']} | {_fmt(r['optimizer'])} | {_fmt(r['finn_target_fps_best'])} "
                          f"| {' | '.join(_fmt(r['hand']).split(' | ')[:3])} |")
         lines.append("")
+    for c in data.get("pareto", []):
+        lines += _pareto_md(c)
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("cnv", "boards", "hwtrim", "all"), default="all")
+    ap.add_argument("--part", choices=("cnv", "boards", "hwtrim", "pareto", "all"), default="all")
+    ap.add_argument("--pareto-points", type=int, default=8, help="optimiser runs per Pareto set (--part pareto)")
     ap.add_argument("--scores", type=Path, help="relevance.json of the default flow (--part hwtrim)")
     ap.add_argument("--hw-board", default="zybo-z7-10")
     ap.add_argument("--target-fps", type=float, default=2000.0)
@@ -355,6 +404,11 @@ def main() -> None:
         if not nets:
             raise SystemExit("--part boards needs --trimmed and/or --untrimmed QONNX files")
         new["boards"] = bench_boards(nets, tuple(args.boards))
+    if args.part in ("pareto", "all"):
+        nets = {"CNV-W2A2 (brevitas_examples.bnn_pynq, random weights)": cnv_qonnx(WORK / "cnv_w2a2.onnx"),
+                **{k: v for k, v in (("trimflow default net, trimmed (0.5 MACs)", args.trimmed),
+                                     ("trimflow default net, untrimmed", args.untrimmed)) if v}}
+        new["pareto"] = [bench_pareto(q, net, points=args.pareto_points) for net, q in nets.items()]
     if args.part == "hwtrim":
         if not args.scores:
             raise SystemExit("--part hwtrim needs --scores (build/<board>/relevance/relevance.json)")

@@ -135,7 +135,8 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         return simulate_compiled(ctx.inputs["compile"] / "finn", ctx.summaries["compile"],
                                  ctx.input("export", "model.qonnx.onnx"), subset(data.test, scfg.images, seed=3),
                                  dataclasses.replace(scfg.sim, fpga_part=board.part,
-                                                     clk_ns=board.clock_period_ns), ctx.out_dir)
+                                                     clk_ns=board.clock_period_ns), ctx.out_dir,
+                                 xsim_images=scfg.xsim_images if vivado_available() else 0)
 
     def synth(ctx: StageContext, scfg) -> dict:
         from flow.finn.synth import make_package, synthesis_enabled, synthesize
@@ -162,7 +163,8 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         Stage("quantize", quantize, cfg.quantize, deps=("trim",), salt=source),
         Stage("export", export, cfg.export, deps=("quantize",)),
         Stage("compile", compile_, cfg.compile, deps=("export",), salt=board_salt),
-        Stage("simulate", simulate, cfg.simulate, deps=("export", "compile"), salt=board_salt),
+        Stage("simulate", simulate, cfg.simulate, deps=("export", "compile"),
+              salt={**board_salt, "vivado": vivado_available()}),  # XSim joins the checks once Vivado is here
         # The salt records whether Vivado is present, so a cached "skipped" result reruns once it is.
         Stage("synth", synth, cfg.synth, deps=("compile",), salt={**board_salt, "vivado": vivado_available()}),
         Stage("report", report, None, deps=("relevance", "trim", "quantize", "export", "compile", "simulate",
@@ -172,10 +174,11 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
 
 
 def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, images: ImageSet, sim_cfg,
-                      out_dir: Path) -> dict:
+                      out_dir: Path, xsim_images: int = 0) -> dict:
     """Run the Verilator simulation of a compile stage's design on real images and check it three ways:
     bit-exact against FINN's python model of the same HW graph, against the QONNX execution (after the host-side
-    tail), and the resulting accuracy; plus measured vs estimated cycles."""
+    tail), and the resulting accuracy; plus measured vs estimated cycles. With `xsim_images` > 0 (needs Vivado) the
+    first images also run through FINN's XSim simulation, which must agree bit for bit."""
     from flow.export import run_qonnx
     from flow.finn.adapter import finn_session
     from flow.finn.compile import apply_host_ops
@@ -193,13 +196,19 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
     logits = apply_host_ops(compiled["host_tail"], sim_out.astype(np.float64)).reshape(len(raw), -1)
     qonnx_logits = run_qonnx(qonnx_path, images, progress=False).reshape(len(raw), -1)
     tol = 1e-4 * max(float(np.abs(qonnx_logits).max()), 1e-6)
-    max_diff = float(np.abs(logits - qonnx_logits).max())
+    diff = np.abs(logits - qonnx_logits).max(1)
+    max_diff = float(diff.max())
     summary = {
         "images": len(raw),
         "bit_exact_vs_finn_python": bool(np.array_equal(sim_out, finn_out)),
         "mismatching_images_vs_finn": int((sim_out != finn_out).reshape(len(raw), -1).any(1).sum()),
         "max_abs_diff_vs_qonnx": max_diff,
         "matches_qonnx": max_diff <= tol,
+        # FINN turns each quantizer into float thresholds and streamlining folds scales and BN into them in its
+        # own float order: an activation that lands on a rounding boundary can go one step the other way (measured
+        # on the default net: 6 of 1,000 images differ in FINN's streamlined model, 1 already after
+        # step_qonnx_to_finn, before any hardware layer; top-1 unchanged)
+        "mismatching_images_vs_qonnx": int((diff > tol).sum()),
         "top1_agreement_vs_qonnx": float((logits.argmax(1) == qonnx_logits.argmax(1)).mean()),
         "accuracy": float((logits.argmax(1) == images.labels.numpy()).mean()),
         "qonnx_accuracy": float((qonnx_logits.argmax(1) == images.labels.numpy()).mean()),
@@ -211,6 +220,20 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
     if not summary["bit_exact_vs_finn_python"]:
         raise FlowError(f"RTL simulation differs from FINN's python model on {summary['mismatching_images_vs_finn']}"
                         f" of {len(raw)} images; the simulation build is in {out_dir / 'verilator'}")
+    if xsim_images:
+        n = min(xsim_images, len(raw))
+        # XSim generates IP inside the design's code folders: work on a copy, the compile stage's output is cached
+        design = out_dir / "xsim-design"
+        shutil.copytree(compile_dir, design)
+        with finn_session(out_dir / "xsim-build"):
+            xsim_out = execute_hw_model(relocate_compile_dir(design) / "hw_model.onnx",
+                                        raw[:n].transpose(0, 2, 3, 1), mode="xsim", fpga_part=sim_cfg.fpga_part,
+                                        clk_ns=sim_cfg.clk_ns)
+        summary["xsim_images"] = n
+        summary["bit_exact_vs_xsim"] = bool(np.array_equal(sim_out[:n], xsim_out.reshape(sim_out[:n].shape)))
+        if not summary["bit_exact_vs_xsim"]:
+            raise FlowError(f"Verilator and FINN's XSim simulation differ on the first {n} images; designs in "
+                            f"{out_dir / 'verilator'} and {design}")
     return summary
 
 

@@ -128,8 +128,9 @@ def _candidate(float_model: nn.Module, scores: RelevanceScores, budget: float, t
     acc = evaluate(qmodel, test)
     qonnx = export_qonnx(qmodel, tuple(test.shape), out / "model.qonnx.onnx")
     # the fastest folding within the caps (not just the cheapest one at target_fps): the table shows the headroom
+    # a candidate only needs its fastest fitting folding: no code, no verification, no Pareto sweep
     ccfg = dataclasses.replace(compile_cfg, folding="optimize", target_fps=None, generate_code=False,
-                               verify=False, fail_if_not_fit=False)
+                               verify=False, fail_if_not_fit=False, pareto_points=0)
     res = compile_model(qonnx, board, ccfg, out / "compile")
     rows = {r["resource"]: r for r in res.fit["rows"]}
     plan = res.folding_plan or {}

@@ -3,18 +3,27 @@
 Works on any model flow.graph can trace: a channel group (a producer's kernels plus everything coupled to them)
 keeps one set of indices, applied to every module that group touches. The classifier's logits and the image
 channels are frozen groups and are never trimmed.
+
+Under the budget policy, how many kernels each group loses is set by `allocation`: "rank" compares the groups'
+normalised scores with one threshold; "sensitivity" trims each group alone to a few widths (least relevant kernels
+first, compensated and BN-recalibrated like the real trim), measures the loss increase on a slice of the
+calibration set and removes kernels greedily where the predicted increase per MAC (or parameter) saved is smallest
+(measure_sensitivity / allocate_by_sensitivity). Within a group the least relevant kernels always go.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from flow import FlowError
 from flow.artifacts import write_json
@@ -25,6 +34,35 @@ from flow.relevance import NORMALIZE, RelevanceScores, input_means, normalize
 
 POLICIES = ("uniform", "global", "budget")
 METRICS = ("macs", "params")
+ALLOCATIONS = ("rank", "sensitivity")
+SENSITIVITY_METRICS = ("loss", "accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivityConfig:
+    """allocation="sensitivity": how each channel group's sensitivity to losing kernels is measured."""
+
+    # Widths each group is trimmed to on its own (fractions of its kernels, rounded like the trim itself); the
+    # fewest kernels min_keep/round_to allow is always probed too, so every count the allocation may pick lies
+    # between two measured ones (linear interpolation in between).
+    keep_ratios: tuple[float, ...] = (0.75, 0.5, 0.375, 0.25)
+    # Calibration images the loss is measured on; BN statistics of each probe are re-estimated on as many others
+    # (on the same ones when the calibration set is smaller than twice this).
+    images: int = 500
+    metric: str = "loss"  # loss: mean cross-entropy increase | accuracy: top-1 drop (coarser on a small slice)
+    batch_size: int = 250
+
+    def __post_init__(self):
+        if not self.keep_ratios or any(not 0.0 < r < 1.0 for r in self.keep_ratios):
+            raise FlowError(f"trim.sensitivity: keep_ratios must be a non-empty list of fractions in (0, 1), "
+                            f"got {list(self.keep_ratios)}")
+        if self.images < 1:
+            raise FlowError(f"trim.sensitivity: images must be >= 1, got {self.images}")
+        if self.metric not in SENSITIVITY_METRICS:
+            raise FlowError(f"trim.sensitivity: metric {self.metric!r} unknown; use one of "
+                            f"{', '.join(SENSITIVITY_METRICS)}")
+        if self.batch_size < 1:
+            raise FlowError(f"trim.sensitivity: batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +79,11 @@ class TrimConfig:
     # conv1 to a few kernels and lost 8-49 pt before fine-tuning (Taylor: rank best at 50%, "max" 2.5 pt better at
     # 25%). With "rank" every layer keeps about the same fraction (budget searches that fraction for the target).
     normalize: str = "rank"
+    # budget policy: how the kernels to remove are shared out between groups. rank: the threshold above (normalize);
+    # sensitivity: by each group's measured loss increase per MAC/param saved (needs a calibration set, costs a
+    # few seconds of forward passes; see SensitivityConfig).
+    allocation: str = "rank"
+    sensitivity: SensitivityConfig = SensitivityConfig()
     compensate: bool = True  # fold removed kernels' mean output into the consumer's bias
     recalibrate_bn: bool = False  # re-estimate BN running statistics on the calibration set afterwards
     calib_images: int = 2000  # images of the calibration set used for means / BN statistics
@@ -64,6 +107,11 @@ class TrimConfig:
             raise FlowError(f"trim: round_to must be >= 1, got {self.round_to}")
         if self.normalize not in NORMALIZE:
             raise FlowError(f"trim: normalize {self.normalize!r} unknown; use one of {', '.join(NORMALIZE)}")
+        if self.allocation not in ALLOCATIONS:
+            raise FlowError(f"trim: allocation {self.allocation!r} unknown; use one of {', '.join(ALLOCATIONS)}")
+        if self.allocation == "sensitivity" and self.policy != "budget":
+            raise FlowError(f"trim: allocation='sensitivity' shares out a budget; it needs policy='budget', "
+                            f"got policy={self.policy!r}")
         if self.calib_images < 1 or self.batch_size < 1:
             raise FlowError(f"trim: calib_images and batch_size must be >= 1, got {self.calib_images}, "
                             f"{self.batch_size}")
@@ -80,6 +128,7 @@ class TrimReport:
     macs_after: int
     compensated: list[str]  # layers whose bias (or following BN) absorbed removed kernels' means
     bn_recalibrated: bool
+    sensitivity: dict[str, Any] | None = None  # allocation="sensitivity": the measured table (measure_sensitivity)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,6 +177,25 @@ def _counts_top(ranked: list[int], m: int, sizes: dict[int, int], cfg: TrimConfi
     return {gid: _clamp(n, sizes[gid], cfg) for gid, n in counts.items()}
 
 
+def _budget_fraction(graph: ChannelGraph, cfg: TrimConfig, fixed_params: int) -> Callable[[dict[int, int]], float]:
+    """Fraction of the original budget_metric that keeping counts[g] kernels per group leaves."""
+    full_params, full_macs = graph.cost()
+
+    def fraction(counts: dict[int, int]) -> float:
+        params, macs = graph.cost(counts)
+        if cfg.budget_metric == "macs":
+            return macs / full_macs
+        return (params + fixed_params) / (full_params + fixed_params)
+    return fraction
+
+
+def _check_floor(smallest: float, cfg: TrimConfig) -> None:
+    if smallest > cfg.budget + 1e-12:
+        raise FlowError(f"trim: budget {cfg.budget} of the original {cfg.budget_metric} is below what "
+                        f"min_keep={cfg.min_keep} and round_to={cfg.round_to} allow (at least {smallest:.4f}); "
+                        "raise the budget or lower min_keep/round_to")
+
+
 def choose_counts(graph: ChannelGraph, group_score: dict[int, torch.Tensor], cfg: TrimConfig,
                   fixed_params: int = 0) -> dict[int, int]:
     sizes = {gid: s.numel() for gid, s in group_score.items()}
@@ -136,20 +204,9 @@ def choose_counts(graph: ChannelGraph, group_score: dict[int, torch.Tensor], cfg
     ranked = _ranked(group_score)
     if cfg.policy == "global":
         return _counts_top(ranked, round(cfg.keep * len(ranked)), sizes, cfg)
-
-    def fraction(counts):
-        params, macs = graph.cost(counts)
-        full_params, full_macs = graph.cost()
-        if cfg.budget_metric == "macs":
-            return macs / full_macs
-        return (params + fixed_params) / (full_params + fixed_params)
-
+    fraction = _budget_fraction(graph, cfg, fixed_params)
+    _check_floor(fraction(_counts_top(ranked, 0, sizes, cfg)), cfg)
     lo, hi = 0, len(ranked)  # largest m whose cost fits: cost grows with m
-    smallest = fraction(_counts_top(ranked, 0, sizes, cfg))
-    if smallest > cfg.budget + 1e-12:
-        raise FlowError(f"trim: budget {cfg.budget} of the original {cfg.budget_metric} is below what "
-                        f"min_keep={cfg.min_keep} and round_to={cfg.round_to} allow (at least {smallest:.4f}); "
-                        "raise the budget or lower min_keep/round_to")
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if fraction(_counts_top(ranked, mid, sizes, cfg)) <= cfg.budget + 1e-12:
@@ -285,9 +342,185 @@ def recalibrate_bn(model: nn.Module, data: ImageSet, batch_size: int = 250) -> b
     return True
 
 
+# --- allocation by measured sensitivity -------------------------------------------------------------------------------
+def _loss_accuracy(model: nn.Module, data: ImageSet, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of `model` (eval mode) on `data`."""
+    dtype = next(model.parameters()).dtype
+    loss, correct = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for x, y in make_loader(data, batch_size):
+            out = model(x.to(dtype))
+            loss += float(nn.functional.cross_entropy(out.double(), y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+    return loss / len(data), correct / len(data)
+
+
+def _split(calib: ImageSet, n: int, seed: int) -> tuple[ImageSet, ImageSet]:
+    """A seeded slice of n images to measure on and, where there are enough, n others to re-estimate BN on."""
+    perm = torch.randperm(len(calib), generator=torch.Generator().manual_seed(seed + 7919))
+    n = min(n, len(calib))
+    measure = perm[:n]
+    recal = perm[n:2 * n] if len(calib) >= 2 * n else measure
+
+    def take(idx):
+        return ImageSet(calib.name, calib.images[idx], calib.labels[idx], calib.classes)
+    return take(measure), take(recal)
+
+
+def probe_counts(size: int, cfg: TrimConfig) -> list[int]:
+    """Kernel counts a group of `size` kernels is trimmed to alone (descending, the full width first)."""
+    counts = {_clamp(math.ceil(r * size - 1e-9), size, cfg) for r in cfg.sensitivity.keep_ratios}
+    counts.add(_clamp(0, size, cfg))  # the fewest the guard allows: every allocatable count is bracketed
+    return [size] + sorted((c for c in counts if c < size), reverse=True)
+
+
+def measure_sensitivity(model: nn.Module, scores: RelevanceScores, calib: ImageSet, cfg: TrimConfig,
+                        means: dict[str, list[float]] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Trim each channel group alone to its probe_counts and measure the loss (and accuracy) on a calibration slice.
+
+    Every probe removes the group's least relevant kernels (by `scores`, as the real trim does), folds their means
+    into the consumers when cfg.compensate (`means`: the consumers' mean inputs; recorded in the scores or measured
+    on `calib`) and re-estimates BN statistics when cfg.recalibrate_bn, so the drop is the one the flow's trim
+    would see for that group. Forward passes only. Per group the table holds the probed counts (full width first),
+    loss and accuracy at each, and `drop`: the increase of cfg.sensitivity.metric over the untrimmed net made
+    monotone (a narrower group never counts as better than a wider one) and never negative.
+    """
+    scfg = cfg.sensitivity
+    start = time.perf_counter()
+    if len(calib) == 0:
+        raise FlowError("trim: allocation='sensitivity' got an empty calibration set")
+    graph = build_graph(model, calib.shape)
+    gscore = group_scores(graph, scores, cfg.normalize)
+    if cfg.compensate and not means:
+        means = scores.input_means or input_means(model, calib, cfg.batch_size)
+    measure, recal = _split(calib, scfg.images, cfg.seed)
+    base = copy.deepcopy(model).eval()
+    if cfg.recalibrate_bn:
+        recalibrate_bn(base, recal, scfg.batch_size)
+    base_loss, base_acc = _loss_accuracy(base, measure, scfg.batch_size)
+    groups = graph.prunable()
+    plan = [(g, probe_counts(g.size, cfg)) for g in groups]
+    bar = tqdm(total=sum(len(c) - 1 for _, c in plan), desc="sensitivity", leave=False, dynamic_ncols=True,
+               disable=not progress)
+    table: dict[str, Any] = {}
+    try:
+        for g, counts in plan:
+            losses, accs = [base_loss], [base_acc]
+            order = torch.argsort(gscore[g.id], descending=True, stable=True)
+            for k in counts[1:]:
+                keep = {g.id: torch.sort(order[:k]).values}
+                probe = remove_channels(model, graph, keep)
+                if cfg.compensate:
+                    compensate(model, probe, graph, keep, means)
+                if cfg.recalibrate_bn:
+                    recalibrate_bn(probe, recal, scfg.batch_size)
+                loss, acc = _loss_accuracy(probe, measure, scfg.batch_size)
+                if not math.isfinite(loss):
+                    raise FlowError(f"trim: layer {g.name} trimmed to {k} kernels gives a NaN/Inf loss on the "
+                                    "calibration set; check the checkpoint and the calibration images")
+                losses.append(loss)
+                accs.append(acc)
+                bar.update()
+            raw = [v - base_loss for v in losses] if scfg.metric == "loss" else [base_acc - a for a in accs]
+            drop, worst = [], 0.0
+            for v in raw:
+                worst = max(worst, v)
+                drop.append(worst)
+            table[g.name] = {"size": g.size, "counts": counts, "loss": losses, "accuracy": accs, "drop": drop}
+    finally:
+        bar.close()
+    return {"metric": scfg.metric, "images": len(measure), "base_loss": base_loss, "base_accuracy": base_acc,
+            "groups": table, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def allocate_by_sensitivity(graph: ChannelGraph, sensitivity: dict[str, Any], cfg: TrimConfig,
+                            fixed_params: int = 0) -> dict[int, int]:
+    """Kept kernels per group: greedily remove round_to kernels where the predicted drop per cost saved is least.
+
+    The predicted drop of a group at any count is the measured one interpolated linearly between probed counts;
+    drops of different groups add up. Steps go down in multiples of round_to, never below min_keep (rounded up),
+    until cfg.budget of the budget_metric is met; kernels are then given back wherever they still fit, the most
+    drop recovered per cost first, so the result lands as close under the budget as the step size allows.
+    """
+    groups = {g.id: g for g in graph.prunable()}
+    curves: dict[int, tuple[list[int], list[float]]] = {}
+    for gid, g in groups.items():
+        entry = sensitivity.get("groups", {}).get(g.name)
+        if entry is None or entry.get("size") != g.size:
+            raise FlowError(f"sensitivity table has no entry for layer {g.name} ({g.size} kernels); it was "
+                            "measured on another model — measure it on this one")
+        counts, drop = list(entry["counts"]), list(entry["drop"])
+        if len(counts) != len(drop) or counts[0] != g.size or not all(math.isfinite(d) for d in drop):
+            raise FlowError(f"sensitivity table entry for layer {g.name} is malformed (counts {counts}, "
+                            f"drops {drop})")
+        pairs = sorted(zip(counts, drop))
+        curves[gid] = ([c for c, _ in pairs], [d for _, d in pairs])
+
+    def predicted(gid: int, k: int) -> float:
+        xs, ys = curves[gid]
+        if k <= xs[0]:
+            return ys[0]
+        if k >= xs[-1]:
+            return ys[-1]
+        i = bisect.bisect_right(xs, k) - 1
+        if xs[i] == k:
+            return ys[i]
+        t = (k - xs[i]) / (xs[i + 1] - xs[i])
+        return ys[i] + t * (ys[i + 1] - ys[i])
+
+    r = cfg.round_to
+    floor = {gid: _clamp(0, g.size, cfg) for gid, g in groups.items()}
+    fraction = _budget_fraction(graph, cfg, fixed_params)
+    _check_floor(fraction(floor), cfg)
+    counts = {gid: g.size for gid, g in groups.items()}
+    now = fraction(counts)
+    limit = cfg.budget + 1e-12
+    while now > limit:
+        best = None
+        for gid in sorted(counts):
+            k = counts[gid]
+            nk = k - r if k % r == 0 else (k // r) * r
+            if nk < floor[gid]:
+                continue
+            f = fraction({**counts, gid: nk})
+            saved = now - f
+            if saved <= 0:
+                continue
+            key = ((predicted(gid, nk) - predicted(gid, k)) / saved, -saved, gid)
+            if best is None or key < best[0]:
+                best = (key, gid, nk, f)
+        if best is None:  # cannot happen after the floor check, but never loop forever
+            raise FlowError(f"trim: no kernel can be removed any more and {now:.4f} of the {cfg.budget_metric} "
+                            f"is still above the budget {cfg.budget}")
+        _, gid, counts[gid], now = best
+    while True:
+        best = None
+        for gid in sorted(counts):
+            k = counts[gid]
+            if k >= groups[gid].size:
+                continue
+            nk = min(groups[gid].size, (k // r + 1) * r)
+            f = fraction({**counts, gid: nk})
+            if f > limit:
+                continue
+            added = max(f - now, 1e-15)
+            key = (-(predicted(gid, k) - predicted(gid, nk)) / added, added, gid)
+            if best is None or key < best[0]:
+                best = (key, gid, nk, f)
+        if best is None:
+            return counts
+        _, gid, counts[gid], now = best
+
+
 def trim_model(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig = TrimConfig(),
-               calib: ImageSet | None = None) -> tuple[nn.Module, TrimReport]:
-    """Remove kernels of `model` by `scores` under `cfg`; returns a new model (eval mode) and its report."""
+               calib: ImageSet | None = None, sensitivity: dict[str, Any] | None = None,
+               progress: bool = True) -> tuple[nn.Module, TrimReport]:
+    """Remove kernels of `model` by `scores` under `cfg`; returns a new model (eval mode) and its report.
+
+    allocation="sensitivity" measures the table on `calib` (measure_sensitivity) unless `sensitivity` passes one
+    already measured on this model with the same config (e.g. to trim to several budgets).
+    """
     graph = build_graph(model, scores.input_shape if calib is None else calib.shape)
     if calib is not None and tuple(calib.shape) != tuple(scores.input_shape):
         raise FlowError(f"calibration set images are {calib.shape} but the scores were computed on "
@@ -296,15 +529,26 @@ def trim_model(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig = Trim
     gscore = group_scores(graph, scores, cfg.normalize)
     if not gscore:
         raise FlowError(f"{type(model).__name__} has no trimmable layers (every channel group is frozen)")
-    counts = choose_counts(graph, gscore, cfg, fixed)
+    calib_small = subset(calib, cfg.calib_images, cfg.seed) if calib is not None else None
+    means = scores.input_means
+    if cfg.compensate and not means and calib_small is not None:  # data-free criteria record no means
+        means = input_means(model, calib_small, cfg.batch_size)
+    if cfg.allocation == "sensitivity":
+        # an unreachable budget fails before the measurement, not after it
+        _check_floor(_budget_fraction(graph, cfg, fixed)({g.id: _clamp(0, g.size, cfg) for g in graph.prunable()}),
+                     cfg)
+        if sensitivity is None:
+            if calib_small is None:
+                raise FlowError("trim: allocation='sensitivity' needs a calibration set to measure the layers' "
+                                "sensitivity on")
+            sensitivity = measure_sensitivity(model, scores, calib_small, cfg, means, progress)
+        counts = allocate_by_sensitivity(graph, sensitivity, cfg, fixed)
+    else:
+        counts = choose_counts(graph, gscore, cfg, fixed)
     keep = keep_indices(gscore, counts)
     trimmed = remove_channels(model, graph, keep)
-    calib_small = subset(calib, cfg.calib_images, cfg.seed) if calib is not None else None
     changed: list[str] = []
     if cfg.compensate:
-        means = scores.input_means
-        if not means and calib_small is not None:  # data-free criteria record no means
-            means = input_means(model, calib_small, cfg.batch_size)
         changed = compensate(model, trimmed, graph, keep, means)
     recal = False
     if cfg.recalibrate_bn:
@@ -316,7 +560,8 @@ def trim_model(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig = Trim
     p1, m1 = count_params_macs(trimmed, graph.input_shape)
     layers = [{"name": g.name, "producers": g.producers, "total": g.size, "kept": int(keep[g.id].numel()),
                "kept_indices": keep[g.id].tolist()} for g in graph.prunable()]
-    report = TrimReport(scores.criterion, dataclasses.asdict(cfg), layers, p0, p1, m0, m1, changed, recal)
+    report = TrimReport(scores.criterion, dataclasses.asdict(cfg), layers, p0, p1, m0, m1, changed, recal,
+                        sensitivity if cfg.allocation == "sensitivity" else None)
     return trimmed, report
 
 

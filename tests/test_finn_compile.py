@@ -19,7 +19,7 @@ EXPECTED_TYPES = ["Thresholding_rtl", "FMPadding_rtl", "ConvolutionInputGenerato
 ]
 
 
-def _tiny_net():
+def _tiny_net(c1: int = 8, c2: int = 16):
     import brevitas.nn as qnn
     from torch import nn
 
@@ -27,13 +27,13 @@ def _tiny_net():
         def __init__(self):
             super().__init__()
             self.inp = qnn.QuantIdentity(bit_width=8, return_quant_tensor=True)
-            self.c1 = qnn.QuantConv2d(1, 8, 3, padding=1, bias=False, weight_bit_width=4)
-            self.b1 = nn.BatchNorm2d(8)
+            self.c1 = qnn.QuantConv2d(1, c1, 3, padding=1, bias=False, weight_bit_width=4)
+            self.b1 = nn.BatchNorm2d(c1)
             self.r1 = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
-            self.c2 = qnn.QuantConv2d(8, 16, 3, stride=2, padding=1, bias=False, weight_bit_width=4)
-            self.b2 = nn.BatchNorm2d(16)
+            self.c2 = qnn.QuantConv2d(c1, c2, 3, stride=2, padding=1, bias=False, weight_bit_width=4)
+            self.b2 = nn.BatchNorm2d(c2)
             self.r2 = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
-            self.fc = qnn.QuantLinear(16 * 14 * 14, 10, bias=True, weight_bit_width=4)
+            self.fc = qnn.QuantLinear(c2 * 14 * 14, 10, bias=True, weight_bit_width=4)
 
         def forward(self, x):
             x = self.inp(x)
@@ -66,6 +66,22 @@ def qonnx_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("qonnx") / "tiny.onnx"
     export_qonnx(_tiny_net(), torch.rand(1, 1, 28, 28), export_path=str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def odd_hw_model(tmp_path_factory):
+    """HW model of the tiny net with 6 and 12 channels: their divisors allow foldings whose neighbouring stream
+    widths have non-integer ratios (with 8 and 16 channels every ratio is a power of two)."""
+    from brevitas.export import export_qonnx
+
+    from flow.finn.compile import CompileConfig, compile_model
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("odd")
+    export_qonnx(_tiny_net(6, 12), torch.rand(1, 1, 28, 28), export_path=str(d / "odd.onnx"))
+    cfg = CompileConfig(target_fps=1000, verify=False, generate_code=False)
+    compile_model(d / "odd.onnx", load_board("kv260"), cfg, d / "finn")
+    return d / "finn" / "hw_model.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +309,34 @@ def test_compile_of_flow_export_uint8_model(tmp_path):
     assert result.all_rtl and result.fits and result.accel_input.datatype == "UINT8"
     assert result.node_types.count("MVAU_rtl") == 3
     assert result.verification.n_images == 8 and result.verification.ok
+
+
+def _unaligned_links(model) -> list[str]:
+    from qonnx.custom_op.registry import getCustomOp
+
+    bad = []
+    for node in model.graph.node:
+        for cons in model.find_consumers(node.output[0]) or []:
+            a, b = getCustomOp(node).get_outstream_width(0), getCustomOp(cons).get_instream_width(0)
+            if max(a, b) % min(a, b):
+                bad.append(f"{node.name}:{a} -> {cons.name}:{b}")
+    return bad
+
+
+@pytest.mark.parametrize("board_name", ["pynq-z2", "zybo-z7-10", "kv260"])
+@pytest.mark.parametrize("lut_share", [0.4, 0.7, 1.0])
+def test_folding_plan_keeps_integer_stream_width_ratios(odd_hw_model, board_name, lut_share):
+    # a width converter between neighbours whose widths have a non-integer ratio runs below full rate (measured
+    # 1.5x the estimated II on the default net): the optimiser must leave none
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flow.finn.folding import apply_folding, optimize_folding
+
+    data = dataclasses.asdict(load_board(board_name))
+    data.pop("source")
+    data["capacity"] = {**data["capacity"], "LUT": int(data["capacity"]["LUT"] * lut_share)}
+    board = board_from_dict(data, "scaled.yaml")
+    model = ModelWrapper(str(odd_hw_model))
+    plan = optimize_folding(model, board)
+    assert "generic width converters" not in plan.limited_by
+    assert _unaligned_links(apply_folding(model, plan)) == []

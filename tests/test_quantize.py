@@ -175,3 +175,14 @@ def test_mse_scale_keeps_two_bit_weights_alive():
         q = convert_model(model, QuantConfig(weight_bits=2, scale_init=init))
         zeros[init] = float((q.net.features[3].quant_weight().int() == 0).float().mean())
     assert zeros["max"] > 0.45 and zeros["mse"] < 0.4, zeros
+
+
+def test_low_bit_configs_train_with_the_low_bit_lr():
+    from flow.quantize import QuantConfig, qat_train_config
+
+    assert qat_train_config(QuantConfig(weight_bits=4, act_bits=4)).lr == 0.01
+    assert qat_train_config(QuantConfig(weight_bits=2, act_bits=4)).lr == 0.002
+    assert qat_train_config(QuantConfig(weight_bits=4, act_bits=2, low_bit_lr=0.001)).lr == 0.001
+    assert qat_train_config(QuantConfig(weight_bits=2, act_bits=2, low_bit_lr=None)).lr == 0.01
+    with pytest.raises(FlowError, match="low_bit_lr"):
+        QuantConfig(low_bit_lr=0)

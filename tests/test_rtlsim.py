@@ -285,6 +285,31 @@ def test_simulation_bit_exact_and_cycles(hw_build, test_images):
     assert (tmp / "sim" / "sim").stat().st_mtime == mtime
 
 
+def test_xsim_mode_without_vivado_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("flow.finn.adapter.vivado_available", lambda: False)
+    path = tmp_path / "pad.onnx"
+    _graph_with("FMPadding_rtl", "finn.custom_op.fpgadataflow.rtl").save(str(path))
+    with pytest.raises(FlowError, match="XSim simulation needs Vivado"):
+        execute_hw_model(path, np.zeros((1, 4, 4, 2)), mode="xsim", fpga_part=PART)
+    with pytest.raises(FlowError, match="mode must be one of"):
+        execute_hw_model(path, np.zeros((1, 4, 4, 2)), mode="verilator")
+
+
+@pytest.mark.rtlsim
+@pytest.mark.vivado
+@pytest.mark.skipif(not __import__("flow.finn.adapter").finn.adapter.vivado_available(),
+                    reason="needs Vivado (XILINX_VIVADO set, vivado on PATH) for FINN's XSim")
+def test_verilator_equals_finn_xsim(hw_build, test_images):
+    from flow.finn.adapter import finn_session
+
+    tmp, hw_path = hw_build
+    sim = build_simulator(hw_path, tmp / "sim", SimConfig())
+    res = sim.run(test_images[:3])
+    with finn_session(tmp / "xsim"):
+        ref = execute_hw_model(hw_path, test_images[:3].transpose(0, 2, 3, 1), mode="xsim", fpga_part=PART)
+    assert np.array_equal(res.outputs, ref.reshape(res.outputs.shape))
+
+
 @pytest.mark.rtlsim
 def test_watchdog_names_starved_layer(hw_build, test_images):
     tmp, hw_path = hw_build

@@ -11,7 +11,8 @@ Vitis HLS. Three graph edits, run as custom builder steps, get it there:
 
 Outputs in out_dir: compile.json (CompileResult), hw_model.onnx (specialised HW layers with generated code under
 codegen/), dataflow_parent.onnx (host head + partition), finn/ (FINN's log, reports, intermediate models) and, for
-folding="optimize", folding.json. After moving out_dir, call relocate_compile_dir(out_dir) before using them.
+folding="optimize", folding.json (and pareto.json with compile.pareto_points). After moving out_dir, call
+relocate_compile_dir(out_dir) before using them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from flow import FlowError
 from flow.artifacts import atomic_dir, write_json
 from flow.boards import Board, BoardFitError, FitReport, check_fit
 from flow.finn.adapter import finn_session
+from flow.finn.pareto import PARETO_FILE, read_pareto_summary
 from flow.finn.reports import EstimateReport, parse_estimates
+from flow.finn.residual import streamline_residual
 
 HW_MODEL = "hw_model.onnx"  # the specialised dataflow partition, code generated (for simulation)
 PARENT_MODEL = "dataflow_parent.onnx"  # host-side head + the partition node
@@ -63,6 +66,9 @@ class CompileConfig:
     verify_images: int = 16
     verify_dataset: str = "fashion-mnist"  # test split, used when compile_model gets no images
     fail_if_not_fit: bool = True  # raise BoardFitError (after writing compile.json) when over the board's caps
+    # "optimize" only: optimiser runs sampling the fps-vs-LUT trade-off for pareto.json (flow.finn.pareto), a
+    # few seconds each; 0 = off
+    pareto_points: int = 0
 
     def __post_init__(self) -> None:
         if self.target_fps is not None and not (isinstance(self.target_fps, (int, float)) and self.target_fps > 0):
@@ -87,6 +93,10 @@ class CompileConfig:
             raise FlowError(f"compile.input_divisor must be positive, got {self.input_divisor!r}")
         if not (isinstance(self.verify_images, int) and self.verify_images >= 1):
             raise FlowError(f"compile.verify_images must be a positive integer, got {self.verify_images!r}")
+        if isinstance(self.pareto_points, bool) or not (isinstance(self.pareto_points, int)
+                                                        and self.pareto_points >= 0):
+            raise FlowError(
+                f"compile.pareto_points must be a non-negative integer (0 = off), got {self.pareto_points!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +322,8 @@ def _run_builder(
                 steps.append(_named("step_trimflow_prefer_impl", lambda m, c: _prefer_impl(m, cfg.prefer)))
             steps.append(getattr(fb.steps, name))
             if name == "step_streamline":
+                # residual nets: fork/join reorderings FINN's chain-oriented streamlining leaves out (no-op on chains)
+                steps.append(_named("step_trimflow_streamline_residual", lambda m, c: streamline_residual(m)))
                 steps.append(_named("step_trimflow_detach_tail", detach))
                 # FINN clips thresholds to the input range only after it has already asserted, for unsigned
                 # inputs, that they are non-negative (minimize_bit_width); an input quantizer that is signed
@@ -504,14 +516,18 @@ def compile_model(
 def _plan_folding(qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path, kept: Path) -> Any:
     """Build once fully folded (estimates only) to get FINN's HW layers, plan the folding, write FOLDING_FILE."""
     from flow.finn.folding import plan_within_caps
+    from flow.finn.pareto import pareto_front
 
     search = dataclasses.replace(cfg, folding="auto", target_fps=None, generate_code=False)
     finn_out = _run_builder(qonnx_path, board, search, tmp, kept, [], sub=SEARCH_DIR)
+    hw_in = finn_out / "intermediate_models" / "step_generate_estimate_reports.onnx"
     with finn_session(tmp / SEARCH_DIR / CODEGEN_DIR):
-        plan = plan_within_caps(finn_out / "intermediate_models" / "step_generate_estimate_reports.onnx", board,
-                                tmp / SEARCH_DIR / "estimate-scratch", max_simd=cfg.max_simd,
+        plan = plan_within_caps(hw_in, board, tmp / SEARCH_DIR / "estimate-scratch", max_simd=cfg.max_simd,
                                 target_fps=cfg.target_fps)
     plan.write(tmp / FOLDING_FILE)
+    if cfg.pareto_points:
+        pareto_front(hw_in, board, tmp / SEARCH_DIR / "pareto-scratch", cfg.pareto_points, chosen=plan,
+                     max_simd=cfg.max_simd).write(tmp / PARETO_FILE)
     shutil.rmtree(tmp / SEARCH_DIR)  # only the plan is needed; its paths would need relocating otherwise
     return plan
 
@@ -588,7 +604,7 @@ def _result(
         folding_plan=None if plan is None else {
             "file": FOLDING_FILE, "fps": plan.fps, "max_cycles": plan.max_cycles, "totals": plan.totals,
             "limited_by": plan.limited_by, "max_possible_fps": plan.max_possible_fps, "reserve": plan.reserve,
-            "design_totals": plan.design_totals,
+            "design_totals": plan.design_totals, "pareto": read_pareto_summary(finn_out.parent / PARETO_FILE),
         },
         files={
             "hw_model": HW_MODEL,

@@ -50,6 +50,9 @@ NOTES = [
     "FINN's fifo.sv cost model (StreamingFIFO.get_fifo_cost); FINN's FIFO sizing needs XSim, so the depth is "
     "assumed",
     "data-width converters: the StreamingDataWidthConverter_rtl nodes InsertDWC adds, FINN's estimate",
+    "residual nets: the FIFO on the short branch of each join holds one image (flow.finn.residual."
+    "join_fifo_depths); DuplicateStreams_hls / ElementwiseAdd_hls LUT (FINN reports 0): flow.finn.residual."
+    "stream_op_luts, an assumption",
     "board shell (DMA/interconnect): boards/<board>.yaml shell_overhead, added in the fit check",
 ]
 
@@ -102,6 +105,10 @@ def node_resources(inst: Any, part: str) -> dict[str, float]:
             pe, simd = int(inst.get_nodeattr("PE")), int(inst.get_nodeattr("SIMD"))
             bits = inst.get_input_datatype(0).bitwidth() + inst.get_input_datatype(1).bitwidth()
             res["LUT"] = max(res["LUT"], 300 + 1.1 * pe * bits * (2 * simd - 1))
+    if op in ("DuplicateStreams_hls", "ElementwiseAdd_hls") and res["LUT"] == 0:
+        from flow.finn.residual import stream_op_luts  # FINN has no LUT model for these HLS layers
+
+        res["LUT"] = stream_op_luts(inst)
     widths = _stream_width(inst, "in") + _stream_width(inst, "out")
     if op.startswith(("StreamingFIFO", "StreamingDataWidthConverter")):
         # their LUTs are storage (SRL/LUTRAM) or muxes, not pipelined logic: only the stream registers are FFs
@@ -150,6 +157,8 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
             from qonnx.core.modelwrapper import ModelWrapper
             from qonnx.custom_op.registry import getCustomOp
 
+            from flow.finn.residual import join_fifo_depths
+
             layers, finn_layers, output_fifos = {}, {}, {}
             for node in hw_model.graph.node:
                 inst = getCustomOp(node)
@@ -166,6 +175,13 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
                 for a in ("inFIFODepths", "outFIFODepths"):
                     if a in attrs:
                         inst.set_nodeattr(a, [fifo_depth] * max(1, len(inst.get_nodeattr(a) or [0])))
+            # residual joins: the short branch's FIFO holds a whole image, or the fork/join deadlocks
+            for (name, idx), depth in join_fifo_depths(model).items():
+                inst = getCustomOp(model.get_node_from_name(name))
+                depths = list(inst.get_nodeattr("inFIFODepths"))
+                depths += [fifo_depth] * (idx + 1 - len(depths))  # FINN may declare one entry for two inputs
+                depths[idx] = max(depths[idx], depth)
+                inst.set_nodeattr("inFIFODepths", depths)
             model = model.transform(InsertFIFO(create_shallow_fifos=True))
             for node in model.graph.node:
                 if node.op_type == "StreamingFIFO":

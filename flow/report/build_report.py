@@ -39,6 +39,28 @@ def _fit_rows(fit: dict[str, Any]) -> list[tuple]:
             for r in fit.get("rows", [])]
 
 
+def _pareto_section(pareto: dict[str, Any], link_prefix: str) -> list[str]:
+    shell = pareto["shell_overhead"]["LUT"]
+    cap = pareto["limits"]["LUT"]
+    rows = [(num(p["fps"]), num(p["resources"]["LUT"] + shell), pct((p["resources"]["LUT"] + shell) / cap, 1),
+             num(p["resources"]["FF"]), num(p["resources"]["BRAM18"]), num(p["resources"]["DSP"]),
+             "**build**" if p.get("chosen") else p["source"]) for p in pareto["points"]]
+    chosen = pareto.get("chosen") or {}
+    lines = ["## Throughput vs LUT (Pareto set)", "",
+             f"The folding optimiser rerun under lower LUT budgets and lower fps targets; the non-dominated plans "
+             f"({len(pareto['points'])} of {len(pareto.get('tried', []))} distinct ones, {pareto.get('seconds', 0):.0f}"
+             f" s). LUT includes the board shell ({num(shell)}); FF/BRAM18/DSP are the design alone. Foldings: "
+             f"`{pareto.get('file', 'pareto.json')}` in the compile stage.", "",
+             table(("fps", "LUT", "of cap", "FF", "BRAM18", "DSP", "found by"), rows), ""]
+    if chosen and not pareto.get("chosen_on_front"):
+        why = ("does not fit the board" if not chosen.get("fits") else
+               "is dominated: a plan above fits every cap with no more LUTs and at least its fps (the optimiser's "
+               "search is a heuristic and missed it)")
+        lines += [f"The build's plan ({num(chosen['fps'])} fps, {num(chosen['resources']['LUT'] + shell)} LUT) "
+                  f"{why}.", ""]
+    return lines + [f"![fps vs LUT]({link_prefix}pareto.png)", ""]
+
+
 def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
                  seconds: dict[str, float] | None = None, link_prefix: str = "report/") -> list[Path]:
     out_dir = Path(out_dir)
@@ -116,6 +138,10 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
             ("latency", f"{comp.get('latency_us', 0):.1f} µs"),
             ("all layers RTL", str(comp.get("all_rtl"))),
         ]), ""]
+    pareto = (comp.get("folding_plan") or {}).get("pareto")
+    if pareto and pareto.get("points"):
+        md += _pareto_section(pareto, link_prefix)
+        written.append(plots.pareto_plot(pareto, out_dir / "pareto.png"))
     if sim and not sim.get("skipped"):
         md += ["## Cycle-accurate simulation (Verilator)", "", table(("", "value"), [
             (k, v) for k, v in sim.items() if not isinstance(v, (list, dict))]), ""]

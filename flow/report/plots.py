@@ -78,3 +78,36 @@ def accuracy_size_plot(points: list[tuple[str, float, float]], path: Path) -> Pa
     ax.set_title("Accuracy vs size", fontsize=9)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def pareto_plot(pareto: dict, path: Path, title: str | None = None) -> Path:
+    """fps against LUT (design + board shell): the Pareto front as a step line (the best fps any LUT count buys),
+    the other plans tried, the board's LUT cap, and the build's plan."""
+    shell = pareto["shell_overhead"]["LUT"]
+    cap = pareto["limits"]["LUT"]
+    front = pareto["points"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    others = [p for p in pareto.get("tried", []) if p not in front and not p.get("chosen")]
+    if others:
+        ax.scatter([p["resources"]["LUT"] + shell for p in others], [p["fps"] for p in others], s=14,
+                   color="0.65", label="other plans tried", zorder=2)
+    if front:
+        xs = [p["resources"]["LUT"] + shell for p in front]
+        ys = [p["fps"] for p in front]
+        # "post": with LUT x to spend, the best design is the last front point at or left of x; it holds to the cap
+        ax.step(xs + [max(cap, xs[-1])], ys + [ys[-1]], where="post", color="tab:blue", label="Pareto front",
+                zorder=3)
+        ax.scatter(xs, ys, s=18, color="tab:blue", zorder=4)
+    chosen = pareto.get("chosen")
+    if chosen:
+        ax.scatter([chosen["resources"]["LUT"] + shell], [chosen["fps"]], s=120, marker="*", color="tab:red",
+                   label=f"build: {chosen['fps']:,.0f} fps", zorder=5)
+    ax.axvline(cap, color="black", linestyle="--", linewidth=1, label=f"LUT cap {cap:,}")
+    ax.set_yscale("log")
+    ax.set_xlim(0, cap * 1.08)
+    ax.set_xlabel(f"LUT (design + {shell:,} shell)")
+    ax.set_ylabel("fps (estimate)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title(title or f"Throughput vs LUT on {pareto['board']}", fontsize=9)
+    return _save(fig, path)

@@ -140,14 +140,8 @@ def _io_spec(model) -> dict:
 
 
 def _stage_beats(model, design: stitch.Design) -> list[int]:
-    """Beats per image on each link (the input link, then each stage's output)."""
-    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
-
-    per_node = {n.name: int(np.prod(getCustomOp(n).get_folded_output_shape(0)[1:-1])) for n in model.graph.node}
-    beats = [_io_spec(model)["in_beats"]]
-    for s in design.stages:
-        beats.append(per_node.get(s.name, beats[-1]))  # inserted FIFOs pass their input through
-    return beats
+    """Beats per image on each link (stitch.plan counts them from the folded shapes)."""
+    return [link.beats for link in design.links]
 
 
 def _estimates(model) -> dict[str, int]:
@@ -166,7 +160,7 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Si
     exe, env, version = find_verilator(cfg.verilator)
     model = _load_model(hw_model_path)
     stitch.check_rtl_only(model)
-    own_sources = [TESTBENCH, stitch.FIFO_SOURCE, *sorted(Path(__file__).parent.glob("*.py"))]
+    own_sources = [TESTBENCH, *stitch.OWN_SOURCES, *sorted(Path(__file__).parent.glob("*.py"))]
     key = digest(file_digest(hw_model_path), cfg.build_key(), [file_digest(p) for p in own_sources], f"{version}")
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file() and (out_dir / BINARY).is_file() and read_json(manifest_path).get("key") == key:
@@ -183,8 +177,8 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Si
         sources = stitch.write_sources(design, tmp / "src", tmp)
         top = tmp / "src" / f"{stitch.TOP_MODULE}.sv"
         top.write_text(stitch.top_level(design))
-        in_width, out_width = design.stages[0].in_width, design.stages[-1].out_width
-        n_links = len(design.stages) + 1
+        in_width, out_width = design.in_width, design.out_width
+        n_links = len(design.links)
         words = {"IN_WORDS": -(-in_width // 32), "OUT_WORDS": -(-out_width // 32), "N_LINKS": n_links,
                  "LINK_WORDS": -(-n_links // 32)}
         (tmp / "src" / "sim_params.h").write_text(
@@ -198,31 +192,50 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Si
         write_json(tmp / MANIFEST, {
             "key": key, "hw_model": str(hw_model_path), "verilator": f"{version[0]}.{version[1]:03d}",
             "compile_s": round(compile_s, 2), "in_width": in_width, "out_width": out_width, **words, **spec,
-            "links": design.link_names(), "stages": [s.name for s in design.stages],
+            "links": design.link_names(), "link_ends": design.link_ends(), "stages": [s.name for s in design.stages],
             "link_beats_per_image": link_beats, "layer_est_cycles": estimates,
         })
     return Simulator(out_dir, cfg)
 
 
 def diagnose_stall(stages: list[str], link_beats: list[int], expected: list[int], valid: list[int],
-                   ready: list[int]) -> str:
+                   ready: list[int], link_ends: list[list[str]] | None = None) -> str:
     """Name the layer a stopped pipeline waits on, from each link's beat count and final handshake state.
 
-    A stage whose input is offered but not taken while its own output is not blocked downstream is stuck itself;
-    if nothing is offered anywhere, the first stage that got all of its input but produced too few beats is.
+    `link_ends`: (producer, consumer) of each link, "input"/"output" for the design's ends (stitch.Design.link_ends);
+    None means a chain, link i feeding stage i. A stage whose input is offered but not taken while none of its
+    outputs is blocked downstream is stuck itself (a join: waiting for its other input); if nothing is offered
+    anywhere, the first stage that got all of its input but produced too few beats is.
     """
+    if link_ends is None:
+        names = [stitch.INPUT, *stages, stitch.OUTPUT]
+        link_ends = [[a, b] for a, b in zip(names, names[1:])]
     blocked = [bool(v) and not r for v, r in zip(valid, ready)]
-    for i, name in enumerate(stages):
-        if blocked[i] and not blocked[i + 1]:
-            return (f"layer {name} stopped accepting input ({link_beats[i]}/{expected[i]} beats taken) while its "
-                    f"output is not back-pressured ({link_beats[i + 1]}/{expected[i + 1]} beats produced)")
-    if blocked[-1]:
+    ins = {s: [i for i, (_, d) in enumerate(link_ends) if d == s] for s in stages}
+    outs = {s: [i for i, (p, _) in enumerate(link_ends) if p == s] for s in stages}
+    for name in stages:
+        stuck = [i for i in ins[name] if blocked[i]]
+        if not stuck or any(blocked[o] for o in outs[name]):
+            continue
+        i, o = stuck[0], outs[name][0]
+        waiting = [j for j in ins[name] if not valid[j]]
+        if waiting:
+            j = waiting[0]
+            return (f"layer {name} waits for its input from {link_ends[j][0]} ({link_beats[j]}/{expected[j]} beats "
+                    f"arrived) while its input from {link_ends[i][0]} is offered ({link_beats[i]}/{expected[i]} "
+                    f"beats taken)")
+        return (f"layer {name} stopped accepting input ({link_beats[i]}/{expected[i]} beats taken) while its "
+                f"output is not back-pressured ({link_beats[o]}/{expected[o]} beats produced)")
+    if any(blocked[i] for i, (_, d) in enumerate(link_ends) if d == stitch.OUTPUT):
         return "the output sink stopped accepting data"
-    for i, name in enumerate(stages):
-        if link_beats[i + 1] < expected[i + 1]:
-            short_in = "" if link_beats[i] >= expected[i] else " (its input also arrived short)"
-            return (f"layer {name} produced {link_beats[i + 1]}/{expected[i + 1]} output beats after taking "
-                    f"{link_beats[i]}/{expected[i]} input beats{short_in}")
+    for name in stages:
+        for o in outs[name]:
+            if link_beats[o] < expected[o]:
+                short_in = "" if all(link_beats[i] >= expected[i] for i in ins[name]) else \
+                    " (its input also arrived short)"
+                i = ins[name][0]
+                return (f"layer {name} produced {link_beats[o]}/{expected[o]} output beats after taking "
+                        f"{link_beats[i]}/{expected[i]} input beats{short_in}")
     return "no layer is waiting (all links completed)"
 
 
@@ -230,7 +243,7 @@ class Simulator:
     """A compiled simulator in `sim_dir` (binary, manifest, initial memory files)."""
 
     def __init__(self, sim_dir, cfg: SimConfig = SimConfig()):
-        self.sim_dir = Path(sim_dir)
+        self.sim_dir = Path(sim_dir).resolve()  # the binary runs with cwd=sim_dir: a relative path would break
         self.cfg = cfg
         if not (self.sim_dir / MANIFEST).is_file() or not (self.sim_dir / BINARY).is_file():
             raise FlowError(f"{self.sim_dir} holds no built simulator; run build_simulator first")
@@ -305,7 +318,8 @@ class Simulator:
             return
         m = self.manifest
         expected = [b * n for b in m["link_beats_per_image"]]
-        where = diagnose_stall(m["stages"], res["link_beats"], expected, res["link_valid"], res["link_ready"])
+        where = diagnose_stall(m["stages"], res["link_beats"], expected, res["link_valid"], res["link_ready"],
+                               m.get("link_ends"))
         if res["status"] == "stall":
             raise FlowError(f"simulation deadlocked: no stream moved for {self.cfg.stall_cycles} cycles at cycle "
                             f"{res['cycles']} ({res['out_beats']}/{m['out_beats'] * n} output beats); {where}")

@@ -1,8 +1,15 @@
 """Turn a graph of specialised FINN HW layers into one simulation top level.
 
 FINN stitches layers with Vivado IP Integrator; here we read the same information FINN gives IPI (each node's RTL
-file list, top module and AXI-stream interface names) and write a SystemVerilog top that chains the layers' streams
-in graph order, with an AXI-stream FIFO between layers and each MVAU's weight streamer attached to its weight port.
+file list, top module and AXI-stream interface names) and write a SystemVerilog top that connects the layers'
+streams as the graph does, with an AXI-stream FIFO on every link between two layers and each MVAU's weight
+streamer attached to its weight port.
+
+The graph may fork and join (residual nets): FINN's DuplicateStreams feeds the branches, ElementwiseAdd joins them.
+FINN has both only in HLS on non-Versal parts, so those two nodes are simulated with our own equivalent RTL
+(hw/rtl/duplicate_streams.sv, hw/rtl/add_streams.sv: the function of FINN's python model of the layer); the FIFO
+in front of a join input that comes from the shorter branch holds a whole image (flow.finn.residual.join_fifo_depths)
+so that the fork never stalls the longer branch into a deadlock.
 """
 
 from __future__ import annotations
@@ -17,7 +24,15 @@ from flow.sim.fixes import apply_source_patches, relocate_init_file
 
 TOP_MODULE = "trimflow_sim_top"
 FIFO_MODULE = "trimflow_axis_fifo"
-FIFO_SOURCE = Path(__file__).resolve().parents[2] / "hw" / "sim" / "axis_fifo.sv"
+_HW = Path(__file__).resolve().parents[2] / "hw"
+FIFO_SOURCE = _HW / "sim" / "axis_fifo.sv"
+DUPLICATE_MODULE, DUPLICATE_SOURCE = "trimflow_duplicate_streams", _HW / "rtl" / "duplicate_streams.sv"
+ADD_MODULE, ADD_SOURCE = "trimflow_add_streams", _HW / "rtl" / "add_streams.sv"
+# Our RTL in every simulator (the build cache key covers them).
+OWN_SOURCES = (FIFO_SOURCE, DUPLICATE_SOURCE, ADD_SOURCE)
+# HLS-only FINN layers that are simulated with our own RTL of the same function (see the module docstring).
+OWN_RTL = {"DuplicateStreams_hls": (DUPLICATE_MODULE, DUPLICATE_SOURCE), "ElementwiseAdd_hls": (ADD_MODULE, ADD_SOURCE)}
+INPUT, OUTPUT = "input", "output"  # link ends outside the design
 
 # Layers FINN implements only in HLS (or that the simulator cannot chain), with what to use instead.
 _ALTERNATIVES = {
@@ -28,8 +43,6 @@ _ALTERNATIVES = {
     "ElementwiseAdd": "absorb the bias into thresholds (Streamline) or keep it out of the dataflow partition",
     "ChannelwiseOp": "absorb the channelwise op into thresholds (Streamline) so it becomes Thresholding_rtl",
     "GlobalAccPool": "replace global average pooling by a strided convolution or a Linear layer",
-    "AddStreams": "residual connections are not supported by the simulator: use a plain feed-forward net",
-    "DuplicateStreams": "residual connections are not supported by the simulator: use a plain feed-forward net",
     "UpsampleNearestNeighbour": "upsampling is HLS-only in FINN; remove it from the network",
     "Lookup": "embeddings are HLS-only in FINN; keep them out of the dataflow partition",
 }
@@ -42,32 +55,62 @@ SUPPORTED = ("FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_rtl", "Thre
 
 @dataclass(frozen=True)
 class Stage:
-    """One block of the chain: a FINN layer or one of our FIFOs."""
+    """One block of the design: a FINN layer, one of our FIFOs, or our RTL for an HLS-only FINN layer."""
 
     name: str
     kind: str  # ONNX op_type, or "FIFO"
     module: str
     in_port: str = ""
     out_port: str = ""
-    in_width: int = 0
-    out_width: int = 0
+    in_width: int = 0  # of input 0
+    out_width: int = 0  # of output 0
     depth: int = 0  # FIFOs only
     weight_streamer: str = ""  # module name of the memstream wrapper feeding in1_V
     weight_width: int = 0
     has_clk2x: bool = False
     tie_low: tuple[str, ...] = ()  # extra inputs (AXI-lite, set selectors) held at zero
+    in_widths: tuple[int, ...] = ()  # every input when there are several (a join), else just in_width
+    n_out: int = 1  # output streams (a fork has several, all out_width wide)
+    params: tuple[tuple[str, int], ...] = ()  # parameters of our own modules
+
+    def input_width(self, port: int) -> int:
+        return self.in_widths[port] if self.in_widths else self.in_width
+
+
+@dataclass(frozen=True)
+class Link:
+    """One AXI stream of the top level, from a stage's output port to a stage's input port."""
+
+    src: str  # stage name, or INPUT (the design's s_axis)
+    dst: str  # stage name, or OUTPUT (the design's m_axis)
+    width: int
+    beats: int  # per image
+    src_port: int = 0
+    dst_port: int = 0
 
 
 @dataclass
 class Design:
-    stages: list[Stage]
+    stages: list[Stage]  # in an order where every stage comes after the stages feeding it
     sources: list[Path]  # in compile order, copied (and patched) into the simulation directory
     data_files: list[tuple[Path, str]] = field(default_factory=list)  # (original, name in the run directory)
+    # In the order the testbench reports them: the links into each stage in stage order, the output link last;
+    # for a chain, link i feeds stage i.
+    links: list[Link] = field(default_factory=list)
 
     def link_names(self) -> list[str]:
-        """Name of each stream link: link i feeds stage i, the last one leaves the pipeline."""
-        names = [s.name for s in self.stages]
-        return [f"{a} -> {b}" for a, b in zip(["input", *names], [*names, "output"])]
+        return [f"{link.src} -> {link.dst}" for link in self.links]
+
+    def link_ends(self) -> list[list[str]]:
+        return [[link.src, link.dst] for link in self.links]
+
+    @property
+    def in_width(self) -> int:
+        return next(link.width for link in self.links if link.src == INPUT)
+
+    @property
+    def out_width(self) -> int:
+        return next(link.width for link in self.links if link.dst == OUTPUT)
 
 
 def _alternative(op_type: str) -> str:
@@ -113,10 +156,43 @@ def mvau_rtl_folding_issue(name: str, op_type: str, mw: int, simd: int) -> str |
             f"{hint}")
 
 
+def _own_rtl_issue(model, node) -> str | None:
+    """Why our RTL for this HLS-only layer cannot stand in for it (None if it can)."""
+    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415  (heavy import)
+
+    inst = getCustomOp(node)
+    if node.op_type == "DuplicateStreams_hls":
+        if len(node.output) != int(inst.get_nodeattr("NumOutputStreams")):
+            return f"it has {len(node.output)} outputs but NumOutputStreams={inst.get_nodeattr('NumOutputStreams')}"
+        return None
+    # ElementwiseAdd_hls: our add is the residual join, two streams of one shape and one PE
+    if any(model.get_initializer(i) is not None for i in node.input):
+        return ("one operand is a constant (a bias), which our RTL add does not stream; absorb it into the next "
+                "thresholds (FINN's Streamline) or keep it out of the dataflow partition")
+    shapes = [list(inst.get_nodeattr(a)) for a in ("lhs_shape", "rhs_shape", "out_shape")]
+    if not shapes[0] == shapes[1] == shapes[2]:
+        return f"its operands broadcast (shapes {shapes[0]} + {shapes[1]} -> {shapes[2]}); only equal shapes are simulated"
+    dtypes = [inst.get_input_datatype(0), inst.get_input_datatype(1), inst.get_output_datatype()]
+    if not all(d.is_integer() for d in dtypes):
+        return (f"it adds {dtypes[0].name} + {dtypes[1].name} -> {dtypes[2].name}; only integer operands are "
+                "simulated: quantize both operands of the residual add with one shared quantizer (flow.quantize)")
+    a, b, out = dtypes
+    if not (out.allowed(a.min() + b.min()) and out.allowed(a.max() + b.max())):
+        # FINN's python model returns the exact sum; an output type too narrow for it would make the RTL wrap
+        return (f"its output type {dtypes[2].name} cannot hold every sum of {dtypes[0].name} + {dtypes[1].name}; "
+                "run FINN's MinimizeAccumulatorWidth (or InferDataTypes) on the HW model")
+    return None
+
+
 def check_rtl_only(model) -> None:
-    """Raise FlowError naming the first layer Verilator cannot simulate (HLS-only, not a linear chain, or a folding
-    FINN's RTL does not run correctly)."""
+    """Raise FlowError naming the first layer Verilator cannot simulate (HLS-only without our RTL for it, a fan-out
+    without FINN's DuplicateStreams, or a folding FINN's RTL does not run correctly)."""
     for node in model.graph.node:
+        if node.op_type in OWN_RTL:
+            issue = _own_rtl_issue(model, node)
+            if issue:
+                raise FlowError(f"layer {node.name} ({node.op_type}) cannot be simulated: {issue}")
+            continue
         if not node.domain.startswith("finn.custom_op.fpgadataflow") or not node.op_type.endswith("_rtl"):
             raise FlowError(
                 f"layer {node.name} ({node.op_type}) has no RTL implementation, so Verilator cannot simulate "
@@ -124,7 +200,7 @@ def check_rtl_only(model) -> None:
             )
         if node.op_type not in SUPPORTED:
             raise FlowError(f"layer {node.name} ({node.op_type}) is not supported by the Verilator simulator yet "
-                            f"(supported: {', '.join(SUPPORTED)})")
+                            f"(supported: {', '.join(SUPPORTED + tuple(OWN_RTL))})")
         if node.op_type == "MVAU_rtl":
             from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415  (heavy import)
 
@@ -133,11 +209,17 @@ def check_rtl_only(model) -> None:
                                            int(inst.get_nodeattr("SIMD")))
             if issue:
                 raise FlowError(issue)
-    for node in model.graph.node:
-        consumers = model.find_consumers(node.output[0]) or []
-        if len(node.output) != 1 or len(consumers) > 1:
-            raise FlowError(f"layer {node.name} fans out; the simulator only chains feed-forward pipelines: "
-                            f"{_ALTERNATIVES['AddStreams']}")
+    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+        raise FlowError(f"the HW model has {len(model.graph.input)} inputs and {len(model.graph.output)} outputs; "
+                        "the simulator streams one input and one output")
+    outputs = {o.name for o in model.graph.output}
+    for name, producer in [(model.graph.input[0].name, "the input")] + [
+            (out, f"layer {n.name}") for n in model.graph.node for out in n.output]:
+        readers = len(model.find_consumers(name) or []) + (name in outputs)
+        if readers > 1:
+            raise FlowError(f"{producer} fans out ({name} is read {readers} times): a stream has one reader, so "
+                            "each fork needs FINN's DuplicateStreams in front of it (InferDuplicateStreamsLayer, "
+                            "part of FINN's step_convert_to_hw)")
 
 
 _INPUT_DECL = re.compile(r"^\s*input\b[^/]*?(\w+)\s*,?\s*(?://.*)?$", re.M)
@@ -209,37 +291,98 @@ def _layer_stage(inst, sources: list[Path], data_files: list[tuple[Path, str]]) 
                  tie_low=tie)
 
 
+def _own_stage(inst, sources: list[Path]) -> Stage:
+    """Our RTL for an HLS-only layer (OWN_RTL), with the widths FINN gives the layer's streams."""
+    node = inst.onnx_node
+    module, source = OWN_RTL[node.op_type]
+    if source not in sources:
+        sources.append(source)
+    if node.op_type == "DuplicateStreams_hls":
+        w = int(inst.get_instream_width_padded(0))
+        n = len(node.output)
+        return Stage(node.name, node.op_type, module, in_width=w, out_width=w, n_out=n,
+                     params=(("WIDTH", w), ("N", n)))
+    a, b, o = inst.get_input_datatype(0), inst.get_input_datatype(1), inst.get_output_datatype()
+    widths = (int(inst.get_instream_width_padded(0)), int(inst.get_instream_width_padded(1)))
+    out_w = int(inst.get_outstream_width_padded(0))
+    params = (("PE", int(inst.get_nodeattr("PE"))), ("A_BITS", a.bitwidth()), ("B_BITS", b.bitwidth()),
+              ("O_BITS", o.bitwidth()), ("A_SIGNED", int(a.signed())), ("B_SIGNED", int(b.signed())),
+              ("A_WIDTH", widths[0]), ("B_WIDTH", widths[1]), ("O_WIDTH", out_w))
+    return Stage(node.name, node.op_type, module, in_width=widths[0], out_width=out_w, in_widths=widths,
+                 params=params)
+
+
+def _beats(shape) -> int:
+    n = 1
+    for d in shape[1:-1]:  # batch and the PE/SIMD lanes of a beat excluded
+        n *= int(d)
+    return n
+
+
 def plan(model, fifo_depth: int) -> Design:
-    """Collect stages and sources of a specialised, code-generated HW model in graph order.
+    """Collect stages, links and sources of a specialised, code-generated HW model (nodes in topological order).
 
     FIFO nodes FINN inserted (StreamingFIFO_rtl) become our FIFO with FINN's depth; a model without FIFO nodes
-    gets a FIFO of `fifo_depth` between every two layers (0: layers connected directly).
+    gets a FIFO of `fifo_depth` on every link between two layers (0: layers connected directly), deepened in
+    front of a join input as flow.finn.residual.join_fifo_depths requires.
     """
     from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
 
+    from flow.finn.residual import join_fifo_depths  # noqa: PLC0415
+
     check_rtl_only(model)
     has_fifos = any(n.op_type == "StreamingFIFO_rtl" for n in model.graph.node)
+    join_depths = {} if has_fifos else join_fifo_depths(model)
     stages: list[Stage] = []
+    links: list[Link] = []
     sources: list[Path] = [FIFO_SOURCE]
     data_files: list[tuple[Path, str]] = []
+    # tensor -> (producing stage or INPUT, its output port, stream width, beats per image)
+    streams: dict[str, tuple[str, int, int, int]] = {}
+    layers: set[str] = set()  # stages that are FINN layers or our RTL for one (FIFOs are not)
+    graph_in = model.graph.input[0].name
     for node in model.graph.node:
         inst = getCustomOp(node)
         if node.op_type == "StreamingFIFO_rtl":
             w = int(inst.get_instream_width_padded(0))
-            stages.append(Stage(node.name, "FIFO", FIFO_MODULE, in_width=w, out_width=w,
-                                depth=max(2, int(inst.get_nodeattr("depth")))))
-            continue
-        stage = _layer_stage(inst, sources, data_files)
-        if stages and not has_fifos and fifo_depth > 0:
-            w = stages[-1].out_width
-            stages.append(Stage(f"fifo_{len(stages)}", "FIFO", FIFO_MODULE, in_width=w, out_width=w,
-                                depth=fifo_depth))
+            stage = Stage(node.name, "FIFO", FIFO_MODULE, in_width=w, out_width=w,
+                          depth=max(2, int(inst.get_nodeattr("depth"))))
+        elif node.op_type in OWN_RTL:
+            stage = _own_stage(inst, sources)
+        else:
+            stage = _layer_stage(inst, sources, data_files)
+        dynamic = [t for t in node.input if t and model.get_initializer(t) is None]
+        if len(dynamic) != (len(stage.in_widths) or 1):
+            raise FlowError(f"layer {node.name} ({node.op_type}) reads {len(dynamic)} streams; the simulator "
+                            f"wires {len(stage.in_widths) or 1}")
+        for port, tensor in enumerate(dynamic):
+            if tensor == graph_in:
+                streams[tensor] = (INPUT, 0, stage.input_width(port), _beats(inst.get_folded_input_shape(port)))
+            if tensor not in streams:
+                raise FlowError(f"layer {node.name} reads {tensor} before any layer writes it; sort the HW model "
+                                "topologically (qonnx SortGraph)")
+            src, src_port, width, beats = streams[tensor]
+            depth = 0 if has_fifos or src not in layers else fifo_depth
+            depth = max(depth, join_depths.get((node.name, port), 0))
+            if depth:
+                fifo = Stage(f"fifo_{len(stages)}", "FIFO", FIFO_MODULE, in_width=width, out_width=width,
+                             depth=depth)
+                stages.append(fifo)
+                links.append(Link(src, fifo.name, width, beats, src_port, 0))
+                src, src_port = fifo.name, 0
+            if width != stage.input_width(port):
+                raise FlowError(f"stream width mismatch: {src} produces {width} bits, {node.name} takes "
+                                f"{stage.input_width(port)}; run FINN's InsertDWC (and SpecializeLayers) on the "
+                                "HW model")
+            links.append(Link(src, stage.name, width, beats, src_port, port))
         stages.append(stage)
-    for a, b in zip(stages, stages[1:]):
-        if a.out_width != b.in_width:
-            raise FlowError(f"stream width mismatch: {a.name} produces {a.out_width} bits, {b.name} takes "
-                            f"{b.in_width}; run FINN's InsertDWC (and SpecializeLayers) on the HW model")
-    return Design(stages, sources, data_files)
+        if stage.kind != "FIFO":
+            layers.add(stage.name)
+        for port, tensor in enumerate(node.output):
+            streams[tensor] = (stage.name, port, stage.out_width, _beats(inst.get_folded_output_shape(port)))
+    src, src_port, width, beats = streams[model.graph.output[0].name]
+    links.append(Link(src, OUTPUT, width, beats, src_port, 0))
+    return Design(stages, sources, data_files, links)
 
 
 def write_sources(design: Design, src_dir: Path, run_dir: Path) -> list[Path]:
@@ -275,70 +418,102 @@ def write_sources(design: Design, src_dir: Path, run_dir: Path) -> list[Path]:
 
 
 def top_level(design: Design) -> str:
-    """SystemVerilog for the chain: s_axis feeds the first stage, m_axis leaves the last one.
+    """SystemVerilog for the design: s_axis feeds the input link, m_axis is the output link, every other link
+    connects a stage's output port to a stage's input port.
 
     dbg_valid/dbg_ready expose each link's handshake so the testbench can count beats and name a stalled layer.
     """
-    st = design.stages
-    n = len(st) + 1
+    links = design.links
+    n = len(links)
     lines = [
-        "// Generated by flow/sim/stitch.py: FINN layers chained in graph order for Verilator.",
+        "// Generated by flow/sim/stitch.py: FINN layers connected as in the HW model's graph, for Verilator.",
         f"module {TOP_MODULE} (",
         "\tinput  logic ap_clk,",
         "\tinput  logic ap_rst_n,",
-        f"\tinput  logic [{st[0].in_width - 1}:0] s_axis_tdata,",
+        f"\tinput  logic [{design.in_width - 1}:0] s_axis_tdata,",
         "\tinput  logic s_axis_tvalid,",
         "\toutput logic s_axis_tready,",
-        f"\toutput logic [{st[-1].out_width - 1}:0] m_axis_tdata,",
+        f"\toutput logic [{design.out_width - 1}:0] m_axis_tdata,",
         "\toutput logic m_axis_tvalid,",
         "\tinput  logic m_axis_tready,",
         f"\toutput logic [{n - 1}:0] dbg_valid,",
         f"\toutput logic [{n - 1}:0] dbg_ready",
         ");",
     ]
-    widths = [st[0].in_width] + [s.out_width for s in st]
-    for i, w in enumerate(widths):
-        lines += [f"\tlogic [{w - 1}:0] l{i}_tdata;", f"\tlogic l{i}_tvalid, l{i}_tready;",
+    for i, link in enumerate(links):
+        lines += [f"\tlogic [{link.width - 1}:0] l{i}_tdata;", f"\tlogic l{i}_tvalid, l{i}_tready;",
                   f"\tassign dbg_valid[{i}] = l{i}_tvalid;", f"\tassign dbg_ready[{i}] = l{i}_tready;"]
-    lines += ["\tassign l0_tdata = s_axis_tdata;", "\tassign l0_tvalid = s_axis_tvalid;",
-              "\tassign s_axis_tready = l0_tready;", f"\tassign m_axis_tdata = l{n - 1}_tdata;",
-              f"\tassign m_axis_tvalid = l{n - 1}_tvalid;", f"\tassign l{n - 1}_tready = m_axis_tready;", ""]
-    for i, s in enumerate(st):
-        a, b = f"l{i}", f"l{i + 1}"
-        inst = f"u{i}_{s.name}"
-        if s.kind == "FIFO":
-            lines += [
-                f"\t{FIFO_MODULE} #(.WIDTH({s.in_width}), .DEPTH({s.depth})) {inst} (",
-                "\t\t.clk(ap_clk), .rst_n(ap_rst_n),",
-                f"\t\t.s_tdata({a}_tdata), .s_tvalid({a}_tvalid), .s_tready({a}_tready),",
-                f"\t\t.m_tdata({b}_tdata), .m_tvalid({b}_tvalid), .m_tready({b}_tready)",
-                "\t);",
-            ]
-            continue
-        ports = [".ap_clk(ap_clk)", ".ap_rst_n(ap_rst_n)"] + ([".ap_clk2x(ap_clk)"] if s.has_clk2x else [])
-        if s.weight_streamer:
-            lines += [
-                f"\tlogic [{s.weight_width - 1}:0] {s.name}_w_tdata;",
-                f"\tlogic {s.name}_w_tvalid, {s.name}_w_tready;",
-                f"\t{s.weight_streamer} {inst}_weights (",
-                "\t\t.ap_clk(ap_clk), .ap_clk2x(ap_clk), .ap_rst_n(ap_rst_n),",
-                "\t\t.s_axilite_AWVALID(1'b0), .s_axilite_AWPROT('0), .s_axilite_AWADDR('0),",
-                "\t\t.s_axilite_WVALID(1'b0), .s_axilite_WDATA('0), .s_axilite_WSTRB('0), .s_axilite_BREADY(1'b0),",
-                "\t\t.s_axilite_ARVALID(1'b0), .s_axilite_ARPROT('0), .s_axilite_ARADDR('0),",
-                "\t\t.s_axilite_RREADY(1'b0), .s_axis_0_tvalid(1'b0), .s_axis_0_tdata('0),",
-                "\t\t.s_axilite_AWREADY(), .s_axilite_WREADY(), .s_axilite_BVALID(), .s_axilite_BRESP(),",
-                "\t\t.s_axilite_ARREADY(), .s_axilite_RVALID(), .s_axilite_RRESP(), .s_axilite_RDATA(),",
-                "\t\t.s_axis_0_tready(),",
-                f"\t\t.m_axis_0_tdata({s.name}_w_tdata), .m_axis_0_tvalid({s.name}_w_tvalid),"
-                f" .m_axis_0_tready({s.name}_w_tready)",
-                "\t);",
-            ]
-            ports += [f".in1_V_TDATA({s.name}_w_tdata)", f".in1_V_TVALID({s.name}_w_tvalid)",
-                      f".in1_V_TREADY({s.name}_w_tready)"]
-        ports += [f".{s.in_port}_TDATA({a}_tdata)", f".{s.in_port}_TVALID({a}_tvalid)",
-                  f".{s.in_port}_TREADY({a}_tready)", f".{s.out_port}_TDATA({b}_tdata)",
-                  f".{s.out_port}_TVALID({b}_tvalid)", f".{s.out_port}_TREADY({b}_tready)"]
-        ports += [f".{p}('0)" for p in s.tie_low]
-        lines += [f"\t{s.module} {inst} (", "\t\t" + ",\n\t\t".join(ports), "\t);"]
+    first = next(i for i, link in enumerate(links) if link.src == INPUT)
+    last = next(i for i, link in enumerate(links) if link.dst == OUTPUT)
+    lines += [f"\tassign l{first}_tdata = s_axis_tdata;", f"\tassign l{first}_tvalid = s_axis_tvalid;",
+              f"\tassign s_axis_tready = l{first}_tready;", f"\tassign m_axis_tdata = l{last}_tdata;",
+              f"\tassign m_axis_tvalid = l{last}_tvalid;", f"\tassign l{last}_tready = m_axis_tready;", ""]
+    for i, s in enumerate(design.stages):
+        ins = [f"l{j}" for _, j in sorted((lk.dst_port, j) for j, lk in enumerate(links) if lk.dst == s.name)]
+        outs = [f"l{j}" for _, j in sorted((lk.src_port, j) for j, lk in enumerate(links) if lk.src == s.name)]
+        if len(outs) != s.n_out or not ins:
+            raise FlowError(f"stage {s.name} has {len(ins)} input and {len(outs)} output links; expected at least "
+                            f"one input and {s.n_out} outputs (a stream has exactly one reader)")
+        lines += _instance(s, f"u{i}_{s.name}", ins, outs)
     lines += [f"endmodule : {TOP_MODULE}", ""]
     return "\n".join(lines)
+
+
+def _instance(s: Stage, inst: str, ins: list[str], outs: list[str]) -> list[str]:
+    """Instantiation of one stage, `ins`/`outs` the link wires of its ports in port order."""
+    a, b = ins[0], outs[0]
+    if s.kind == "FIFO":
+        return [
+            f"\t{FIFO_MODULE} #(.WIDTH({s.in_width}), .DEPTH({s.depth})) {inst} (",
+            "\t\t.clk(ap_clk), .rst_n(ap_rst_n),",
+            f"\t\t.s_tdata({a}_tdata), .s_tvalid({a}_tvalid), .s_tready({a}_tready),",
+            f"\t\t.m_tdata({b}_tdata), .m_tvalid({b}_tvalid), .m_tready({b}_tready)",
+            "\t);",
+        ]
+    params = ", ".join(f".{k}({v})" for k, v in s.params)
+    if s.module == DUPLICATE_MODULE:
+        def cat(sig: str) -> str:  # packed port arrays: output 0 in the lowest bits
+            return "{" + ", ".join(f"{o}_{sig}" for o in reversed(outs)) + "}"
+        return [
+            f"\t{s.module} #({params}) {inst} (",
+            "\t\t.clk(ap_clk), .rst_n(ap_rst_n),",
+            f"\t\t.s_tdata({a}_tdata), .s_tvalid({a}_tvalid), .s_tready({a}_tready),",
+            f"\t\t.m_tdata({cat('tdata')}), .m_tvalid({cat('tvalid')}), .m_tready({cat('tready')})",
+            "\t);",
+        ]
+    if s.module == ADD_MODULE:
+        c = ins[1]
+        return [
+            f"\t{s.module} #({params}) {inst} (",
+            "\t\t.clk(ap_clk), .rst_n(ap_rst_n),",
+            f"\t\t.a_tdata({a}_tdata), .a_tvalid({a}_tvalid), .a_tready({a}_tready),",
+            f"\t\t.b_tdata({c}_tdata), .b_tvalid({c}_tvalid), .b_tready({c}_tready),",
+            f"\t\t.m_tdata({b}_tdata), .m_tvalid({b}_tvalid), .m_tready({b}_tready)",
+            "\t);",
+        ]
+    lines = []
+    ports = [".ap_clk(ap_clk)", ".ap_rst_n(ap_rst_n)"] + ([".ap_clk2x(ap_clk)"] if s.has_clk2x else [])
+    if s.weight_streamer:
+        lines += [
+            f"\tlogic [{s.weight_width - 1}:0] {s.name}_w_tdata;",
+            f"\tlogic {s.name}_w_tvalid, {s.name}_w_tready;",
+            f"\t{s.weight_streamer} {inst}_weights (",
+            "\t\t.ap_clk(ap_clk), .ap_clk2x(ap_clk), .ap_rst_n(ap_rst_n),",
+            "\t\t.s_axilite_AWVALID(1'b0), .s_axilite_AWPROT('0), .s_axilite_AWADDR('0),",
+            "\t\t.s_axilite_WVALID(1'b0), .s_axilite_WDATA('0), .s_axilite_WSTRB('0), .s_axilite_BREADY(1'b0),",
+            "\t\t.s_axilite_ARVALID(1'b0), .s_axilite_ARPROT('0), .s_axilite_ARADDR('0),",
+            "\t\t.s_axilite_RREADY(1'b0), .s_axis_0_tvalid(1'b0), .s_axis_0_tdata('0),",
+            "\t\t.s_axilite_AWREADY(), .s_axilite_WREADY(), .s_axilite_BVALID(), .s_axilite_BRESP(),",
+            "\t\t.s_axilite_ARREADY(), .s_axilite_RVALID(), .s_axilite_RRESP(), .s_axilite_RDATA(),",
+            "\t\t.s_axis_0_tready(),",
+            f"\t\t.m_axis_0_tdata({s.name}_w_tdata), .m_axis_0_tvalid({s.name}_w_tvalid),"
+            f" .m_axis_0_tready({s.name}_w_tready)",
+            "\t);",
+        ]
+        ports += [f".in1_V_TDATA({s.name}_w_tdata)", f".in1_V_TVALID({s.name}_w_tvalid)",
+                  f".in1_V_TREADY({s.name}_w_tready)"]
+    ports += [f".{s.in_port}_TDATA({a}_tdata)", f".{s.in_port}_TVALID({a}_tvalid)",
+              f".{s.in_port}_TREADY({a}_tready)", f".{s.out_port}_TDATA({b}_tdata)",
+              f".{s.out_port}_TVALID({b}_tvalid)", f".{s.out_port}_TREADY({b}_tready)"]
+    ports += [f".{p}('0)" for p in s.tie_low]
+    return lines + [f"\t{s.module} {inst} (", "\t\t" + ",\n\t\t".join(ports), "\t);"]
