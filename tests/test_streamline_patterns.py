@@ -250,8 +250,8 @@ def test_bipolar_activations_reject_zero_padding():
 
 
 def test_residual_join_is_reported(images, tmp_path):
-    # A known gap: residual adds are converted but their branches are not quantized to a shared scale, so FINN
-    # cannot streamline them; the compile stage must say so instead of failing inside FINN.
+    # FINN's chain streamlining alone stops at the forks and joins of a residual net; the leftover float adds are
+    # named as residual joins (flow.finn.residual streamlines them: tests/test_residual.py).
     from flow.models import build_model
     train, _ = images
     quant = convert_model(build_model("resnet8", widths=(4, 4, 4), stem=4), QuantConfig())

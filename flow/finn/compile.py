@@ -634,19 +634,19 @@ def verify_streamlined(
     images: np.ndarray,
     input_divisor: float,
     tail: Sequence[HostOp | dict],
-    rtol: float = 1e-4,
 ) -> Verification:
     """Execute QONNX, FINN's streamlined model and FINN's HW-layer model (python mode) on the same images.
 
     The streamlined model still holds the float tail; the HW-layer model's output gets `tail` applied on the host.
     A QONNX model whose input is annotated integer (flow.export's UINT8 input) gets the raw pixels, a float-input
-    one gets `raw / input_divisor` (what compile_model's inserted Div computes).
-    An image mismatches when |finn − qonnx| > rtol · max|qonnx| on any output.
+    one gets `raw / input_divisor` (what compile_model's inserted Div computes). Agreement follows flow.verify.
     """
     from finn.core.onnx_exec import execute_onnx as finn_exec
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx as qonnx_exec
     from qonnx.transformation.infer_shapes import InferShapes
+
+    from flow.verify import compare_logits
 
     inter = Path(finn_out) / "intermediate_models"
     ref_model = ModelWrapper(str(qonnx_path)).transform(InferShapes())
@@ -657,24 +657,16 @@ def verify_streamlined(
     def run(model: Any, x: np.ndarray, exec_fn: Callable) -> np.ndarray:
         return exec_fn(model, {model.graph.input[0].name: x})[model.graph.output[0].name]
 
-    s_diff = h_diff = 0.0
-    s_bad = h_bad = agree = 0
-    scale = 0.0
+    refs, s_outs, h_outs = [], [], []
     with finn_session(Path(finn_out).parent / CODEGEN_DIR):
         from rich.progress import track
 
         for img in track(images, description="verify FINN vs QONNX", transient=True):
             raw = img[None].astype(np.float32)
-            ref = run(ref_model, raw / np.float32(ref_divisor), qonnx_exec)
-            s_out = run(streamlined, raw, finn_exec)
+            refs.append(run(ref_model, raw / np.float32(ref_divisor), qonnx_exec).reshape(-1))
+            s_outs.append(run(streamlined, raw, finn_exec).reshape(-1))
             # the HW layers take NHWC; the parent model's head transposes, so feed it the NCHW raw image
-            h_out = apply_host_ops(tail, run(parent, raw, finn_exec)).reshape(ref.shape)
-            tol = rtol * max(float(np.max(np.abs(ref))), 1e-6)
-            scale = max(scale, tol)
-            ds, dh = float(np.max(np.abs(s_out - ref))), float(np.max(np.abs(h_out - ref)))
-            s_diff, h_diff = max(s_diff, ds), max(h_diff, dh)
-            s_bad += ds > tol
-            h_bad += dh > tol
-            agree += int(np.argmax(h_out) == np.argmax(ref))
-    n = len(images)
-    return Verification(n, s_diff, s_bad, h_diff, h_bad, agree / n, scale, s_bad == 0 and h_bad == 0)
+            h_outs.append(apply_host_ops(tail, run(parent, raw, finn_exec)).reshape(-1))
+    s, h = compare_logits(np.stack(refs), np.stack(s_outs)), compare_logits(np.stack(refs), np.stack(h_outs))
+    return Verification(len(images), s.max_abs_diff, s.beyond, h.max_abs_diff, h.beyond, h.top1_agreement,
+                        h.tolerance, s.ok and h.ok)

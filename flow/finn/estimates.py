@@ -126,9 +126,21 @@ def output_fifo_resources(inst: Any, part: str, depth: int = FIFO_DEPTH) -> dict
     width = _stream_width(inst, "out")
     if width == 0:
         return {r: 0.0 for r in RESOURCES}
-    cost = _fifo_cost(depth, width, _resolve(depth, width, "auto"), is_versal(part))
+    style = _resolve(depth, width, "auto")
+    if style == "ultra" and not _has_uram(part):
+        style = "block"  # fifo.sv asks for URAM past 2k entries; on a part without URAM, Vivado uses BRAM
+    cost = _fifo_cost(depth, width, style, is_versal(part))
     return {"LUT": float(cost.lut), "FF": float(2 * FF_STREAM_REGS * width), "BRAM18": float(cost.bram),
             "URAM": float(cost.uram), "DSP": 0.0}
+
+
+def _has_uram(part: str) -> bool:
+    """UltraRAM exists on UltraScale+ (Zynq/Kria xczu/xck, Kintex/Virtex ...p) and Versal parts only."""
+    import re
+
+    from finn.util.basic import is_versal
+
+    return part.startswith(("xczu", "xck2")) or bool(re.match(r"xc(ku|vu)\d+p", part)) or is_versal(part)
 
 
 def _stream_width(inst: Any, which: str) -> int:
@@ -185,7 +197,10 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
             model = model.transform(InsertFIFO(create_shallow_fifos=True))
             for node in model.graph.node:
                 if node.op_type == "StreamingFIFO":
-                    getCustomOp(node).set_nodeattr("preferred_impl_style", "rtl")
+                    fifo = getCustomOp(node)
+                    fifo.set_nodeattr("preferred_impl_style", "rtl")
+                    if fifo.resolve_ram_style() == "ultra" and not _has_uram(part):
+                        fifo.set_nodeattr("ram_style", "block")  # what Vivado builds where there is no URAM
             model = model.transform(SpecializeLayers(part))
             groups: dict[str, list[dict[str, float]]] = {"fifo": [], "dwc": []}
             for node in model.graph.node:
