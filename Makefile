@@ -10,11 +10,15 @@ TARGET_FPS ?=
 BUILD_DIR ?= build
 PYTEST_ARGS ?=
 SET ?=
+MODEL ?=
+DATASET ?=
 STAMP := $(VENV)/.trimflow-setup
 
+# MODEL / DATASET are shorthands for --set model=... / dataset=...; SET takes any other KEY=VALUE pairs
+SETS = $(strip $(SET) $(if $(MODEL),model=$(MODEL)) $(if $(DATASET),dataset=$(DATASET)))
 BUILD_ARGS := --board $(BOARD) $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
               $(if $(TARGET_FPS),--target-fps $(TARGET_FPS)) --build-dir $(BUILD_DIR) \
-              $(if $(SET),--set $(SET))
+              $(if $(SETS),--set $(SETS))
 
 .PHONY: setup build pretrain test test-all boards bench clean docker synth deploy
 setup: $(STAMP)

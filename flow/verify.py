@@ -5,10 +5,12 @@ Both sides compute the same integer grids with float32 scales; what differs is t
 (torch vs onnxruntime vs FINN's thresholds, into which streamlining folds scales, BN and biases), about 1e-6
 relative, so REL_TOLERANCE of the logit range is already generous. A pre-activation that lands exactly on a
 quantizer's rounding boundary can still move one activation by one quantization step on one side only; such an
-image then differs visibly. That is rare (measured on the default W4A4 net: 6 of 1,000 test images between FINN's
-streamlined model and QONNX) and more frequent the finer the grid (8-bit), so at most MAX_BOUNDARY_SHARE of the
-images may differ past the tolerance, and the predicted classes must agree on MIN_TOP1_AGREEMENT of them. Where
-both sides are integer (Verilator vs FINN's python model) the comparison is exact equality instead.
+image then differs visibly. That is rare, and more frequent the finer the grid (measured: W4A4 default net, 6 of
+1,000 test images between FINN's streamlined model and QONNX; W8A8, 1-2 of 100 between Brevitas and QONNX and
+between QONNX and FINN). An export or streamlining bug (a wrong scale, padding or threshold) shows on most images,
+so at most MAX_BOUNDARY_SHARE of the images may differ past the tolerance, and the predicted classes must agree on
+MIN_TOP1_AGREEMENT of them. Where both sides are integer (Verilator vs FINN's python model) the comparison is exact
+equality instead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import dataclasses
 import numpy as np
 
 REL_TOLERANCE = 1e-4
-MAX_BOUNDARY_SHARE = 0.01
+MAX_BOUNDARY_SHARE = 0.05
 MIN_TOP1_AGREEMENT = 0.99
 
 

@@ -27,7 +27,7 @@ def test_rare_rounding_boundary_images_are_allowed_but_counted():
     assert a.beyond == allowed and a.ok
     got[allowed, int(np.argmin(ref[allowed]))] -= 0.05
     b = compare_logits(ref, got)
-    assert b.beyond == allowed + 1 and not b.ok and "allowed: 1%" in b.describe()
+    assert b.beyond == allowed + 1 and not b.ok and f"allowed: {MAX_BOUNDARY_SHARE:.0%}" in b.describe()
 
 
 def test_systematic_error_fails():

@@ -7,7 +7,9 @@ Vitis HLS. Three graph edits, run as custom builder steps, get it there:
 - the float scale/bias after the last MatMul (the "tail") is cut off after streamlining and recorded, so the host
   applies it instead of an ElementwiseMul_hls/ElementwiseAdd_hls;
 - every HW node prefers its RTL implementation when FINN specialises layers.
-(Plus one FINN ordering fix: thresholds are clipped to their input range right after streamlining.)
+(Plus one FINN ordering fix: thresholds are clipped to their input range right after streamlining, and, for residual
+nets, FINN's fork/join reorderings after its chain streamlining: flow.finn.residual. Their forks and adds become
+DuplicateStreams / ElementwiseAdd, HLS-only on non-Versal parts, so such a design is not all-RTL.)
 
 Outputs in out_dir: compile.json (CompileResult), hw_model.onnx (specialised HW layers with generated code under
 codegen/), dataflow_parent.onnx (host head + partition), finn/ (FINN's log, reports, intermediate models) and, for

@@ -6,9 +6,10 @@ Choices made for FINN:
 - head = Flatten + Linear, not global average pooling: FINN's GlobalAccPool is HLS-only, while a Linear over the
   flattened last feature map is one more MVAU (it costs weights: 64 x 7 x 7 x 10 = 31k for 28x28 inputs,
   64 x 8 x 8 x 10 = 41k for 32x32);
-- every add is `a + b` of two tensors of equal shape (FINN: ElementwiseAdd, which has an RTL variant). The fork
-  that feeds a block's input to both branches becomes FINN's DuplicateStreams, which finn-plus 1.6.1 only has as
-  HLS — so unlike the CNV-like net, a ResNet's accelerator cannot be all-RTL.
+- every add is `a + b` of two tensors of equal shape (flow.quantize gives both operands one quantizer; FINN:
+  ElementwiseAdd). The fork that feeds a block's input to both branches becomes FINN's DuplicateStreams. On
+  non-Versal parts finn-plus 1.6.1 has both only as HLS — so unlike the CNV-like net, a ResNet's accelerator is not
+  all-RTL (the Verilator simulation uses our RTL for the two, hw/rtl/).
 """
 
 from __future__ import annotations

@@ -152,7 +152,8 @@ def _estimates(model) -> dict[str, int]:
 
 
 def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Simulator":
-    """Compile a Verilator simulator for an ONNX model of specialised FINN HW layers (`_rtl` only, in a chain).
+    """Compile a Verilator simulator for an ONNX model of specialised FINN HW layers (`_rtl`, plus the HLS-only
+    layers stitch.OWN_RTL simulates with our RTL; a chain or a graph with forks and joins).
 
     Reuses `out_dir` when it holds a simulator built from the same model file and build settings.
     """
