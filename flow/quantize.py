@@ -203,6 +203,31 @@ def _execution_order(model: nn.Module) -> list[str]:
     return [str(node.target) for node in graph.nodes if node.op == "call_module"]
 
 
+def _check_batchnorm_placement(model: nn.Module) -> None:
+    """FlowError for a BatchNorm that does not directly follow a Conv2d/Linear.
+
+    FINN absorbs a BatchNorm into the thresholds of the activation after it only while it sits between a matrix
+    layer and that activation; elsewhere (after an activation, a pooling, at the input) its per-channel scale and
+    shift stay float ops inside the hardware part, which FINN cannot turn into dataflow layers.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:
+        return  # untraceable: the export's streamlining check names the leftover op instead
+    modules = dict(model.named_modules())
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)),
+                                                       nn.modules.batchnorm._BatchNorm):
+            continue
+        src = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+        src_module = modules.get(str(src.target)) if src is not None and src.op == "call_module" else None
+        if not isinstance(src_module, (nn.Conv2d, nn.Linear)):
+            what = f"{src.op} {src.target}" if src is not None else "the model input"
+            raise FlowError(f"model: BatchNorm {node.target!r} follows {what}, not a Conv2d/Linear; FINN can only "
+                            "absorb a BatchNorm that sits between a convolution/linear layer and its activation. "
+                            "Move it there (and retrain), or fold it into the neighbouring layer's weights.")
+
+
 def _residual_adds(graph: torch.fx.Graph) -> list[torch.fx.Node]:
     adds = []
     for node in graph.nodes:
@@ -295,6 +320,7 @@ def _copy_params(src: nn.Module, dst: nn.Module) -> None:
 def convert_model(float_model: nn.Module, cfg: QuantConfig) -> QuantNet:
     """Brevitas copy of `float_model`: Conv2d/Linear/ReLU replaced, BatchNorm and everything else carried over."""
     _check_supported(float_model)
+    _check_batchnorm_placement(float_model)
     net = copy.deepcopy(float_model).cpu().eval()
     order = _execution_order(net)
     weighted = [n for n in order if isinstance(net.get_submodule(n), (nn.Conv2d, nn.Linear))]

@@ -17,7 +17,7 @@ from flow.config import load_flow_config
 SMALL = [
     "eval_images=300", "relevance.images=300", "trim.calib_images=300", "finetune.epochs=0.02",
     "quantize.train.epochs=0.02", "quantize.calibration_batches=2", "export.verify_images=40",
-    "compile.verify_images=4", "simulate.images=0",
+    "compile.verify_images=4", "simulate.images=3",
 ]
 
 
@@ -37,6 +37,18 @@ def test_every_stage_ran_and_the_report_is_written(small_build):
     assert "Resources vs the board" in text and "estimated fps" in text
     report = json.loads((root / "pynq-z2" / "report.json").read_text())
     assert set(report["stages"]) >= {"relevance", "trim", "quantize", "export", "compile"}
+
+
+@pytest.mark.rtlsim
+def test_default_net_simulated_bit_exact(small_build):
+    # the committed default net, trimmed and quantized, as RTL in Verilator: a few real test images
+    _, _, result = small_build
+    sim = result.results["simulate"].summary
+    assert sim["images"] == 3
+    assert sim["bit_exact_vs_finn_python"] and sim["mismatching_images_vs_finn"] == 0
+    assert sim["matches_qonnx"] and sim["top1_agreement_vs_qonnx"] == 1.0
+    assert sim["accuracy"] == sim["qonnx_accuracy"]
+    assert 0.8 < sim["ii_ratio"] < 1.2 and not sim["ii_flagged"]
 
 
 def test_stage_numbers_agree(small_build):

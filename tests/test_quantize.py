@@ -186,3 +186,23 @@ def test_low_bit_configs_train_with_the_low_bit_lr():
     assert qat_train_config(QuantConfig(weight_bits=2, act_bits=2, low_bit_lr=None)).lr == 0.01
     with pytest.raises(FlowError, match="low_bit_lr"):
         QuantConfig(low_bit_lr=0)
+
+
+@pytest.mark.parametrize("where", ["after_relu", "after_pool", "at_input"])
+def test_batchnorm_finn_cannot_absorb_is_named(where):
+    layers = {
+        "after_relu": [nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.ReLU()],
+        "after_pool": [nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.BatchNorm2d(4), nn.ReLU()],
+        "at_input": [nn.BatchNorm2d(1), nn.Conv2d(1, 4, 3), nn.ReLU()],
+    }[where]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.LazyLinear(10))
+    model(torch.zeros(1, 1, 28, 28))  # materialise the lazy layer
+    bn = next(str(i) for i, m in enumerate(layers) if isinstance(m, nn.BatchNorm2d))
+    with pytest.raises(FlowError, match=rf"BatchNorm '{bn}' follows .*not a Conv2d/Linear"):
+        convert_model(model, QuantConfig())
+
+
+def test_batchnorm_after_conv_and_linear_is_accepted():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 26 * 26, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    convert_model(model, QuantConfig())

@@ -14,7 +14,7 @@ non-Versal part both exist only as HLS (flow.sim.stitch simulates them with our 
 
 A fork/join also needs buffering: the fork hands every beat to both branches at once, so while the long branch
 (convolutions) fills its sliding windows, the short one (the shortcut) must hold what the join cannot take yet.
-`join_fifo_depths` gives, per join input, a FIFO depth that can never deadlock.
+`join_fifo_depths` gives, per join input, a FIFO depth with which the fork/join cannot deadlock.
 """
 
 from __future__ import annotations

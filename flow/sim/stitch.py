@@ -171,7 +171,8 @@ def _own_rtl_issue(model, node) -> str | None:
                 "thresholds (FINN's Streamline) or keep it out of the dataflow partition")
     shapes = [list(inst.get_nodeattr(a)) for a in ("lhs_shape", "rhs_shape", "out_shape")]
     if not shapes[0] == shapes[1] == shapes[2]:
-        return f"its operands broadcast (shapes {shapes[0]} + {shapes[1]} -> {shapes[2]}); only equal shapes are simulated"
+        return (f"its operands broadcast (shapes {shapes[0]} + {shapes[1]} -> {shapes[2]}); only equal shapes are "
+                "simulated")
     dtypes = [inst.get_input_datatype(0), inst.get_input_datatype(1), inst.get_output_datatype()]
     if not all(d.is_integer() for d in dtypes):
         return (f"it adds {dtypes[0].name} + {dtypes[1].name} -> {dtypes[2].name}; only integer operands are "
