@@ -3,7 +3,8 @@
     .venv/bin/python bench/trim_long.py                       # 25 % MACs, 3 epochs with distillation
     .venv/bin/python bench/trim_long.py --budget 0.25 --epochs 3 --distill 0.5 --steps 2
 
-Trims the default checkpoint with the flow's trim defaults (RelevanceConfig() / TrimConfig policy budget), then
+Trims the default checkpoint like the flow's trim stage (RelevanceConfig(), policy budget, the flow's default
+allocation unless --allocation says otherwise), then
 fine-tunes on the whole training set with the float net as the distillation teacher, and writes
 bench/results/trim-long.json (+ .md) with the accuracy after trimming, after every epoch, and the gap to float.
 """
@@ -21,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flow.artifacts import atomic_path, write_json  # noqa: E402
+from flow.config import FlowConfig  # noqa: E402
 from flow.criteria import score  # noqa: E402
 from flow.data import load_dataset, subset  # noqa: E402
 from flow.graph import count_params_macs  # noqa: E402
@@ -42,6 +44,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1, help=">1: iterative trim, 1 epoch-share fine-tune per step")
     p.add_argument("--statistic", default=RelevanceConfig.statistic)
     p.add_argument("--weighting", default=RelevanceConfig.weighting)
+    p.add_argument("--allocation", default=FlowConfig().trim.allocation, help="rank | sensitivity")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="bench/results/trim-long")
     args = p.parse_args()
@@ -53,7 +56,7 @@ def main() -> None:
     calib = subset(train_set, 2000, 0)
     rcfg = RelevanceConfig(statistic=args.statistic, weighting=args.weighting)
     tcfg = TrimConfig(policy="budget", budget=args.budget, budget_metric="macs", round_to=4, compensate=True,
-                      recalibrate_bn=True)
+                      recalibrate_bn=True, allocation=args.allocation)
     ft = TrainConfig(epochs=1, lr=args.lr, augment=args.augment, distill_weight=args.distill, seed=0)
     start = time.perf_counter()
     result = {"args": vars(args), "relevance": dataclasses.asdict(rcfg), "trim": dataclasses.asdict(tcfg),

@@ -53,6 +53,8 @@ NOTES = [
     "residual nets: the FIFO on the short branch of each join holds one image (flow.finn.residual."
     "join_fifo_depths); DuplicateStreams_hls / ElementwiseAdd_hls LUT (FINN reports 0): flow.finn.residual."
     "stream_op_luts, an assumption",
+    "Pool_hls LUT (FINN reports 0): pool_luts, 40 + 2·PE·bits (one comparator or adder and one select per lane "
+    "bit), an assumption",
     "board shell (DMA/interconnect): boards/<board>.yaml shell_overhead, added in the fit check",
 ]
 
@@ -93,6 +95,19 @@ def _hls_variant_luts(inst: Any, part: str) -> float:
     return float(hls_inst.lut_estimation(part))
 
 
+def pool_luts(inst: Any) -> float:
+    """LUTs of FINN's HLS Pool layer, for which FINN's estimate is 0.
+
+    An assumption, not a synthesis result: about 40 LUTs of handshake and window-position control, plus per lane
+    and bit one LUT of the comparator (max) or adder (sum) carry chain and one of the select into the running
+    register. The accumulating pools work at AccumBits, max pooling at the input width.
+    """
+    bits = inst.get_input_datatype().bitwidth()
+    if inst.get_nodeattr("Function") != "MaxPool":
+        bits = max(bits, int(inst.get_nodeattr("AccumBits")))
+    return 40.0 + 2.0 * int(inst.get_nodeattr("PE")) * bits
+
+
 def node_resources(inst: Any, part: str) -> dict[str, float]:
     """One HW node's resources with the gaps of FINN's model filled (see NOTES); keys RESOURCES."""
     res = finn_node_resources(inst, part)
@@ -109,6 +124,8 @@ def node_resources(inst: Any, part: str) -> dict[str, float]:
         from flow.finn.residual import stream_op_luts  # FINN has no LUT model for these HLS layers
 
         res["LUT"] = stream_op_luts(inst)
+    if op.startswith("Pool") and res["LUT"] == 0:
+        res["LUT"] = pool_luts(inst)
     widths = _stream_width(inst, "in") + _stream_width(inst, "out")
     if op.startswith(("StreamingFIFO", "StreamingDataWidthConverter")):
         # their LUTs are storage (SRL/LUTRAM) or muxes, not pipelined logic: only the stream registers are FFs

@@ -54,6 +54,14 @@ def _generic_hls_layers(model) -> None:
     for node in model.graph.node:
         if node.op_type.endswith("_hls") and is_custom_op("finn.custom_op.fpgadataflow", node.op_type[:-4]):
             node.op_type, node.domain = node.op_type[:-4], "finn.custom_op.fpgadataflow"
+    # FINN's python model of a depthwise ConvolutionInputGenerator_rtl interleaves its output into the stream order
+    # (channel groups outside the window positions, for a VVAU), while Pool's python model reads the plain im2col
+    # order: the pair computes maxima across channels whenever SIMD < channels. The generic generator's model is the
+    # plain im2col, the order Pool expects (FINN executes the pair so before SpecializeLayers).
+    for node in model.graph.node:
+        src = model.find_producer(node.input[0]) if node.op_type == "Pool" else None
+        if src is not None and src.op_type == "ConvolutionInputGenerator_rtl":
+            src.op_type, src.domain = "ConvolutionInputGenerator", "finn.custom_op.fpgadataflow"
 
 
 def _prepare_xsim(model, source: Path, fpga_part: str, clk_ns: float):

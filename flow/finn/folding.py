@@ -37,6 +37,34 @@ FOLDABLE = {
 _ESTIMATES = ("LUT", "FF", "BRAM18", "URAM", "DSP")
 
 
+def pool_window_generators(model: Any) -> dict[str, str]:
+    """Pool node → the sliding-window generator that feeds it alone (FINN's InferPool pairs them).
+
+    The generator emits each window as K beats of SIMD channels and the pool reads K beats of PE channels, so the
+    two must be folded alike (SIMD = PE, one window position per beat): with different widths FINN inserts a width
+    converter that regroups channels across window positions and the pool computes the wrong maxima, on hardware as
+    in our simulation, while FINN's python model (which works on whole tensors) does not notice.
+    """
+    pairs = {}
+    for node in model.graph.node:
+        if not node.op_type.startswith("Pool"):
+            continue
+        src = model.find_producer(node.input[0])
+        if (src is not None and src.op_type.startswith("ConvolutionInputGenerator")
+                and len(model.find_consumers(src.output[0]) or []) == 1):
+            pairs[node.name] = src.name
+    return pairs
+
+
+def _tie_window_generator(swg: Any, pe: int) -> dict[str, int]:
+    folding = {"SIMD": pe}
+    if "parallel_window" in swg.get_nodeattr_types():
+        folding["parallel_window"] = 0  # a whole window per beat is not the K-beat layout the pool reads
+    for a, v in folding.items():
+        swg.set_nodeattr(a, v)
+    return folding
+
+
 @dataclasses.dataclass(frozen=True)
 class FoldingPlan:
     folding: dict[str, dict[str, int]]  # node name → {"PE": .., "SIMD": ..}, FINN's folding-config layout
@@ -103,9 +131,15 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
     options: dict[str, list[tuple[dict[str, int], int, dict[str, float]]]] = {}
     fixed: dict[str, tuple[int, dict[str, float]]] = {}
     widths: dict[tuple, tuple[int, int]] = {}  # (node, option) or (node, ()) → (input, output) stream bits
+    # A pool and its window generator are one unit of the search: the pool's options fold both (SIMD = PE).
+    tied = pool_window_generators(model)
+    followers = {swg: pool for pool, swg in tied.items()}
     for node in model.graph.node:
+        if node.name in followers:
+            continue
         inst = getCustomOp(node)
         kind = _kind(node.op_type)
+        swg = getCustomOp(model.get_node_from_name(tied[node.name])) if node.name in tied else None
         if kind is None:
             fixed[node.name] = (int(inst.get_exp_cycles()), _resources(inst, board.part))
             widths[(node.name, ())] = (inst.get_instream_width(0), inst.get_outstream_width(0))
@@ -130,7 +164,13 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
             for a, v in combo.items():
                 inst.set_nodeattr(a, v)
             try:
-                cands.append((combo, int(inst.get_exp_cycles()), _resources(inst, board.part)))
+                cycles, res = int(inst.get_exp_cycles()), _resources(inst, board.part)
+                if swg is not None:
+                    _tie_window_generator(swg, combo["PE"])
+                    swg_res = _resources(swg, board.part)
+                    cycles = max(cycles, int(swg.get_exp_cycles()))
+                    res = {r: res[r] + swg_res[r] for r in _ESTIMATES}
+                cands.append((combo, cycles, res))
             except Exception:  # a combination FINN's op rejects (e.g. SIMD constraints of an implementation)
                 continue
         if not cands:
@@ -139,11 +179,16 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
         for combo, _, _ in cands:  # stream widths per option, for the width-ratio check at the end
             for a, v in combo.items():
                 inst.set_nodeattr(a, v)
-            widths[(node.name, tuple(sorted(combo.items())))] = (inst.get_instream_width(0),
+            head = inst if swg is None else swg  # a tied pair's input is its window generator's
+            if swg is not None:
+                _tie_window_generator(swg, combo["PE"])
+            widths[(node.name, tuple(sorted(combo.items())))] = (head.get_instream_width(0),
                                                                    inst.get_outstream_width(0))
         options[node.name] = cands
         for a, v in cands[0][0].items():  # leave the node fully folded, as the search starts
             inst.set_nodeattr(a, v)
+        if swg is not None:
+            _tie_window_generator(swg, cands[0][0]["PE"])
 
     fastest = max([c for c, _ in fixed.values()] + [min(c[1] for c in o) for o in options.values()])
     max_possible_fps = 1e9 / board.clock_period_ns / fastest
@@ -199,13 +244,19 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
             limited_by = (f"resources: one cycle budget for all layers; a smaller one would exceed {board.name}'s "
                           "caps")
 
-    unaligned = _align_stream_widths(model, options, fixed, choice, widths, caps)
+    unaligned = _align_stream_widths(model, options, fixed, choice, widths, caps, followers)
     if unaligned:
         limited_by += f"; generic width converters left between {', '.join(unaligned)}"
     cycles = {n: state(n)[0] for n in list(fixed) + list(options)}
+    folding = {n: dict(options[n][choice[n]][0]) for n in options}
+    for pool, swg_name in tied.items():
+        if pool in folding:
+            swg = getCustomOp(model.get_node_from_name(swg_name))
+            folding[swg_name] = _tie_window_generator(swg, folding[pool]["PE"])
+            cycles[swg_name] = int(swg.get_exp_cycles())
     max_cycles = max(cycles.values())
     return FoldingPlan(
-        folding={n: dict(options[n][choice[n]][0]) for n in options},
+        folding=folding,
         cycles=cycles,
         totals=totals(),
         max_cycles=max_cycles,
@@ -317,7 +368,7 @@ def _integer_ratio(a: int, b: int) -> bool:
 
 def _align_stream_widths(model: Any, options: dict[str, list], fixed: dict[str, tuple],
                          choice: dict[str, int], widths: dict[tuple, tuple[int, int]],
-                         caps: dict[str, float]) -> list[str]:
+                         caps: dict[str, float], followers: dict[str, str] | None = None) -> list[str]:
     """Re-pick foldings (in place in `choice`) so that every producer's output width and its consumer's input
     width are integer multiples of each other; returns the links ("a -> b") it could not align.
 
@@ -336,13 +387,16 @@ def _align_stream_widths(model: Any, options: dict[str, list], fixed: dict[str, 
     def cycles(n: str) -> int:
         return fixed[n][0] if n in fixed else options[n][choice[n]][1]
 
-    names = {n.name for n in model.graph.node}
+    # a window generator tied to its pool (pool_window_generators) is part of the pool's options
+    alias = followers or {}
+    names = {alias.get(n.name, n.name) for n in model.graph.node}
     links = []
     for node in model.graph.node:
         for out in node.output:
             for cons in model.find_consumers(out) or []:
-                if cons.name in names and list(cons.input).index(out) == 0:
-                    links.append((node.name, cons.name))
+                p, c = alias.get(node.name, node.name), alias.get(cons.name, cons.name)
+                if c in names and p != c and list(cons.input).index(out) == 0:
+                    links.append((p, c))
     neighbours: dict[str, list[tuple[str, str]]] = {}
     for p, c in links:
         neighbours.setdefault(p, []).append((p, c))

@@ -192,7 +192,8 @@ def _own_rtl_issue(model, node) -> str | None:
 
 def _pool_issue(model, node, inst) -> str | None:
     """Why our max-pool RTL cannot stand in for this Pool_hls node (None if it can)."""
-    from qonnx.core.datatype import DataType  # noqa: PLC0415
+    from qonnx.core.datatype import DataType  # noqa: PLC0415  (heavy imports)
+    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
 
     try:
         fxn = inst.get_nodeattr("Function")

@@ -1,5 +1,5 @@
-// trimflow's equivalent of FINN's Pool layer with Function "MaxPool" (finn-plus 1.6.1), for the simulation with
-// Verilator.
+// trimflow's equivalent of FINN's Pool layer with Function "MaxPool" (finn-plus 1.6.1), for the Verilator
+// simulation.
 //
 // FINN implements Pool only in HLS (Pool_hls, finn-hlslib Pool_batch); turning that into RTL needs Vitis HLS, which
 // this flow does not have. This module computes the same function as FINN's python model of the layer
