@@ -113,7 +113,8 @@ def needed_budget(it: HwTrimIteration, board: Board, target_fps: float) -> float
 
 def _candidate(float_model: nn.Module, scores: RelevanceScores, budget: float, trim_cfg: TrimConfig, quant_cfg: Any,
                compile_cfg: Any, board: Board, target_fps: float, calib: ImageSet, test: ImageSet,
-               calib_batches: int, out: Path) -> tuple[HwTrimIteration, nn.Module, TrimReport]:
+               calib_batches: int, out: Path, sensitivity: dict[str, Any] | None = None,
+               ) -> tuple[HwTrimIteration, nn.Module, TrimReport]:
     from flow.export import export_qonnx
     from flow.finn.compile import compile_model
     from flow.quantize import calibrate_activations, convert_model
@@ -122,7 +123,7 @@ def _candidate(float_model: nn.Module, scores: RelevanceScores, budget: float, t
 
     t0 = time.perf_counter()
     tcfg = dataclasses.replace(trim_cfg, policy="budget", budget=budget, budget_metric="macs")
-    trimmed, report = trim_model(float_model, scores, tcfg, calib=calib)
+    trimmed, report = trim_model(float_model, scores, tcfg, calib=calib, sensitivity=sensitivity)
     qmodel = convert_model(trimmed, quant_cfg)
     calibrate_activations(qmodel, calib, calib_batches, quant_cfg.calibration_batch_size, quant_cfg.train.seed)
     acc = evaluate(qmodel, test)
@@ -173,13 +174,17 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
             f"{its[-1].budget:g}). Lower --target-fps, lower the accuracy floor, pick a larger board, or make the "
             "net smaller.")
 
+    its_sensitivity = None
     try:
         for budget in budgets:
             out = work / f"budget-{budget:g}"
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
+            # the sensitivity table depends on the model and the calibration set, not on the budget: measure once
             it, trimmed, report = _candidate(float_model, scores, budget, trim_cfg, quant_cfg, compile_cfg, board,
-                                             target_fps, calib, test, calib_batches, out)
+                                             target_fps, calib, test, calib_batches, out,
+                                             sensitivity=its_sensitivity)
+            its_sensitivity = its_sensitivity or report.sensitivity
             its.append(it)
             if len(its) == 1 and it.max_possible_fps and target_fps > it.max_possible_fps * (1 + 1e-9):
                 # Trimming removes channels, not pixels: the fully parallel cycle count per image is set by the

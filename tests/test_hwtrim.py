@@ -1,6 +1,7 @@
 """Hardware-aware trimming (flow.hwtrim): a tiny net on a tiny board, and the loop's decisions and errors."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 
@@ -93,7 +94,7 @@ def fake(monkeypatch, setup):
     table: dict[float, object] = {}
 
     def candidate(float_model, scores, budget, *args, **kwargs):
-        return table[budget], float_model, None
+        return table[budget], float_model, SimpleNamespace(sensitivity=None)  # the trim report's field it reads
 
     monkeypatch.setattr(hwtrim, "_candidate", candidate)
     return table
