@@ -311,18 +311,6 @@ def test_compile_of_flow_export_uint8_model(tmp_path):
     assert result.verification.n_images == 8 and result.verification.ok
 
 
-def _unaligned_links(model) -> list[str]:
-    from qonnx.custom_op.registry import getCustomOp
-
-    bad = []
-    for node in model.graph.node:
-        for cons in model.find_consumers(node.output[0]) or []:
-            a, b = getCustomOp(node).get_outstream_width(0), getCustomOp(cons).get_instream_width(0)
-            if max(a, b) % min(a, b):
-                bad.append(f"{node.name}:{a} -> {cons.name}:{b}")
-    return bad
-
-
 @pytest.mark.parametrize("board_name", ["pynq-z2", "zybo-z7-10", "kv260"])
 @pytest.mark.parametrize("lut_share", [0.4, 0.7, 1.0])
 def test_folding_plan_keeps_integer_stream_width_ratios(odd_hw_model, board_name, lut_share):
@@ -330,7 +318,7 @@ def test_folding_plan_keeps_integer_stream_width_ratios(odd_hw_model, board_name
     # 1.5x the estimated II on the default net): the optimiser must leave none
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.finn.folding import apply_folding, optimize_folding
+    from flow.finn.folding import apply_folding, optimize_folding, unaligned_links
 
     data = dataclasses.asdict(load_board(board_name))
     data.pop("source")
@@ -339,4 +327,28 @@ def test_folding_plan_keeps_integer_stream_width_ratios(odd_hw_model, board_name
     model = ModelWrapper(str(odd_hw_model))
     plan = optimize_folding(model, board)
     assert "generic width converters" not in plan.limited_by
-    assert _unaligned_links(apply_folding(model, plan)) == []
+    assert unaligned_links(apply_folding(model, plan)) == []
+
+
+def test_alignment_covers_the_second_operand_of_a_join():
+    # a join's shortcut operand (input 1) arrives through its own width converter: the search must align it too
+    import onnx
+    import onnx.helper as oh
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flow.finn.folding import _align_stream_widths
+
+    vi = [oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 12]) for n in ("x", "y")]
+    nodes = [oh.make_node("Relu", ["x"], ["a"], name="fork"), oh.make_node("Relu", ["a"], ["b"], name="branch"),
+             oh.make_node("Add", ["b", "a"], ["y"], name="join")]
+    model = ModelWrapper(oh.make_model(oh.make_graph(nodes, "g", vi[:1], vi[1:])))
+    res = {"LUT": 1.0, "FF": 1.0, "BRAM18": 0.0, "URAM": 0.0, "DSP": 0.0}
+    fixed = {"fork": (10, res), "branch": (10, res)}
+    options = {"join": [({"PE": 2}, 10, res), ({"PE": 3}, 10, {**res, "LUT": 5.0})]}
+    widths = {("fork", ()): ({0: 12}, 12), ("branch", ()): ({0: 12}, 12),
+              ("join", (("PE", 2),)): ({0: 12, 1: 8}, 8),  # input 1: 12 -> 8 bits, a generic converter
+              ("join", (("PE", 3),)): ({0: 12, 1: 12}, 12)}
+    caps = {"LUT": 100, "FF": 100, "BRAM18": 10, "URAM": 0, "DSP": 10}
+    choice = {"join": 0}
+    assert _align_stream_widths(model, options, fixed, choice, widths, caps) == []
+    assert choice == {"join": 1}  # the dearer option, the only one aligned on both inputs

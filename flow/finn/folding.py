@@ -130,7 +130,8 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
     # Per node: candidate foldings sorted from slowest to fastest, each with (cycles, resources).
     options: dict[str, list[tuple[dict[str, int], int, dict[str, float]]]] = {}
     fixed: dict[str, tuple[int, dict[str, float]]] = {}
-    widths: dict[tuple, tuple[int, int]] = {}  # (node, option) or (node, ()) → (input, output) stream bits
+    # (node, option) or (node, ()) → ({stream input index: bits}, output bits)
+    widths: dict[tuple, tuple[dict[int, int], int]] = {}
     # A pool and its window generator are one unit of the search: the pool's options fold both (SIMD = PE).
     tied = pool_window_generators(model)
     followers = {swg: pool for pool, swg in tied.items()}
@@ -142,7 +143,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
         swg = getCustomOp(model.get_node_from_name(tied[node.name])) if node.name in tied else None
         if kind is None:
             fixed[node.name] = (int(inst.get_exp_cycles()), _resources(inst, board.part))
-            widths[(node.name, ())] = (inst.get_instream_width(0), inst.get_outstream_width(0))
+            widths[(node.name, ())] = (_stream_input_widths(model, node, inst), inst.get_outstream_width(0))
             continue
         grids = [[(attr, d) for d in _divisors(_dim(inst, dim))] for attr, dim in FOLDABLE[kind]]
         combos: list[dict[str, int]] = [{}]
@@ -182,8 +183,8 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
             head = inst if swg is None else swg  # a tied pair's input is its window generator's
             if swg is not None:
                 _tie_window_generator(swg, combo["PE"])
-            widths[(node.name, tuple(sorted(combo.items())))] = (head.get_instream_width(0),
-                                                                   inst.get_outstream_width(0))
+            ins = {0: head.get_instream_width(0)} if swg is not None else _stream_input_widths(model, node, inst)
+            widths[(node.name, tuple(sorted(combo.items())))] = (ins, inst.get_outstream_width(0))
         options[node.name] = cands
         for a, v in cands[0][0].items():  # leave the node fully folded, as the search starts
             inst.set_nodeattr(a, v)
@@ -367,7 +368,7 @@ def _integer_ratio(a: int, b: int) -> bool:
 
 
 def _align_stream_widths(model: Any, options: dict[str, list], fixed: dict[str, tuple],
-                         choice: dict[str, int], widths: dict[tuple, tuple[int, int]],
+                         choice: dict[str, int], widths: dict[tuple, tuple[dict[int, int], int]],
                          caps: dict[str, float], followers: dict[str, str] | None = None) -> list[str]:
     """Re-pick foldings (in place in `choice`) so that every producer's output width and its consumer's input
     width are integer multiples of each other; returns the links ("a -> b") it could not align.
@@ -395,35 +396,59 @@ def _align_stream_widths(model: Any, options: dict[str, list], fixed: dict[str, 
         for out in node.output:
             for cons in model.find_consumers(out) or []:
                 p, c = alias.get(node.name, node.name), alias.get(cons.name, cons.name)
-                if c in names and p != c and list(cons.input).index(out) == 0:
-                    links.append((p, c))
-    neighbours: dict[str, list[tuple[str, str]]] = {}
-    for p, c in links:
-        neighbours.setdefault(p, []).append((p, c))
-        neighbours.setdefault(c, []).append((p, c))
+                if c in names and p != c:
+                    # every stream input counts, e.g. both operands of a residual add
+                    links += [(p, c, i) for i, name in enumerate(cons.input) if name == out
+                              and i in widths[key(c)][0]]
+    neighbours: dict[str, list[tuple[str, str, int]]] = {}
+    for p, c, i in links:
+        neighbours.setdefault(p, []).append((p, c, i))
+        neighbours.setdefault(c, []).append((p, c, i))
 
-    def aligned(p: str, c: str, over: dict[str, int]) -> bool:
-        return _integer_ratio(widths[key(p, over.get(p))][1], widths[key(c, over.get(c))][0])
+    def aligned(p: str, c: str, i: int, over: dict[str, int]) -> bool:
+        return _integer_ratio(widths[key(p, over.get(p))][1], widths[key(c, over.get(c))][0][i])
 
     bottleneck = max(cycles(n) for n in names)
     for _ in range(4 * len(links)):
-        bad = [(p, c) for p, c in links if not aligned(p, c, {})]
+        bad = [(p, c, i) for p, c, i in links if not aligned(p, c, i, {})]
         if not bad:
             return []
-        p, c = bad[0]
+        p, c, _ = bad[0]
         best = None
         for n in (p, c):
             if n in fixed:
                 continue
             for i, (_, cyc, res) in enumerate(options[n]):
-                if cyc > bottleneck or not all(aligned(a, b, {n: i}) for a, b in neighbours[n]):
+                if cyc > bottleneck or not all(aligned(a, b, k, {n: i}) for a, b, k in neighbours[n]):
                     continue
                 if best is None or _weight(res, caps) < best[0]:
                     best = (_weight(res, caps), n, i)
         if best is None:
             break
         choice[best[1]] = best[2]
-    return [f"{p} -> {c}" for p, c in links if not aligned(p, c, {})]
+    return [f"{p} -> {c}" for p, c, i in links if not aligned(p, c, i, {})]
+
+
+def unaligned_links(model: Any) -> list[str]:
+    """Links of a folded HW-layer model whose producer/consumer stream widths are not integer multiples of each
+    other (each would get a generic, slower width converter; see _align_stream_widths)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    bad = []
+    for node in model.graph.node:
+        out_bits = getCustomOp(node).get_outstream_width(0)
+        for cons in model.find_consumers(node.output[0]) or []:
+            ins = _stream_input_widths(model, cons, getCustomOp(cons))
+            for i, name in enumerate(cons.input):
+                if name == node.output[0] and i in ins and not _integer_ratio(out_bits, ins[i]):
+                    bad.append(f"{node.name}:{out_bits} -> {cons.name}[{i}]:{ins[i]}")
+    return bad
+
+
+def _stream_input_widths(model: Any, node: Any, inst: Any) -> dict[int, int]:
+    """Bits per beat of each input that arrives as a stream (weights and thresholds stored in the layer do not)."""
+    return {i: inst.get_instream_width(i) for i, name in enumerate(node.input)
+            if name and model.get_initializer(name) is None}
 
 
 def _fits(totals: dict[str, float], caps: dict[str, int]) -> bool:
