@@ -7,7 +7,7 @@ streamer attached to its weight port.
 
 The graph may fork and join (residual nets): FINN's DuplicateStreams feeds the branches, ElementwiseAdd joins them.
 FINN has both only in HLS on non-Versal parts, so those two nodes are simulated with our own equivalent RTL
-(hw/rtl/duplicate_streams.sv, hw/rtl/add_streams.sv: the function of FINN's python model of the layer); the FIFO
+(flow.sim.own_rtl: hw/rtl/duplicate_streams.sv, hw/rtl/add_streams.sv: the function of FINN's python model of the layer); the FIFO
 in front of a join input that comes from the shorter branch holds a whole image (flow.finn.residual.join_fifo_depths)
 so that the fork never stalls the longer branch into a deadlock. Max pooling (FINN's HLS-only Pool with Function
 MaxPool, behind a depthwise sliding-window generator) is simulated the same way (hw/rtl/max_pool.sv).
@@ -21,20 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flow import FlowError
+from flow.sim import own_rtl
 from flow.sim.fixes import apply_source_patches, relocate_init_file
 
 TOP_MODULE = "trimflow_sim_top"
 FIFO_MODULE = "trimflow_axis_fifo"
 _HW = Path(__file__).resolve().parents[2] / "hw"
 FIFO_SOURCE = _HW / "sim" / "axis_fifo.sv"
-DUPLICATE_MODULE, DUPLICATE_SOURCE = "trimflow_duplicate_streams", _HW / "rtl" / "duplicate_streams.sv"
-ADD_MODULE, ADD_SOURCE = "trimflow_add_streams", _HW / "rtl" / "add_streams.sv"
-POOL_MODULE, POOL_SOURCE = "trimflow_max_pool", _HW / "rtl" / "max_pool.sv"
 # Our RTL in every simulator (the build cache key covers them).
-OWN_SOURCES = (FIFO_SOURCE, DUPLICATE_SOURCE, ADD_SOURCE, POOL_SOURCE)
-# HLS-only FINN layers that are simulated with our own RTL of the same function (see the module docstring).
-OWN_RTL = {"DuplicateStreams_hls": (DUPLICATE_MODULE, DUPLICATE_SOURCE), "ElementwiseAdd_hls": (ADD_MODULE, ADD_SOURCE),
-           "Pool_hls": (POOL_MODULE, POOL_SOURCE)}
+OWN_SOURCES = (FIFO_SOURCE, *own_rtl.SOURCES)
+OWN_RTL = own_rtl.OWN_RTL
 INPUT, OUTPUT = "input", "output"  # link ends outside the design
 
 # Layers FINN implements only in HLS (or that the simulator cannot chain), with what to use instead.
@@ -159,81 +155,12 @@ def mvau_rtl_folding_issue(name: str, op_type: str, mw: int, simd: int) -> str |
             f"{hint}")
 
 
-def _own_rtl_issue(model, node) -> str | None:
-    """Why our RTL for this HLS-only layer cannot stand in for it (None if it can)."""
-    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415  (heavy import)
-
-    inst = getCustomOp(node)
-    if node.op_type == "Pool_hls":
-        return _pool_issue(model, node, inst)
-    if node.op_type == "DuplicateStreams_hls":
-        if len(node.output) != int(inst.get_nodeattr("NumOutputStreams")):
-            return f"it has {len(node.output)} outputs but NumOutputStreams={inst.get_nodeattr('NumOutputStreams')}"
-        return None
-    # ElementwiseAdd_hls: our add is the residual join, two streams of one shape and one PE
-    if any(model.get_initializer(i) is not None for i in node.input):
-        return ("one operand is a constant (a bias), which our RTL add does not stream; absorb it into the next "
-                "thresholds (FINN's Streamline) or keep it out of the dataflow partition")
-    shapes = [list(inst.get_nodeattr(a)) for a in ("lhs_shape", "rhs_shape", "out_shape")]
-    if not shapes[0] == shapes[1] == shapes[2]:
-        return (f"its operands broadcast (shapes {shapes[0]} + {shapes[1]} -> {shapes[2]}); only equal shapes are "
-                "simulated")
-    dtypes = [inst.get_input_datatype(0), inst.get_input_datatype(1), inst.get_output_datatype()]
-    if not all(d.is_integer() for d in dtypes):
-        return (f"it adds {dtypes[0].name} + {dtypes[1].name} -> {dtypes[2].name}; only integer operands are "
-                "simulated: quantize both operands of the residual add with one shared quantizer (flow.quantize)")
-    a, b, out = dtypes
-    if not (out.allowed(a.min() + b.min()) and out.allowed(a.max() + b.max())):
-        # FINN's python model returns the exact sum; an output type too narrow for it would make the RTL wrap
-        return (f"its output type {dtypes[2].name} cannot hold every sum of {dtypes[0].name} + {dtypes[1].name}; "
-                "run FINN's MinimizeAccumulatorWidth (or InferDataTypes) on the HW model")
-    return None
-
-
-def _pool_issue(model, node, inst) -> str | None:
-    """Why our max-pool RTL cannot stand in for this Pool_hls node (None if it can)."""
-    from qonnx.core.datatype import DataType  # noqa: PLC0415  (heavy imports)
-    from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
-
-    try:
-        fxn = inst.get_nodeattr("Function")
-    except Exception:  # qonnx raises a bare Exception for a required attribute that is not set
-        fxn = "unset"
-    if fxn != "MaxPool":
-        return (f"its pooling function is {fxn or 'unset'}; our RTL models max pooling only (FINN's average and "
-                "accumulating pools are HLS-only): use MaxPool, or replace the pooling by a stride-2 convolution")
-    idt, odt = (DataType[inst.get_nodeattr(a)] for a in ("InputDataType", "OutputDataType"))
-    if not idt.is_integer() or idt.name in ("BIPOLAR", "TERNARY") or idt != odt:
-        return (f"it pools {idt.name} to {odt.name}; only integer inputs pooled to the same type are simulated "
-                "(quantize the activation in front of the MaxPool to an integer type, e.g. with a ReLU quantizer)")
-    channels, pe = int(inst.get_nodeattr("Channels")), int(inst.get_nodeattr("PE"))
-    if pe < 1 or channels % pe:
-        return f"its PE={pe} does not divide its {channels} channels; choose a divisor"
-    # Our RTL reads each window as K consecutive beats of PE channels: what a depthwise sliding-window generator
-    # with SIMD = PE emits. Any other producer, or a width converter in between, interleaves the window differently.
-    src = model.find_producer(node.input[0])
-    while src is not None and src.op_type.startswith("StreamingFIFO"):
-        src = model.find_producer(src.input[0])
-    if src is None or not src.op_type.startswith("ConvolutionInputGenerator"):
-        what = "the graph input" if src is None else f"{src.name} ({src.op_type})"
-        return f"it reads {what}, not the ConvolutionInputGenerator FINN's InferPool puts in front of a pool"
-    swg = getCustomOp(src)
-    simd, depthwise = int(swg.get_nodeattr("SIMD")), int(swg.get_nodeattr("depthwise"))
-    parallel = "parallel_window" in swg.get_nodeattr_types() and int(swg.get_nodeattr("parallel_window"))
-    if simd != pe or parallel or (not depthwise and simd != channels):
-        return (f"its window generator {src.name} is folded with SIMD={simd}"
-                f"{', parallel_window=1' if parallel else ''}{', depthwise=0' if not depthwise else ''} and the "
-                f"pool with PE={pe}: the window beats line up only with SIMD = PE, depthwise, parallel_window=0; "
-                "fold both alike (flow.finn.folding ties them)")
-    return None
-
-
 def check_rtl_only(model) -> None:
     """Raise FlowError naming the first layer Verilator cannot simulate (HLS-only without our RTL for it, a fan-out
     without FINN's DuplicateStreams, or a folding FINN's RTL does not run correctly)."""
     for node in model.graph.node:
         if node.op_type in OWN_RTL:
-            issue = _own_rtl_issue(model, node)
+            issue = own_rtl.issue(model, node)
             if issue:
                 raise FlowError(f"layer {node.name} ({node.op_type}) cannot be simulated: {issue}")
             continue
@@ -335,36 +262,6 @@ def _layer_stage(inst, sources: list[Path], data_files: list[tuple[Path, str]]) 
                  tie_low=tie)
 
 
-def _own_stage(inst, sources: list[Path]) -> Stage:
-    """Our RTL for an HLS-only layer (OWN_RTL), with the widths FINN gives the layer's streams."""
-    node = inst.onnx_node
-    module, source = OWN_RTL[node.op_type]
-    if source not in sources:
-        sources.append(source)
-    if node.op_type == "DuplicateStreams_hls":
-        w = int(inst.get_instream_width_padded(0))
-        n = len(node.output)
-        return Stage(node.name, node.op_type, module, in_width=w, out_width=w, n_out=n,
-                     params=(("WIDTH", w), ("N", n)))
-    if node.op_type == "Pool_hls":
-        dt = inst.get_input_datatype()
-        in_w, out_w = int(inst.get_instream_width_padded(0)), int(inst.get_outstream_width_padded(0))
-        k = 1
-        for d in inst.get_nodeattr("KernelSize"):
-            k *= int(d)
-        params = (("PE", int(inst.get_nodeattr("PE"))), ("K", k), ("BITS", dt.bitwidth()),
-                  ("SIGNED", int(dt.signed())), ("I_WIDTH", in_w), ("O_WIDTH", out_w))
-        return Stage(node.name, node.op_type, module, in_width=in_w, out_width=out_w, params=params)
-    a, b, o = inst.get_input_datatype(0), inst.get_input_datatype(1), inst.get_output_datatype()
-    widths = (int(inst.get_instream_width_padded(0)), int(inst.get_instream_width_padded(1)))
-    out_w = int(inst.get_outstream_width_padded(0))
-    params = (("PE", int(inst.get_nodeattr("PE"))), ("A_BITS", a.bitwidth()), ("B_BITS", b.bitwidth()),
-              ("O_BITS", o.bitwidth()), ("A_SIGNED", int(a.signed())), ("B_SIGNED", int(b.signed())),
-              ("A_WIDTH", widths[0]), ("B_WIDTH", widths[1]), ("O_WIDTH", out_w))
-    return Stage(node.name, node.op_type, module, in_width=widths[0], out_width=out_w, in_widths=widths,
-                 params=params)
-
-
 def _beats(shape) -> int:
     n = 1
     for d in shape[1:-1]:  # batch and the PE/SIMD lanes of a beat excluded
@@ -401,7 +298,7 @@ def plan(model, fifo_depth: int) -> Design:
             stage = Stage(node.name, "FIFO", FIFO_MODULE, in_width=w, out_width=w,
                           depth=max(2, int(inst.get_nodeattr("depth"))))
         elif node.op_type in OWN_RTL:
-            stage = _own_stage(inst, sources)
+            stage = own_rtl.stage(inst, sources)
         else:
             stage = _layer_stage(inst, sources, data_files)
         dynamic = [t for t in node.input if t and model.get_initializer(t) is None]
@@ -524,7 +421,7 @@ def _instance(s: Stage, inst: str, ins: list[str], outs: list[str]) -> list[str]
             "\t);",
         ]
     params = ", ".join(f".{k}({v})" for k, v in s.params)
-    if s.module == POOL_MODULE:
+    if s.module == own_rtl.POOL_MODULE:
         return [
             f"\t{s.module} #({params}) {inst} (",
             "\t\t.clk(ap_clk), .rst_n(ap_rst_n),",
@@ -532,7 +429,7 @@ def _instance(s: Stage, inst: str, ins: list[str], outs: list[str]) -> list[str]
             f"\t\t.m_tdata({b}_tdata), .m_tvalid({b}_tvalid), .m_tready({b}_tready)",
             "\t);",
         ]
-    if s.module == DUPLICATE_MODULE:
+    if s.module == own_rtl.DUPLICATE_MODULE:
         def cat(sig: str) -> str:  # packed port arrays: output 0 in the lowest bits
             return "{" + ", ".join(f"{o}_{sig}" for o in reversed(outs)) + "}"
         return [
@@ -542,7 +439,7 @@ def _instance(s: Stage, inst: str, ins: list[str], outs: list[str]) -> list[str]
             f"\t\t.m_tdata({cat('tdata')}), .m_tvalid({cat('tvalid')}), .m_tready({cat('tready')})",
             "\t);",
         ]
-    if s.module == ADD_MODULE:
+    if s.module == own_rtl.ADD_MODULE:
         c = ins[1]
         return [
             f"\t{s.module} #({params}) {inst} (",
