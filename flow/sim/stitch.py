@@ -7,9 +7,9 @@ streamer attached to its weight port.
 
 The graph may fork and join (residual nets): FINN's DuplicateStreams feeds the branches, ElementwiseAdd joins them.
 FINN has both only in HLS on non-Versal parts, so those two nodes are simulated with our own equivalent RTL
-(flow.sim.own_rtl: hw/rtl/duplicate_streams.sv, hw/rtl/add_streams.sv: the function of FINN's python model of the layer); the FIFO
-in front of a join input that comes from the shorter branch holds a whole image (flow.finn.residual.join_fifo_depths)
-so that the fork never stalls the longer branch into a deadlock. Max pooling (FINN's HLS-only Pool with Function
+(flow.sim.own_rtl: hw/rtl/duplicate_streams.sv, hw/rtl/add_streams.sv, the function of FINN's python model of
+the layer); the FIFO in front of a join input that comes from the shorter branch holds a whole image
+(flow.finn.residual.join_fifo_depths) so that the fork never stalls the longer branch into a deadlock. Max pooling (FINN's HLS-only Pool with Function
 MaxPool, behind a depthwise sliding-window generator) is simulated the same way (hw/rtl/max_pool.sv).
 """
 
