@@ -171,20 +171,16 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
                     swg_res = _resources(swg, board.part)
                     cycles = max(cycles, int(swg.get_exp_cycles()))
                     res = {r: res[r] + swg_res[r] for r in _ESTIMATES}
+                # stream widths of this option, for the width-ratio check at the end (a tied pair's input is its
+                # window generator's)
+                ins = {0: swg.get_instream_width(0)} if swg is not None else _stream_input_widths(model, node, inst)
+                widths[(node.name, tuple(sorted(combo.items())))] = (ins, inst.get_outstream_width(0))
                 cands.append((combo, cycles, res))
             except Exception:  # a combination FINN's op rejects (e.g. SIMD constraints of an implementation)
                 continue
         if not cands:
             raise FlowError(f"folding: no valid PE/SIMD for layer {node.name} ({node.op_type})")
         cands.sort(key=lambda c: (-c[1], _weight(c[2], caps)))
-        for combo, _, _ in cands:  # stream widths per option, for the width-ratio check at the end
-            for a, v in combo.items():
-                inst.set_nodeattr(a, v)
-            head = inst if swg is None else swg  # a tied pair's input is its window generator's
-            if swg is not None:
-                _tie_window_generator(swg, combo["PE"])
-            ins = {0: head.get_instream_width(0)} if swg is not None else _stream_input_widths(model, node, inst)
-            widths[(node.name, tuple(sorted(combo.items())))] = (ins, inst.get_outstream_width(0))
         options[node.name] = cands
         for a, v in cands[0][0].items():  # leave the node fully folded, as the search starts
             inst.set_nodeattr(a, v)
@@ -391,15 +387,8 @@ def _align_stream_widths(model: Any, options: dict[str, list], fixed: dict[str, 
     # a window generator tied to its pool (pool_window_generators) is part of the pool's options
     alias = followers or {}
     names = {alias.get(n.name, n.name) for n in model.graph.node}
-    links = []
-    for node in model.graph.node:
-        for out in node.output:
-            for cons in model.find_consumers(out) or []:
-                p, c = alias.get(node.name, node.name), alias.get(cons.name, cons.name)
-                if c in names and p != c:
-                    # every stream input counts, e.g. both operands of a residual add
-                    links += [(p, c, i) for i, name in enumerate(cons.input) if name == out
-                              and i in widths[key(c)][0]]
+    links = [(p, c, i) for p, c, i in ((alias.get(a.name, a.name), alias.get(b.name, b.name), i)
+                                        for a, b, i in _stream_links(model)) if p != c]
     neighbours: dict[str, list[tuple[str, str, int]]] = {}
     for p, c, i in links:
         neighbours.setdefault(p, []).append((p, c, i))
@@ -435,14 +424,22 @@ def unaligned_links(model: Any) -> list[str]:
     from qonnx.custom_op.registry import getCustomOp
 
     bad = []
-    for node in model.graph.node:
-        out_bits = getCustomOp(node).get_outstream_width(0)
-        for cons in model.find_consumers(node.output[0]) or []:
-            ins = _stream_input_widths(model, cons, getCustomOp(cons))
-            for i, name in enumerate(cons.input):
-                if name == node.output[0] and i in ins and not _integer_ratio(out_bits, ins[i]):
-                    bad.append(f"{node.name}:{out_bits} -> {cons.name}[{i}]:{ins[i]}")
+    for prod, cons, i in _stream_links(model):
+        a, b = getCustomOp(prod).get_outstream_width(0), getCustomOp(cons).get_instream_width(i)
+        if not _integer_ratio(a, b):
+            bad.append(f"{prod.name}:{a} -> {cons.name}[{i}]:{b}")
     return bad
+
+
+def _stream_links(model: Any) -> list[tuple[Any, Any, int]]:
+    """(producer node, consumer node, consumer input index) for every stream between two nodes; every stream input
+    counts, e.g. both operands of a residual add."""
+    links = []
+    for node in model.graph.node:
+        for out in node.output:
+            for cons in model.find_consumers(out) or []:
+                links += [(node, cons, i) for i, name in enumerate(cons.input) if name == out]
+    return links
 
 
 def _stream_input_widths(model: Any, node: Any, inst: Any) -> dict[int, int]:
