@@ -188,34 +188,40 @@ def _quant_act(bits: int, scale_init: str) -> nn.Module:
     return QuantReLU(act_quant=_SCALE_INIT[scale_init][2], bit_width=bits)
 
 
-def _execution_order(model: nn.Module) -> list[str]:
-    """Module names in the order forward() calls them (torch.fx); module-definition order if it cannot trace."""
+def _trace(model: nn.Module) -> torch.fx.GraphModule | None:
+    """The torch.fx trace the conversion's graph checks share; None when `model` cannot be traced (those checks are
+    then skipped, and the export's streamlining check names whatever FINN cannot map)."""
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        return torch.fx.symbolic_trace(model)
     except Exception:
+        return None
+
+
+def _execution_order(model: nn.Module, gm: torch.fx.GraphModule | None) -> list[str]:
+    """Module names in the order forward() calls them (`gm`, the model's trace); module-definition order without
+    a trace."""
+    if gm is None:
         return [name for name, _ in model.named_modules()]
-    for node in graph.nodes:
+    for node in gm.graph.nodes:
         fn = node.target if node.op == "call_function" else None
         if fn in _ACTIVATION_FUNCTIONS or (node.op == "call_method" and node.target in ("relu", "sigmoid", "tanh")):
             raise FlowError(f"model: node {node.name!r} applies {getattr(fn, '__name__', node.target)} as a "
                             f"function call; only activation modules ({_SUPPORTED_ACTS}) can be quantized. "
                             "Use an nn.ReLU module in the model definition.")
-    return [str(node.target) for node in graph.nodes if node.op == "call_module"]
+    return [str(node.target) for node in gm.graph.nodes if node.op == "call_module"]
 
 
-def _check_batchnorm_placement(model: nn.Module) -> None:
+def _check_batchnorm_placement(gm: torch.fx.GraphModule | None) -> None:
     """FlowError for a BatchNorm that does not directly follow a Conv2d/Linear.
 
     FINN absorbs a BatchNorm into the thresholds of the activation after it only while it sits between a matrix
     layer and that activation; elsewhere (after an activation, a pooling, at the input) its per-channel scale and
     shift stay float ops inside the hardware part, which FINN cannot turn into dataflow layers.
     """
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:
-        return  # untraceable: the export's streamlining check names the leftover op instead
-    modules = dict(model.named_modules())
-    for node in graph.nodes:
+    if gm is None:
+        return
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(str(node.target)),
                                                        nn.modules.batchnorm._BatchNorm):
             continue
@@ -242,13 +248,11 @@ def _residual_adds(graph: torch.fx.Graph) -> list[torch.fx.Node]:
     return adds
 
 
-def _quantize_residual_joins(net: nn.Module, cfg: QuantConfig) -> nn.Module:
-    """`net` with one shared signed quantizer in front of both operands of each residual add (a GraphModule), or
-    `net` itself when it has no residual add."""
-    try:
-        gm = torch.fx.symbolic_trace(net)
-    except Exception:
-        return net  # _execution_order already fell back for this net; without a graph there are no joins to find
+def _quantize_residual_joins(net: nn.Module, gm: torch.fx.GraphModule | None, cfg: QuantConfig) -> nn.Module:
+    """`net` with one shared signed quantizer in front of both operands of each residual add (its trace `gm`,
+    modified), or `net` itself when it has no residual add or no trace to find one in."""
+    if gm is None:
+        return net
     adds = _residual_adds(gm.graph)
     if not adds:
         return net
@@ -320,16 +324,17 @@ def _copy_params(src: nn.Module, dst: nn.Module) -> None:
 def convert_model(float_model: nn.Module, cfg: QuantConfig) -> QuantNet:
     """Brevitas copy of `float_model`: Conv2d/Linear/ReLU replaced, BatchNorm and everything else carried over."""
     _check_supported(float_model)
-    _check_batchnorm_placement(float_model)
     net = copy.deepcopy(float_model).cpu().eval()
-    order = _execution_order(net)
+    gm = _trace(net)
+    _check_batchnorm_placement(gm)
+    order = _execution_order(net, gm)
     weighted = [n for n in order if isinstance(net.get_submodule(n), (nn.Conv2d, nn.Linear))]
     if not weighted:
         raise FlowError("model: no Conv2d or Linear layer to quantize")
     if cfg.act_bits == 1:
         _check_bipolar_padding(net, weighted[1:])
-    # After the execution order is known: fx cannot trace through the brevitas modules inserted here.
-    net = _quantize_residual_joins(net, cfg)
+    # After the graph checks: the trace is modified here, and fx cannot trace through the brevitas modules.
+    net = _quantize_residual_joins(net, gm, cfg)
     for name in weighted:
         module = net.get_submodule(name)
         if name == weighted[0]:

@@ -16,6 +16,7 @@ from torch import nn
 from flow import FlowError
 from flow.models import build_model
 from flow.quantize import QuantConfig, calibrate_activations, convert_model
+from tests.test_streamline_patterns import _randomize_bn  # non-trivial BN statistics, negative scales included
 
 PART = "xc7z020clg400-1"
 # Two blocks: an identity shortcut (stride 1, 4 -> 4 channels) and a projection shortcut (stride 2, 4 -> 8).
@@ -25,15 +26,7 @@ SMALL = {"widths": (4, 8), "strides": (1, 2), "stem": 4}
 def _small_resnet(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     net = build_model("resnet8", **SMALL)
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():  # non-trivial BN, negative scales included, so thresholds differ per channel
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.randn(n, generator=g).abs() + 0.5
-            m.weight.data[::3] *= -1
-            m.bias.data = 0.3 * torch.randn(n, generator=g)
-            m.running_mean = 0.2 * torch.randn(n, generator=g)
-            m.running_var = torch.rand(n, generator=g) + 0.5
+    _randomize_bn(net, seed, negate_every=3)  # thresholds differ per channel
     return net.eval()
 
 
@@ -159,8 +152,7 @@ def test_join_without_shared_scale_names_the_add(data, tmp_path, monkeypatch):
     from flow.finn.residual import streamline_residual
 
     # each operand with its own quantizer: two scales, the Add cannot become integer
-    def separate(net, cfg):
-        gm = torch.fx.symbolic_trace(net)
+    def separate(net, gm, cfg):
         for i, node in enumerate(flow.quantize._residual_adds(gm.graph)):
             ops = []
             for k, arg in enumerate(node.args[:2]):
