@@ -174,7 +174,7 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
             f"{its[-1].budget:g}). Lower --target-fps, lower the accuracy floor, pick a larger board, or make the "
             "net smaller.")
 
-    its_sensitivity = None
+    sensitivity = None
     try:
         for budget in budgets:
             out = work / f"budget-{budget:g}"
@@ -183,8 +183,8 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
             # the sensitivity table depends on the model and the calibration set, not on the budget: measure once
             it, trimmed, report = _candidate(float_model, scores, budget, trim_cfg, quant_cfg, compile_cfg, board,
                                              target_fps, calib, test, calib_batches, out,
-                                             sensitivity=its_sensitivity)
-            its_sensitivity = its_sensitivity or report.sensitivity
+                                             sensitivity=sensitivity)
+            sensitivity = sensitivity or report.sensitivity
             its.append(it)
             if len(its) == 1 and it.max_possible_fps and target_fps > it.max_possible_fps * (1 + 1e-9):
                 # Trimming removes channels, not pixels: the fully parallel cycle count per image is set by the

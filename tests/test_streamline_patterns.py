@@ -94,14 +94,14 @@ def images():
     return train, test
 
 
-def _randomize_bn(model: nn.Module, seed: int = 0) -> None:
+def _randomize_bn(model: nn.Module, seed: int = 0, negate_every: int = 5) -> None:
     # Non-trivial BN statistics, including negative scales, so streamlining has to split signs and shifts.
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             n = m.num_features
             m.weight.data = torch.randn(n, generator=g).abs() + 0.5
-            m.weight.data[::5] *= -1
+            m.weight.data[::negate_every] *= -1
             m.bias.data = 0.3 * torch.randn(n, generator=g)
             m.running_mean = 0.2 * torch.randn(n, generator=g)
             m.running_var = torch.rand(n, generator=g) + 0.5
