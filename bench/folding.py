@@ -7,10 +7,10 @@
     80 % BRAM18 / 80 % DSP, plus the board's shell overhead).
 (b) boards: the trimflow default net, trimmed (QONNX from `trimflow export`) and untrimmed, on pynq-z2,
     zybo-z7-10 and kv260.
-(c) pareto: the fps-vs-LUT Pareto set (flow.finn.pareto) of CNV-W2A2 (RTL MVAUs) and of the nets given with
+(c) pareto: the fps-vs-LUT Pareto set (trimflow.finn.pareto) of CNV-W2A2 (RTL MVAUs) and of the nets given with
     --trimmed/--untrimmed on pynq-z2, with the optimiser's build plan marked; one PNG per net.
 
-Each design is judged by the same fit check as the compile stage (flow.finn.estimates: FINN's per-layer estimates
+Each design is judged by the same fit check as the compile stage (trimflow.finn.estimates: FINN's per-layer estimates
 plus RTL-MVAU LUTs, FF, FIFOs, width converters, shell). FINN's heuristic is swept over target_fps and the fastest
 design that fits is kept; "fits (FINN only)" says whether it would fit by FINN's own layer estimates + DWCs +
 shell (what the compile stage checked before), to show what the honest estimate changes.
@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flow.boards import load_board  # noqa: E402
-from flow.finn.compile import CompileConfig, compile_model  # noqa: E402
+from trimflow.boards import load_board  # noqa: E402
+from trimflow.finn.compile import CompileConfig, compile_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WORK = Path("/tmp/trimflow-bench-folding")
@@ -256,12 +256,12 @@ def bench_hwtrim(board_name: str, target_fps: float, scores_path: Path) -> dict:
     table of the untrimmed candidate and of the chosen one."""
     import torch
 
-    from flow.boards import FitReport, ResourceFit
-    from flow.config import FlowConfig
-    from flow.data import load_dataset, subset
-    from flow.hwtrim import fit_by_trimming, format_iterations
-    from flow.models import load_checkpoint
-    from flow.relevance import RelevanceScores
+    from trimflow.boards import FitReport, ResourceFit
+    from trimflow.config import FlowConfig
+    from trimflow.data import load_dataset, subset
+    from trimflow.hwtrim import fit_by_trimming, format_iterations
+    from trimflow.models import load_checkpoint
+    from trimflow.relevance import RelevanceScores
 
     torch.set_num_threads(1)
     cfg = FlowConfig()
@@ -291,8 +291,8 @@ def bench_hwtrim(board_name: str, target_fps: float, scores_path: Path) -> dict:
 def bench_pareto(qonnx: Path, net: str, board: str = "pynq-z2", points: int = 8, prefer: str = "rtl") -> dict:
     """The Pareto set of `qonnx` on `board` from the fully folded HW model, `points` optimiser runs between the
     fully folded design and the build's plan (planned here exactly as the compile stage plans it)."""
-    from flow.finn.pareto import pareto_front
-    from flow.report.plots import pareto_plot
+    from trimflow.finn.pareto import pareto_front
+    from trimflow.report.plots import pareto_plot
 
     print(f"Pareto set: {net} on {board} ({points} runs)", flush=True)
     _, nodes_dir = _hw_nodes(qonnx, board, prefer)
@@ -344,7 +344,7 @@ def _fmt(r: dict) -> str:
 
 def markdown(data: dict) -> str:
     lines = ["# Folding: trimflow optimiser vs FINN target_fps vs hand folding", "",
-             "Estimates only (no synthesis): FINN's per-layer cycles; resources by flow.finn.estimates (FINN's layer "
+             "Estimates only (no synthesis): FINN's per-layer cycles; resources by trimflow.finn.estimates (FINN's layer "
              "estimates + RTL-MVAU LUTs + FF + FIFOs at depth 64 + width converters + board shell). fps at the board "
              "clock. Resources as % of the device (LUT / FF / BRAM18 / DSP). Seconds: wall time of all compiles for "
              "that column (FINN: the whole target_fps sweep; hand: every cycle budget tried).", ""]

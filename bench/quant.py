@@ -6,7 +6,7 @@
 Nets: the untrimmed default checkpoint and the trimmed one (the default build's trim stage, run or reused through
 the pipeline under --build-dir). Each row: float accuracy, accuracy after calibration only (PTQ), after QAT, QAT
 seconds per epoch, the QONNX export's agreement with Brevitas, and FINN's verdict on the export: streamlined with
-no float node left in the hardware part (flow.export.check_streamlined on FINN's streamlined model) and FINN's
+no float node left in the hardware part (trimflow.export.check_streamlined on FINN's streamlined model) and FINN's
 integer execution equal to QONNX (compile_model's verification). A configuration trimflow rejects (e.g. W1A1 on a
 zero-padded CNN) is a row with the error.
 """
@@ -23,16 +23,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flow import FlowError  # noqa: E402
-from flow.artifacts import atomic_path, write_json  # noqa: E402
-from flow.data import load_dataset, subset  # noqa: E402
-from flow.boards import load_board  # noqa: E402
-from flow.graph import count_params_macs  # noqa: E402
-from flow.export import check_streamlined, export_qonnx, verify_qonnx  # noqa: E402
-from flow.models import build_model, load_checkpoint  # noqa: E402
-from flow.quantize import (QuantConfig, calibrate_activations, convert_model, qat_train_config,  # noqa: E402
+from trimflow import FlowError  # noqa: E402
+from trimflow.artifacts import atomic_path, write_json  # noqa: E402
+from trimflow.data import load_dataset, subset  # noqa: E402
+from trimflow.boards import load_board  # noqa: E402
+from trimflow.graph import count_params_macs  # noqa: E402
+from trimflow.export import check_streamlined, export_qonnx, verify_qonnx  # noqa: E402
+from trimflow.models import build_model, load_checkpoint  # noqa: E402
+from trimflow.quantize import (QuantConfig, calibrate_activations, convert_model, qat_train_config,  # noqa: E402
                            quantize_model)
-from flow.train import TrainConfig, evaluate  # noqa: E402
+from trimflow.train import TrainConfig, evaluate  # noqa: E402
 
 # name -> (weight_bits, act_bits, last_layer_weight_bits); the first layer keeps 8-bit weights throughout.
 CONFIGS = {
@@ -78,7 +78,7 @@ def finn_check(qonnx_path: Path, images, out: Path) -> dict:
     """FINN's verdict on an export: fully streamlined, all layers hardware, integer execution equal to QONNX."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.finn.compile import CompileConfig, compile_model
+    from trimflow.finn.compile import CompileConfig, compile_model
 
     cfg = CompileConfig(verify_images=len(images), verify_dataset="fashion-mnist", generate_code=False)
     try:
@@ -135,8 +135,8 @@ def _finn_agreement(r: dict) -> str:
 
 def trimmed_default(build_dir: str) -> Path:
     """The default build's trimmed float checkpoint (its trim stage, cached by the pipeline)."""
-    from flow.build import run_flow
-    from flow.config import load_flow_config
+    from trimflow.build import run_flow
+    from trimflow.config import load_flow_config
 
     result = run_flow(load_flow_config(None, []), "pynq-z2", Path(build_dir), until="trim")
     return result.results["trim"].dir / "model.pt"

@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flow import FlowError  # noqa: E402
-from flow.artifacts import atomic_path, read_json, write_json  # noqa: E402
+from trimflow import FlowError  # noqa: E402
+from trimflow.artifacts import atomic_path, read_json, write_json  # noqa: E402
 
 
 def _folding(hw: Path) -> dict[str, dict[str, int]]:
@@ -42,11 +42,11 @@ def _folding(hw: Path) -> dict[str, dict[str, int]]:
 
 
 def run(args) -> dict:
-    from flow.data import load_dataset
-    from flow.finn.adapter import finn_session
-    from flow.finn.compile import relocate_compile_dir
-    from flow.finn.execute import execute_hw_model
-    from flow.sim import SimConfig, build_simulator
+    from trimflow.data import load_dataset
+    from trimflow.finn.adapter import finn_session
+    from trimflow.finn.compile import relocate_compile_dir
+    from trimflow.finn.execute import execute_hw_model
+    from trimflow.sim import SimConfig, build_simulator
 
     src = Path(args.compile_dir).resolve()
     if not (src / "hw_model.onnx").is_file():

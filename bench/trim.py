@@ -16,7 +16,7 @@ Each seed changes the scoring/calibration subset, the fine-tune order and the ra
     relevance-iter       relevance-consumer reached in --steps trims, rescored, fine-tune split over the steps
                          (not in the default set: it lost to one-shot on CNV at 50 % and 25 % MACs and on
                          ResNet-8 at 50 %)
-    l1, l2, bn_gamma, taylor, apoz, random   flow.criteria under the same policy/compensation
+    l1, l2, bn_gamma, taylor, apoz, random   trimflow.criteria under the same policy/compensation
     tp-magnitude, tp-taylor   Torch-Pruning 1.6 MagnitudeImportance(p=2) / TaylorImportance through its own
                          MetaPruner on a deepcopy (uniform ratio searched to the MAC budget, round_to=1,
                          classifier ignored), BN recalibrated like ours, then the same fine-tune
@@ -38,15 +38,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flow import FlowError  # noqa: E402
-from flow.artifacts import atomic_path, read_json, write_json  # noqa: E402
-from flow.criteria import score  # noqa: E402
-from flow.data import load_dataset, make_loader, subset  # noqa: E402
-from flow.graph import count_params_macs  # noqa: E402
-from flow.models import load_checkpoint  # noqa: E402
-from flow.relevance import RelevanceConfig  # noqa: E402
-from flow.train import TrainConfig, evaluate, train  # noqa: E402
-from flow.trim import TrimConfig, iterative_trim, recalibrate_bn, trim_model  # noqa: E402
+from trimflow import FlowError  # noqa: E402
+from trimflow.artifacts import atomic_path, read_json, write_json  # noqa: E402
+from trimflow.criteria import score  # noqa: E402
+from trimflow.data import load_dataset, make_loader, subset  # noqa: E402
+from trimflow.graph import count_params_macs  # noqa: E402
+from trimflow.models import load_checkpoint  # noqa: E402
+from trimflow.relevance import RelevanceConfig  # noqa: E402
+from trimflow.train import TrainConfig, evaluate, train  # noqa: E402
+from trimflow.trim import TrimConfig, iterative_trim, recalibrate_bn, trim_model  # noqa: E402
 
 OURS = {"relevance": {"statistic": "mean", "weighting": "none"},
         "relevance-consumer": {"statistic": "mean", "weighting": "consumer"},

@@ -21,15 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flow.artifacts import atomic_path, write_json  # noqa: E402
-from flow.config import FlowConfig  # noqa: E402
-from flow.criteria import score  # noqa: E402
-from flow.data import load_dataset, subset  # noqa: E402
-from flow.graph import count_params_macs  # noqa: E402
-from flow.models import load_checkpoint  # noqa: E402
-from flow.relevance import RelevanceConfig  # noqa: E402
-from flow.train import TrainConfig, evaluate, train  # noqa: E402
-from flow.trim import TrimConfig, iterative_trim, trim_model  # noqa: E402
+from trimflow.artifacts import atomic_path, write_json  # noqa: E402
+from trimflow.config import FlowConfig  # noqa: E402
+from trimflow.criteria import score  # noqa: E402
+from trimflow.data import load_dataset, subset  # noqa: E402
+from trimflow.graph import count_params_macs  # noqa: E402
+from trimflow.models import load_checkpoint  # noqa: E402
+from trimflow.relevance import RelevanceConfig  # noqa: E402
+from trimflow.train import TrainConfig, evaluate, train  # noqa: E402
+from trimflow.trim import TrimConfig, iterative_trim, trim_model  # noqa: E402
 
 
 def main() -> None:

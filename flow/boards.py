@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 
-from flow import FlowError
-from flow.configs import load_yaml
+from trimflow import FlowError
+from trimflow.configs import load_yaml
 
 BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
 RESOURCES = ("LUT", "FF", "BRAM18", "URAM", "DSP")

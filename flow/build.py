@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from flow import FlowError, __version__
-from flow.artifacts import atomic_path, file_digest, read_json
-from flow.boards import Board, load_board
-from flow.config import FlowConfig
-from flow.data import ImageSet, load_dataset, subset
-from flow.finn.adapter import vivado_available
-from flow.finn.compile import relocate_compile_dir
-from flow.models import load_checkpoint, save_checkpoint
-from flow.pipeline import STAGE_FILE, Pipeline, Stage, StageContext
-from flow.train import evaluate, train
-from flow.verify import compare_logits
+from trimflow import FlowError, __version__
+from trimflow.artifacts import atomic_path, file_digest, read_json
+from trimflow.boards import Board, load_board
+from trimflow.config import FlowConfig
+from trimflow.data import ImageSet, load_dataset, subset
+from trimflow.finn.adapter import vivado_available
+from trimflow.finn.compile import relocate_compile_dir
+from trimflow.models import load_checkpoint, save_checkpoint
+from trimflow.pipeline import STAGE_FILE, Pipeline, Stage, StageContext
+from trimflow.train import evaluate, train
+from trimflow.verify import compare_logits
 
 CHECKPOINT = "model.pt"
 
@@ -68,8 +68,8 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
 
     def relevance(ctx: StageContext, config) -> dict:
         rcfg, _criterion = config
-        from flow.criteria import score
-        from flow.models.importers import check_model_fits
+        from trimflow.criteria import score
+        from trimflow.models.importers import check_model_fits
         model, _ = load_checkpoint(model_path)
         check_model_fits(model, data.test.shape, data.test.classes, f"model {model_path} on {cfg.dataset}")
         # The relevance stage scores with whichever criterion the trim config names (relevance by default), so
@@ -82,14 +82,14 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
 
     def trim(ctx: StageContext, config) -> dict:
         tcfg, finetune, hw = config
-        from flow.relevance import RelevanceScores
-        from flow.trim import trim_model
+        from trimflow.relevance import RelevanceScores
+        from trimflow.trim import trim_model
         model, payload = load_checkpoint(model_path)
         scores = RelevanceScores.load(ctx.input("relevance", "relevance.json"))
         calib = subset(data.train, tcfg.calib_images, tcfg.seed)
         hwtrim = None
         if hw is not None:
-            from flow.hwtrim import fit_by_trimming
+            from trimflow.hwtrim import fit_by_trimming
             hcfg, qcfg, ccfg = hw
             found = fit_by_trimming(model, scores, board, ccfg.target_fps, tcfg, qcfg, ccfg, calib,
                                     subset(data.test, hcfg.test_images, seed=4), hcfg.accuracy_floor,
@@ -106,7 +106,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
                 "finetune_seconds": history["seconds"], "hwtrim": hwtrim}
 
     def quantize(ctx: StageContext, qcfg) -> dict:
-        from flow.quantize import float_shapes, quantize_model, save_quant_checkpoint
+        from trimflow.quantize import float_shapes, quantize_model, save_quant_checkpoint
         float_model, payload = load_checkpoint(ctx.input("trim", CHECKPOINT))
         start = time.perf_counter()
         qmodel = quantize_model(float_model, data.train, qcfg, teacher=float_model)
@@ -116,8 +116,8 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
                 "qat_seconds": seconds, "qat_epochs": qcfg.train.epochs}
 
     def export(ctx: StageContext, ecfg) -> dict:
-        from flow.export import export_qonnx, verify_qonnx
-        from flow.quantize import load_quant_checkpoint
+        from trimflow.export import export_qonnx, verify_qonnx
+        from trimflow.quantize import load_quant_checkpoint
         qmodel = load_quant_checkpoint(ctx.input("quantize", CHECKPOINT))
         onnx_path = ctx.out_dir / "model.qonnx.onnx"
         export_qonnx(qmodel, data.test.shape, onnx_path)
@@ -125,7 +125,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         return {"qonnx": "model.qonnx.onnx", "verify": check}
 
     def compile_(ctx: StageContext, ccfg) -> dict:
-        from flow.finn.compile import compile_model
+        from trimflow.finn.compile import compile_model
         result = compile_model(ctx.input("export", "model.qonnx.onnx"), board, ccfg, ctx.out_dir / "finn",
                                verify_images=subset(data.test, ccfg.verify_images, seed=2))
         return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
@@ -140,7 +140,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
                                  xsim_images=scfg.xsim_images if vivado_available() else 0)
 
     def synth(ctx: StageContext, scfg) -> dict:
-        from flow.finn.synth import make_package, synthesis_enabled, synthesize
+        from trimflow.finn.synth import make_package, synthesis_enabled, synthesize
         compile_dir = relocate_compile_dir(ctx.inputs["compile"] / "finn")
         if not synthesis_enabled():
             make_package(compile_dir, board, ctx.out_dir / "deploy", classes=scfg.classes)
@@ -149,7 +149,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         return dataclasses.asdict(synthesize(compile_dir, board, scfg, ctx.out_dir, atomic=False))
 
     def report(ctx: StageContext, _cfg) -> dict:
-        from flow.report import write_report
+        from trimflow.report import write_report
         seconds = {n: read_json(d / STAGE_FILE)["seconds"] for n, d in ctx.inputs.items()}
         paths = write_report(dict(ctx.summaries), board, cfg, ctx.out_dir, seconds)
         return {"files": sorted(p.name for p in paths)}
@@ -180,11 +180,11 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
     bit-exact against FINN's python model of the same HW graph, against the QONNX execution (after the host-side
     tail), and the resulting accuracy; plus measured vs estimated cycles. With `xsim_images` > 0 (needs Vivado) the
     first images also run through FINN's XSim simulation, which must agree bit for bit."""
-    from flow.export import run_qonnx
-    from flow.finn.adapter import finn_session
-    from flow.finn.compile import apply_host_ops
-    from flow.finn.execute import execute_hw_model
-    from flow.sim import build_simulator
+    from trimflow.export import run_qonnx
+    from trimflow.finn.adapter import finn_session
+    from trimflow.finn.compile import apply_host_ops
+    from trimflow.finn.execute import execute_hw_model
+    from trimflow.sim import build_simulator
 
     compile_dir = relocate_compile_dir(compile_dir)  # FINN wrote absolute paths before the stage was renamed
     hw_model = compile_dir / "hw_model.onnx"
@@ -201,7 +201,7 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
         "images": len(raw),
         "bit_exact_vs_finn_python": bool(np.array_equal(sim_out, finn_out)),
         "mismatching_images_vs_finn": int((sim_out != finn_out).reshape(len(raw), -1).any(1).sum()),
-        # float logits after the host tail: agreement by flow.verify's rule (rare rounding-boundary images allowed)
+        # float logits after the host tail: agreement by trimflow.verify's rule (rare rounding-boundary images allowed)
         "max_abs_diff_vs_qonnx": agree.max_abs_diff,
         "matches_qonnx": agree.ok,
         "mismatching_images_vs_qonnx": agree.beyond,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from flow import FlowError
+from trimflow import FlowError
 
 STAGE_COMMANDS = {
     "relevance": "score every kernel by its activation over the representative set",
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     pre.add_argument("--data-dir")
     imp = sub.add_parser("import", help="turn a PyTorch/TorchScript/ONNX model into a trimflow checkpoint")
-    from flow.models.importers import add_cli_arguments
+    from trimflow.models.importers import add_cli_arguments
     add_cli_arguments(imp)
     cfg = sub.add_parser("config", help="print the effective flow config as YAML")
     _add_flow_args(cfg)
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _flow_config(args):
-    from flow.config import load_flow_config
+    from trimflow.config import load_flow_config
     return load_flow_config(args.config, args.set, data_dir=args.data_dir, target_fps=args.target_fps)
 
 
@@ -66,24 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         if args.command == "boards":
-            from flow.boards import format_boards_table
+            from trimflow.boards import format_boards_table
             print(format_boards_table())
         elif args.command == "pretrain":
-            from flow.configs import from_dict, load_yaml, merge, parse_set
-            from flow.pretrain import PretrainConfig, pretrain
+            from trimflow.configs import from_dict, load_yaml, merge, parse_set
+            from trimflow.pretrain import PretrainConfig, pretrain
             data = merge(load_yaml(args.config) if args.config else {}, parse_set(args.set))
             info = pretrain(from_dict(PretrainConfig, data, "pretrain"), args.out, args.data_dir)
             console.print(f"test accuracy {info['test_accuracy']:.4f} → {args.out}")
         elif args.command == "import":
-            from flow.models.importers import config_from_cli, import_model
+            from trimflow.models.importers import config_from_cli, import_model
             info = import_model(config_from_cli(args), args.out)
             console.print(f"imported {args.source} → {args.out} ({info.get('arch', {}).get('name', '?')})")
         elif args.command == "config":
             import yaml
-            from flow.configs import to_dict
+            from trimflow.configs import to_dict
             print(yaml.safe_dump(to_dict(_flow_config(args)), sort_keys=False))
         else:
-            from flow.build import run_flow
+            from trimflow.build import run_flow
             until = None if args.command == "build" else args.command
             result = run_flow(_flow_config(args), args.board, Path(args.build_dir), until=until,
                               force=args.force, console=console)

@@ -6,16 +6,16 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from flow import FlowError
-from flow.configs import from_dict, load_yaml, merge, parse_set
-from flow.finn.compile import CompileConfig
-from flow.finn.synth import SynthConfig
-from flow.hwtrim import HwTrimConfig
-from flow.quantize import QuantConfig
-from flow.relevance import RelevanceConfig
-from flow.sim import SimConfig
-from flow.train import TrainConfig
-from flow.trim import TrimConfig
+from trimflow import FlowError
+from trimflow.configs import from_dict, load_yaml, merge, parse_set
+from trimflow.finn.compile import CompileConfig
+from trimflow.finn.synth import SynthConfig
+from trimflow.hwtrim import HwTrimConfig
+from trimflow.quantize import QuantConfig
+from trimflow.relevance import RelevanceConfig
+from trimflow.sim import SimConfig
+from trimflow.train import TrainConfig
+from trimflow.trim import TrimConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +67,7 @@ class FlowConfig:
     # the report) from 4 more optimiser runs: about 7 s on the default net.
     compile: CompileConfig = CompileConfig(folding="optimize", pareto_points=4)
     # With compile.target_fps set, the trim stage picks the largest MAC budget whose design reaches it on the board
-    # (flow.hwtrim) instead of trim.budget.
+    # (trimflow.hwtrim) instead of trim.budget.
     hwtrim: HwTrimConfig = HwTrimConfig()
     simulate: SimulateConfig = SimulateConfig()
     synth: SynthConfig = SynthConfig()  # the Vivado part; without Vivado only the host-emulation package is made

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from flow import FlowError
+from trimflow import FlowError
 
 T = TypeVar("T")
 
@@ -91,7 +91,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 
 
 def to_dict(obj: Any) -> Any:
-    from flow.artifacts import to_jsonable
+    from trimflow.artifacts import to_jsonable
     return to_jsonable(obj)
 
 

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from flow import FlowError
-from flow.data import ImageSet, make_loader, subset
-from flow.graph import ChannelGraph, build_graph
-from flow.relevance import RelevanceConfig, RelevanceScores, check_input, compute_relevance, normalize
+from trimflow import FlowError
+from trimflow.data import ImageSet, make_loader, subset
+from trimflow.graph import ChannelGraph, build_graph
+from trimflow.relevance import RelevanceConfig, RelevanceScores, check_input, compute_relevance, normalize
 
 CRITERIA = ("relevance", "l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 

@@ -21,10 +21,10 @@ from qonnx.util.cleanup import cleanup_model
 from torch import nn
 from tqdm import tqdm
 
-from flow import FlowError
-from flow.artifacts import atomic_path
-from flow.data import ImageSet
-from flow.verify import compare_logits
+from trimflow import FlowError
+from trimflow.artifacts import atomic_path
+from trimflow.data import ImageSet
+from trimflow.verify import compare_logits
 
 PIXEL_MAX = 255
 
@@ -48,7 +48,7 @@ def export_qonnx(quant_model: nn.Module, input_shape: tuple[int, int, int], path
             model = cleanup_model(ModelWrapper(str(onnx_tmp)))
         except Exception as e:
             raise FlowError(f"export: brevitas could not export the quantized model to QONNX "
-                            f"({type(e).__name__}: {e}); check that it was built by flow.quantize") from None
+                            f"({type(e).__name__}: {e}); check that it was built by trimflow.quantize") from None
         finally:
             if onnx_tmp.exists():
                 onnx_tmp.unlink()
@@ -169,8 +169,8 @@ def check_streamlined(model: ModelWrapper) -> list[str]:
         why = f"{node.name} ({node.op_type}): {', '.join(floats)} is FLOAT32"
         if node.op_type == "Add" and all(model.get_initializer(t) is None for t in node.input):
             why += (" (a residual join: FINN makes it integer only when both operands come from one shared "
-                    "quantizer, as flow.quantize gives every a + b, and after the fork/join reorderings of "
-                    "flow.finn.residual.streamline_residual)")
+                    "quantizer, as trimflow.quantize gives every a + b, and after the fork/join reorderings of "
+                    "trimflow.finn.residual.streamline_residual)")
         leftovers.append(why)
     return leftovers
 
@@ -183,5 +183,5 @@ def require_streamlined(model: ModelWrapper, what: str = "model") -> None:
             f"{what} does not streamline: FINN left float computation inside the part that becomes hardware: "
             f"{'; '.join(leftovers[:5])}{' ...' if len(leftovers) > 5 else ''}. FINN only absorbs scales, "
             "BatchNorm and biases into thresholds when every Conv/Linear input is a quantized activation "
-            "(QuantReLU / input quantizer) and every weight is quantized; use flow.quantize.convert_model, and "
+            "(QuantReLU / input quantizer) and every weight is quantized; use trimflow.quantize.convert_model, and "
             "avoid float ops (unquantized activations, residual adds, float pooling) between quantized layers.")

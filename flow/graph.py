@@ -24,7 +24,7 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from flow import FlowError
+from trimflow import FlowError
 
 # Modules and functions that act on each channel independently and keep the channel count.
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU,

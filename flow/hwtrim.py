@@ -20,11 +20,11 @@ from typing import Any
 
 from torch import nn
 
-from flow import FlowError
-from flow.boards import Board
-from flow.data import ImageSet
-from flow.relevance import RelevanceScores
-from flow.trim import TrimConfig, TrimReport
+from trimflow import FlowError
+from trimflow.boards import Board
+from trimflow.data import ImageSet
+from trimflow.relevance import RelevanceScores
+from trimflow.trim import TrimConfig, TrimReport
 
 # Fractions of the original MACs tried, largest first. Below 0.2 a CNV-sized net loses most of its accuracy.
 BUDGETS = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.25, 0.2)
@@ -115,11 +115,11 @@ def _candidate(float_model: nn.Module, scores: RelevanceScores, budget: float, t
                compile_cfg: Any, board: Board, target_fps: float, calib: ImageSet, test: ImageSet,
                calib_batches: int, out: Path, sensitivity: dict[str, Any] | None = None,
                ) -> tuple[HwTrimIteration, nn.Module, TrimReport]:
-    from flow.export import export_qonnx
-    from flow.finn.compile import compile_model
-    from flow.quantize import calibrate_activations, convert_model
-    from flow.train import evaluate
-    from flow.trim import trim_model
+    from trimflow.export import export_qonnx
+    from trimflow.finn.compile import compile_model
+    from trimflow.quantize import calibrate_activations, convert_model
+    from trimflow.train import evaluate
+    from trimflow.trim import trim_model
 
     t0 = time.perf_counter()
     tcfg = dataclasses.replace(trim_cfg, policy="budget", budget=budget, budget_metric="macs")

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable
 
 from rich.console import Console
 
-from flow import FlowError
-from flow.artifacts import atomic_dir, digest, read_json, to_jsonable, write_json
+from trimflow import FlowError
+from trimflow.artifacts import atomic_dir, digest, read_json, to_jsonable, write_json
 
 STAGE_FILE = "stage.json"
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from flow.artifacts import write_json
-from flow.data import load_dataset
-from flow.models import build_model, save_checkpoint
-from flow.train import TrainConfig, evaluate, seed_everything, train
+from trimflow.artifacts import write_json
+from trimflow.data import load_dataset
+from trimflow.models import build_model, save_checkpoint
+from trimflow.train import TrainConfig, evaluate, seed_everything, train
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ Only quantizers that FINN's streamlining turns into pure integer layers are used
   At 1 bit the ReLU becomes a sign activation {-1, +1} (see _quant_act), as in FINN's binarized networks.
 - the input: images are uint8/255. An unsigned quantizer with a constant range [0, 1] has scale 1/(2^b - 1); at
   8 bits that is exactly 1/255, so quantizing is an identity on the uint8 grid and the exporter can replace it by
-  a plain UINT8 input (flow.export). Fewer input bits keep a Quant node that FINN turns into an input threshold layer.
+  a plain UINT8 input (trimflow.export). Fewer input bits keep a Quant node that FINN turns into an input threshold layer.
 - the last Linear keeps a float bias (no bias quantizer): its scale and bias stay after the last MVAU as a
   host-side float tail, which FINN leaves outside the hardware partition.
 - residual adds `a + b` (found with torch.fx): both operands pass through one shared signed quantizer
@@ -41,12 +41,12 @@ from brevitas.quant import (Int8ActPerTensorFloat, Int8ActPerTensorFloatMSE, Int
 from torch import nn
 from tqdm import tqdm
 
-from flow import FlowError
-from flow.configs import from_dict
-from flow.data import ImageSet, make_loader
-from flow.models import build_model
-from flow.models.io import read_payload, resize_to_state, write_payload
-from flow.train import TrainConfig, seed_everything, train
+from trimflow import FlowError
+from trimflow.configs import from_dict
+from trimflow.data import ImageSet, make_loader
+from trimflow.models import build_model
+from trimflow.models.io import read_payload, resize_to_state, write_payload
+from trimflow.train import TrainConfig, seed_everything, train
 
 FORMAT = "trimflow-quant-checkpoint/1"
 MIN_BITS, MAX_BITS = 1, 8
@@ -400,7 +400,7 @@ def recalibrate_batchnorm(model: nn.Module, data: ImageSet, batches: int, batch_
 
 def quantize_model(float_model: nn.Module, train_set: ImageSet, cfg: QuantConfig,
                    teacher: nn.Module | None = None, progress: bool = True) -> QuantNet:
-    """Convert, calibrate, optionally re-estimate BN, then quantization-aware fine-tuning with flow.train."""
+    """Convert, calibrate, optionally re-estimate BN, then quantization-aware fine-tuning with trimflow.train."""
     seed_everything(cfg.train.seed)
     model = convert_model(float_model, cfg)
     if cfg.calibration_batches:

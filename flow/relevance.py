@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from flow import FlowError
-from flow.artifacts import read_json, write_json
-from flow.data import ImageSet, make_loader, subset
-from flow.graph import ChannelGraph, Tap, build_graph
+from trimflow import FlowError
+from trimflow.artifacts import read_json, write_json
+from trimflow.data import ImageSet, make_loader, subset
+from trimflow.graph import ChannelGraph, Tap, build_graph
 
 STATISTICS = ("mean", "mean_abs", "apoz", "max", "variance", "std")
 WEIGHTING = ("none", "consumer")

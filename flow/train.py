@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from flow import FlowError
-from flow.data import ImageSet, make_loader
+from trimflow import FlowError
+from trimflow.data import ImageSet, make_loader
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Trim the least relevant kernels: choose keep sets with a policy, cut the modules, fold removed means into biases.
 
-Works on any model flow.graph can trace: a channel group (a producer's kernels plus everything coupled to them)
+Works on any model trimflow.graph can trace: a channel group (a producer's kernels plus everything coupled to them)
 keeps one set of indices, applied to every module that group touches. The classifier's logits and the image
 channels are frozen groups and are never trimmed.
 
@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from flow import FlowError
-from flow.artifacts import write_json
-from flow.criteria import CRITERIA
-from flow.data import ImageSet, make_loader, subset
-from flow.graph import ChannelGraph, build_graph, count_params_macs, example_input
-from flow.relevance import NORMALIZE, RelevanceScores, input_means, normalize
+from trimflow import FlowError
+from trimflow.artifacts import write_json
+from trimflow.criteria import CRITERIA
+from trimflow.data import ImageSet, make_loader, subset
+from trimflow.graph import ChannelGraph, build_graph, count_params_macs, example_input
+from trimflow.relevance import NORMALIZE, RelevanceScores, input_means, normalize
 
 POLICIES = ("uniform", "global", "budget")
 METRICS = ("macs", "params")
@@ -67,7 +67,7 @@ class SensitivityConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrimConfig:
-    criterion: str = "relevance"  # which scores the pipeline computes (flow.criteria.CRITERIA)
+    criterion: str = "relevance"  # which scores the pipeline computes (trimflow.criteria.CRITERIA)
     policy: str = "uniform"  # uniform: same keep ratio per layer; global: one threshold; budget: hit a cost
     keep: float = 0.5  # uniform/global: fraction of kernels kept
     budget: float = 0.5  # budget: fraction of the original budget_metric kept
@@ -573,11 +573,11 @@ def iterative_trim(model: nn.Module, score_fn: Callable[[nn.Module], RelevanceSc
     Each step keeps the same fraction of what the previous one left (budget ** (1/steps) of the current MACs or
     params), so the last step lands on cfg.budget of the original. Scores are recomputed on the current net:
     after a fine-tune the survivors have taken over part of the removed kernels' work, which a one-shot score
-    cannot see. `finetune` (a flow.train.TrainConfig) is split evenly over the steps, so iterative and one-shot
+    cannot see. `finetune` (a trimflow.train.TrainConfig) is split evenly over the steps, so iterative and one-shot
     trimming cost the same training time; with no train_set/finetune the steps only rescore. Only the budget
     policy composes this way (uniform/global keep fractions of the current net would compound the same).
     """
-    from flow.train import train  # train imports nothing from here, but keep trim importable without it
+    from trimflow.train import train  # train imports nothing from here, but keep trim importable without it
 
     if steps < 1:
         raise FlowError(f"trim: steps must be >= 1, got {steps}")

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import yaml
 
-from flow import FlowError
-from flow.boards import (
+from trimflow import FlowError
+from trimflow.boards import (
     BoardFitError,
     board_from_dict,
     check_fit,

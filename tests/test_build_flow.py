@@ -8,11 +8,11 @@ import json
 import pytest
 import yaml
 
-from flow import FlowError
-from flow.boards import BoardFitError
-from flow.build import run_flow
-from flow.cli import main
-from flow.config import load_flow_config
+from trimflow import FlowError
+from trimflow.boards import BoardFitError
+from trimflow.build import run_flow
+from trimflow.cli import main
+from trimflow.config import load_flow_config
 
 SMALL = [
     "eval_images=300", "relevance.images=300", "trim.calib_images=300", "finetune.epochs=0.02",

@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from flow import FlowError
-from flow.configs import from_dict, merge, parse_set
-from flow.train import TrainConfig
+from trimflow import FlowError
+from trimflow.configs import from_dict, merge, parse_set
+from trimflow.train import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from flow import FlowError
-from flow.criteria import CRITERIA, score
-from flow.relevance import RelevanceConfig, compute_relevance
+from trimflow import FlowError
+from trimflow.criteria import CRITERIA, score
+from trimflow.relevance import RelevanceConfig, compute_relevance
 from tests.test_relevance import _images, _model
 
 

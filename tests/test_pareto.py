@@ -1,4 +1,4 @@
-"""The fps-vs-LUT Pareto set (flow.finn.pareto): written by the compile stage next to folding.json, its points
+"""The fps-vs-LUT Pareto set (trimflow.finn.pareto): written by the compile stage next to folding.json, its points
 non-dominated, sorted and within their budgets, the build's plan on or under the front, and plotted in the report."""
 
 import dataclasses
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flow import FlowError
+from trimflow import FlowError
 
 torch = pytest.importorskip("torch")
 
@@ -18,7 +18,7 @@ POINTS = 4
 
 @pytest.fixture(scope="module")
 def compiled(qonnx_path, tmp_path_factory):  # noqa: F811
-    from flow.finn.compile import CompileConfig, compile_model
+    from trimflow.finn.compile import CompileConfig, compile_model
 
     out = tmp_path_factory.mktemp("pareto") / "finn"
     board = _board()
@@ -70,7 +70,7 @@ def test_front_is_non_dominated_sorted_and_within_budgets(compiled):
 
 
 def test_from_the_compiled_hw_model_the_build_plan_is_found_again(compiled, tmp_path):
-    from flow.finn.pareto import pareto_front
+    from trimflow.finn.pareto import pareto_front
 
     result, out, board = compiled
     pset = pareto_front(out / "hw_model.onnx", board, tmp_path / "scratch", points=0)
@@ -80,7 +80,7 @@ def test_from_the_compiled_hw_model_the_build_plan_is_found_again(compiled, tmp_
 
 
 def test_non_dominated_on_made_up_points():
-    from flow.finn.pareto import ParetoPoint, non_dominated
+    from trimflow.finn.pareto import ParetoPoint, non_dominated
 
     def pt(lut, fps, chosen=False):
         return ParetoPoint(fps=fps, max_cycles=int(1e8 / fps), resources={"LUT": lut}, lut_budget=10_000,
@@ -95,8 +95,8 @@ def test_non_dominated_on_made_up_points():
 
 
 def test_argument_errors(compiled, tmp_path):
-    from flow.finn.compile import CompileConfig
-    from flow.finn.pareto import pareto_front
+    from trimflow.finn.compile import CompileConfig
+    from trimflow.finn.pareto import pareto_front
 
     _, out, board = compiled
     with pytest.raises(FlowError, match="pareto_points"):
@@ -110,8 +110,8 @@ def test_argument_errors(compiled, tmp_path):
 
 
 def test_report_plots_the_front_and_links_it(compiled, tmp_path):
-    from flow.config import FlowConfig
-    from flow.report import write_report
+    from trimflow.config import FlowConfig
+    from trimflow.report import write_report
 
     result, _, board = compiled
     written = write_report({"compile": dataclasses.asdict(result)}, board, FlowConfig(), tmp_path)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from flow import FlowError
-from flow.pipeline import Pipeline, Stage
+from trimflow import FlowError
+from trimflow.pipeline import Pipeline, Stage
 
 
 def _counting_stages(calls: list[str], fail_in: str | None = None, a_config=1):

@@ -1,6 +1,6 @@
 """Max pooling in the Verilator simulation: our RTL for FINN's HLS-only Pool layer (hw/rtl/max_pool.sv, wired in by
-flow.sim.stitch) against FINN's python model, the folding that ties a pool to its window generator
-(flow.finn.folding), its LUT estimate (flow.finn.estimates), and the pools the simulator refuses."""
+trimflow.sim.stitch) against FINN's python model, the folding that ties a pool to its window generator
+(trimflow.finn.folding), its LUT estimate (trimflow.finn.estimates), and the pools the simulator refuses."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from flow import FlowError
+from trimflow import FlowError
 
 HLS = "finn.custom_op.fpgadataflow.hls"
 
@@ -51,7 +51,7 @@ def _pool_graph(channels: int, pe: int, dtype: str, k: int = 2, stride: int = 2,
 
 
 def test_max_pool_with_a_matching_window_generator_is_accepted():
-    from flow.sim.stitch import check_rtl_only
+    from trimflow.sim.stitch import check_rtl_only
 
     check_rtl_only(_pool_graph(4, 2, "UINT4"))
     check_rtl_only(_pool_graph(4, 4, "INT4", depthwise=0))  # SIMD = C: both layouts are the same
@@ -59,14 +59,14 @@ def test_max_pool_with_a_matching_window_generator_is_accepted():
 
 @pytest.mark.parametrize("fxn", ["AvgPool", "AccPool", "QuantAvgPool"])
 def test_other_pooling_functions_are_refused(fxn):
-    from flow.sim.stitch import check_rtl_only
+    from trimflow.sim.stitch import check_rtl_only
 
     with pytest.raises(FlowError, match=rf"layer Pool_hls_0 \(Pool_hls\) cannot be simulated: .*{fxn}.*max pooling"):
         check_rtl_only(_pool_graph(4, 1, "UINT4", fxn=fxn))
 
 
 def test_pool_changing_the_type_is_refused():
-    from flow.sim.stitch import check_rtl_only
+    from trimflow.sim.stitch import check_rtl_only
 
     model = _pool_graph(4, 1, "UINT4")
     model.graph.node[1].attribute[[a.name for a in model.graph.node[1].attribute].index("OutputDataType")].s = b"UINT5"
@@ -75,14 +75,14 @@ def test_pool_changing_the_type_is_refused():
 
 
 def test_bipolar_pool_is_refused():
-    from flow.sim.stitch import check_rtl_only
+    from trimflow.sim.stitch import check_rtl_only
 
     with pytest.raises(FlowError, match=r"Pool_hls_0 .* pools BIPOLAR"):
         check_rtl_only(_pool_graph(4, 1, "BIPOLAR"))
 
 
 def test_pool_folded_unlike_its_window_generator_is_refused():
-    from flow.sim.stitch import check_rtl_only
+    from trimflow.sim.stitch import check_rtl_only
 
     with pytest.raises(FlowError, match=r"ConvolutionInputGenerator_rtl_0 is folded with SIMD=2 and the pool with "
                                         r"PE=1"):
@@ -92,7 +92,7 @@ def test_pool_folded_unlike_its_window_generator_is_refused():
 
 
 def test_pool_without_window_generator_is_refused():
-    from flow.sim.stitch import check_rtl_only
+    from trimflow.sim.stitch import check_rtl_only
 
     with pytest.raises(FlowError, match=r"Pool_hls_0 .* reads the graph input"):
         check_rtl_only(_pool_graph(4, 1, "UINT4", with_swg=False))
@@ -101,7 +101,7 @@ def test_pool_without_window_generator_is_refused():
 def test_pool_lut_estimate_is_not_zero():
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.finn.estimates import node_resources
+    from trimflow.finn.estimates import node_resources
 
     narrow = node_resources(getCustomOp(_pool_graph(4, 1, "UINT4").graph.node[1]), "xc7z020clg400-1")
     wide = node_resources(getCustomOp(_pool_graph(4, 4, "UINT4").graph.node[1]), "xc7z020clg400-1")
@@ -121,9 +121,9 @@ def test_pool_lut_estimate_is_not_zero():
 def test_our_max_pool_rtl_matches_finn_python(tmp_path, channels, pe, dtype, k, stride, dim, fifo_depth):
     from qonnx.core.datatype import DataType
 
-    from flow.finn.adapter import finn_session
-    from flow.finn.execute import execute_hw_model
-    from flow.sim import SimConfig, build_simulator
+    from trimflow.finn.adapter import finn_session
+    from trimflow.finn.execute import execute_hw_model
+    from trimflow.sim import SimConfig, build_simulator
 
     path = tmp_path / "pool.onnx"
     _pool_graph(channels, pe, dtype, k, stride, dim).save(str(path))
@@ -165,9 +165,9 @@ class _PoolNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def pool_net_qonnx(tmp_path_factory):
-    from flow.data import load_dataset, subset
-    from flow.export import export_qonnx
-    from flow.quantize import QuantConfig, calibrate_activations, convert_model
+    from trimflow.data import load_dataset, subset
+    from trimflow.export import export_qonnx
+    from trimflow.quantize import QuantConfig, calibrate_activations, convert_model
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -182,9 +182,9 @@ def test_folding_ties_each_pool_to_its_window_generator(pool_net_qonnx, tmp_path
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.boards import load_board
-    from flow.finn.compile import CompileConfig, compile_model
-    from flow.finn.folding import pool_window_generators
+    from trimflow.boards import load_board
+    from trimflow.finn.compile import CompileConfig, compile_model
+    from trimflow.finn.folding import pool_window_generators
 
     qonnx_path, test = pool_net_qonnx
     result = compile_model(qonnx_path, load_board("pynq-z2"), CompileConfig(folding="optimize", verify_images=2),
@@ -212,10 +212,10 @@ def _folding(path, pe0: int, pe1: int):
 @pytest.mark.rtlsim
 @pytest.mark.parametrize("pe0,pe1", [(1, 4), (8, 1)])
 def test_pool_net_compiles_and_simulates_bit_exact(pool_net_qonnx, tmp_path, pe0, pe1):
-    from flow.boards import load_board
-    from flow.build import simulate_compiled
-    from flow.finn.compile import CompileConfig, compile_model
-    from flow.sim import SimConfig
+    from trimflow.boards import load_board
+    from trimflow.build import simulate_compiled
+    from trimflow.finn.compile import CompileConfig, compile_model
+    from trimflow.sim import SimConfig
 
     qonnx_path, test = pool_net_qonnx
     cfg = CompileConfig(folding=_folding(tmp_path / "folding.json", pe0, pe1), verify_images=4)

@@ -1,4 +1,4 @@
-"""Brevitas conversion, QAT determinism, BN re-calibration and quantized checkpoints (flow.quantize)."""
+"""Brevitas conversion, QAT determinism, BN re-calibration and quantized checkpoints (trimflow.quantize)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import torch
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
 from torch import nn
 
-from flow import FlowError
-from flow.data import load_dataset, subset
-from flow.models.cnv import CNVLike
-from flow.models.io import resize_to_state
-from flow.quantize import (QuantConfig, calibrate_activations, convert_model, float_shapes, load_quant_checkpoint,
+from trimflow import FlowError
+from trimflow.data import load_dataset, subset
+from trimflow.models.cnv import CNVLike
+from trimflow.models.io import resize_to_state
+from trimflow.quantize import (QuantConfig, calibrate_activations, convert_model, float_shapes, load_quant_checkpoint,
                            quantize_model, recalibrate_batchnorm, save_quant_checkpoint)
-from flow.train import TrainConfig
+from trimflow.train import TrainConfig
 
 TINY = dict(widths=(4, 8), strides=(1, 2))
 
@@ -122,7 +122,7 @@ def test_trimmed_model_roundtrip(train_set, tmp_path):
 
 
 def test_load_rejects_float_checkpoint(tmp_path):
-    from flow.models import save_checkpoint
+    from trimflow.models import save_checkpoint
     save_checkpoint(tmp_path / "f.pt", CNVLike(**TINY), {"name": "cnv", "kwargs": TINY})
     with pytest.raises(FlowError, match="not a trimflow quantized checkpoint"):
         load_quant_checkpoint(tmp_path / "f.pt")
@@ -178,7 +178,7 @@ def test_mse_scale_keeps_two_bit_weights_alive():
 
 
 def test_low_bit_configs_train_with_the_low_bit_lr():
-    from flow.quantize import QuantConfig, qat_train_config
+    from trimflow.quantize import QuantConfig, qat_train_config
 
     assert qat_train_config(QuantConfig(weight_bits=4, act_bits=4)).lr == 0.01
     assert qat_train_config(QuantConfig(weight_bits=2, act_bits=4)).lr == 0.002

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from flow import FlowError
-from flow.data import ImageSet
-from flow.models import build_model
-from flow.relevance import RelevanceConfig, RelevanceScores, compute_relevance, normalize
+from trimflow import FlowError
+from trimflow.data import ImageSet
+from trimflow.models import build_model
+from trimflow.relevance import RelevanceConfig, RelevanceScores, compute_relevance, normalize
 
 
 class Small(nn.Module):
@@ -216,8 +216,8 @@ class Residual(nn.Module):
 
 
 def test_consumer_norm_of_a_residual_group_sums_every_reader():
-    from flow.graph import build_graph
-    from flow.relevance import consumer_norms
+    from trimflow.graph import build_graph
+    from trimflow.relevance import consumer_norms
 
     torch.manual_seed(0)
     model = Residual().double().eval()

@@ -1,6 +1,6 @@
-"""Residual nets through the flow: one shared quantizer per residual add (flow.quantize), FINN streamlining across
-forks and joins (flow.finn.residual), and the Verilator simulation of the fork/join design with our RTL for FINN's
-HLS-only DuplicateStreams / ElementwiseAdd (hw/rtl/, flow.sim.stitch)."""
+"""Residual nets through the flow: one shared quantizer per residual add (trimflow.quantize), FINN streamlining across
+forks and joins (trimflow.finn.residual), and the Verilator simulation of the fork/join design with our RTL for FINN's
+HLS-only DuplicateStreams / ElementwiseAdd (hw/rtl/, trimflow.sim.stitch)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from flow import FlowError
-from flow.models import build_model
-from flow.quantize import QuantConfig, calibrate_activations, convert_model
+from trimflow import FlowError
+from trimflow.models import build_model
+from trimflow.quantize import QuantConfig, calibrate_activations, convert_model
 from tests.test_streamline_patterns import _randomize_bn  # non-trivial BN statistics, negative scales included
 
 PART = "xc7z020clg400-1"
@@ -32,7 +32,7 @@ def _small_resnet(seed: int = 0) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def data():
-    from flow.data import load_dataset, subset
+    from trimflow.data import load_dataset, subset
 
     return subset(load_dataset("fashion-mnist", "train"), 64, seed=0), subset(load_dataset("fashion-mnist", "test"),
                                                                                8, seed=0)
@@ -41,7 +41,7 @@ def data():
 @pytest.fixture(scope="module")
 def exported(data, tmp_path_factory):
     """The small residual net, quantized (W4A4, shared residual quantizers), calibrated and exported to QONNX."""
-    from flow.export import export_qonnx
+    from trimflow.export import export_qonnx
 
     torch.set_num_threads(1)
     quant = convert_model(_small_resnet(), QuantConfig())
@@ -72,7 +72,7 @@ def test_each_residual_add_gets_one_shared_signed_quantizer(exported):
 
 
 def test_residual_bits_and_plain_nets():
-    from flow.models.cnv import CNVLike
+    from trimflow.models.cnv import CNVLike
 
     q = convert_model(_small_resnet(), QuantConfig(residual_bits=6))
     assert q.net.residual_quant_0.act_quant.bit_width() == 6
@@ -103,7 +103,7 @@ def test_scaled_residual_add_is_refused():
 
 
 def test_quant_checkpoint_of_a_residual_net_round_trips(exported, tmp_path):
-    from flow.quantize import float_shapes, load_quant_checkpoint, save_quant_checkpoint
+    from trimflow.quantize import float_shapes, load_quant_checkpoint, save_quant_checkpoint
 
     quant, _ = exported
     arch = {"name": "resnet8", "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()}}
@@ -127,8 +127,8 @@ def _finn_streamlined(path):
 def test_residual_joins_streamline_to_integer_adds(exported, data):
     from qonnx.core.onnx_exec import execute_onnx
 
-    from flow.export import check_streamlined, run_qonnx
-    from flow.finn.residual import joins, streamline_residual
+    from trimflow.export import check_streamlined, run_qonnx
+    from trimflow.finn.residual import joins, streamline_residual
 
     streamlined = _finn_streamlined(exported[1])
     assert any("residual join" in item for item in check_streamlined(streamlined))  # FINN's chain streamlining
@@ -147,24 +147,24 @@ def test_residual_joins_streamline_to_integer_adds(exported, data):
 
 
 def test_join_without_shared_scale_names_the_add(data, tmp_path, monkeypatch):
-    import flow.quantize
-    from flow.export import export_qonnx
-    from flow.finn.residual import streamline_residual
+    import trimflow.quantize
+    from trimflow.export import export_qonnx
+    from trimflow.finn.residual import streamline_residual
 
     # each operand with its own quantizer: two scales, the Add cannot become integer
     def separate(net, gm, cfg):
-        for i, node in enumerate(flow.quantize._residual_adds(gm.graph)):
+        for i, node in enumerate(trimflow.quantize._residual_adds(gm.graph)):
             ops = []
             for k, arg in enumerate(node.args[:2]):
-                gm.add_submodule(f"q{i}_{k}", flow.quantize.QuantIdentity(
-                    act_quant=flow.quantize.ResidualQuantMSE, bit_width=4))
+                gm.add_submodule(f"q{i}_{k}", trimflow.quantize.QuantIdentity(
+                    act_quant=trimflow.quantize.ResidualQuantMSE, bit_width=4))
                 with gm.graph.inserting_before(node):
                     ops.append(gm.graph.call_module(f"q{i}_{k}", (arg,)))
             node.args = tuple(ops)
         gm.recompile()
         return gm
 
-    monkeypatch.setattr(flow.quantize, "_quantize_residual_joins", separate)
+    monkeypatch.setattr(trimflow.quantize, "_quantize_residual_joins", separate)
     quant = convert_model(_small_resnet(), QuantConfig())
     calibrate_activations(quant, data[0], batches=1, batch_size=32)
     path = export_qonnx(quant, (1, 28, 28), tmp_path / "separate.onnx")
@@ -173,9 +173,9 @@ def test_join_without_shared_scale_names_the_add(data, tmp_path, monkeypatch):
 
 
 def test_chain_is_left_alone(tmp_path, data):
-    from flow.export import export_qonnx
-    from flow.finn.residual import has_forks_or_joins, streamline_residual
-    from flow.models.cnv import CNVLike
+    from trimflow.export import export_qonnx
+    from trimflow.finn.residual import has_forks_or_joins, streamline_residual
+    from trimflow.models.cnv import CNVLike
 
     quant = convert_model(CNVLike(widths=(4, 4), strides=(1, 2)), QuantConfig())
     calibrate_activations(quant, data[0], batches=1, batch_size=32)
@@ -213,7 +213,7 @@ def _hls_graph(pe: int, channels: int, dtype: str, add_const: bool = False, fan_
 
 
 def test_simulator_refuses_what_our_rtl_does_not_model():
-    from flow.sim.stitch import check_rtl_only
+    from trimflow.sim.stitch import check_rtl_only
 
     check_rtl_only(_hls_graph(1, 4, "INT3"))
     with pytest.raises(FlowError, match=r"ElementwiseAdd_hls_0 .* one operand is a constant"):
@@ -229,7 +229,7 @@ def test_simulator_refuses_what_our_rtl_does_not_model():
 
 
 def test_diagnose_stall_names_a_join_waiting_for_its_other_input():
-    from flow.sim import diagnose_stall
+    from trimflow.sim import diagnose_stall
 
     stages = ["Dup", "fifo_1", "Thr", "fifo_3", "Add"]
     ends = [["input", "Dup"], ["Dup", "fifo_1"], ["fifo_1", "Thr"], ["Thr", "Add"], ["Dup", "fifo_3"],
@@ -247,9 +247,9 @@ def test_our_duplicate_and_add_rtl_match_finn_python(tmp_path, pe, channels, dty
     a 16-bit stream), signed and unsigned, with and without FIFOs between them."""
     from qonnx.core.datatype import DataType
 
-    from flow.finn.adapter import finn_session
-    from flow.finn.execute import execute_hw_model
-    from flow.sim import SimConfig, build_simulator
+    from trimflow.finn.adapter import finn_session
+    from trimflow.finn.execute import execute_hw_model
+    from trimflow.sim import SimConfig, build_simulator
 
     path = tmp_path / "hls.onnx"
     _hls_graph(pe, channels, dtype).save(str(path))
@@ -280,10 +280,10 @@ def _folding(path):
 
 @pytest.mark.rtlsim
 def test_residual_net_compiles_and_simulates_bit_exact(exported, data, tmp_path):
-    from flow.boards import load_board
-    from flow.build import simulate_compiled
-    from flow.finn.compile import CompileConfig, compile_model
-    from flow.sim import SimConfig
+    from trimflow.boards import load_board
+    from trimflow.build import simulate_compiled
+    from trimflow.finn.compile import CompileConfig, compile_model
+    from trimflow.sim import SimConfig
 
     _, qonnx_path = exported
     cfg = CompileConfig(folding=_folding(tmp_path / "folding.json"), verify_images=4)

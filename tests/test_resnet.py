@@ -7,9 +7,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from flow.data.registry import ImageSet
-from flow.models import build_model, load_checkpoint, save_checkpoint
-from flow.train import TrainConfig, train
+from trimflow.data.registry import ImageSet
+from trimflow.models import build_model, load_checkpoint, save_checkpoint
+from trimflow.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
@@ -29,7 +29,7 @@ def test_resnet8_builds_traces_and_has_no_pooling(shape):
 
 
 def test_resnet8_channel_graph_couples_residual_branches():
-    from flow.graph import build_graph
+    from trimflow.graph import build_graph
 
     graph = build_graph(build_model("resnet8"), (1, 28, 28))
     # Block 1 adds its input (the stem's output) to its own output: stem conv, block conv2 share one group.
@@ -57,9 +57,9 @@ def test_resnet8_trains_a_few_steps_and_round_trips(tmp_path):
 def test_extra_network_configs_are_valid():
     from pathlib import Path
 
-    from flow.config import load_flow_config
-    from flow.configs import from_dict, load_yaml
-    from flow.pretrain import PretrainConfig
+    from trimflow.config import load_flow_config
+    from trimflow.configs import from_dict, load_yaml
+    from trimflow.pretrain import PretrainConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
     zoo = load_flow_config(root / "mnist-zoo.yaml")

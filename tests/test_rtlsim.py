@@ -1,4 +1,4 @@
-"""Verilator simulation of FINN-generated RTL (flow.sim): bit-exact against FINN's python execution, cycle counts
+"""Verilator simulation of FINN-generated RTL (trimflow.sim): bit-exact against FINN's python execution, cycle counts
 against FINN's estimates, and the errors a user can hit."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from flow import FlowError
-from flow.finn.execute import execute_hw_model
-from flow.sim import SimConfig, build_simulator, diagnose_stall
-from flow.sim.fixes import patch_add_multi
-from flow.sim.packing import pack_beats, unpack_beats
-from flow.sim.stitch import check_rtl_only
+from trimflow import FlowError
+from trimflow.finn.execute import execute_hw_model
+from trimflow.sim import SimConfig, build_simulator, diagnose_stall
+from trimflow.sim.fixes import patch_add_multi
+from trimflow.sim.packing import pack_beats, unpack_beats
+from trimflow.sim.stitch import check_rtl_only
 
 PART = "xc7z020clg400-1"
 # (PE, SIMD) per MVAU of the test net: SIMD > 1 everywhere so add_multi's adder tree is exercised.
@@ -79,7 +79,7 @@ def test_hls_only_layer_is_rejected_with_alternative():
 
 
 def test_mvau_rtl_folding_rule():
-    from flow.sim.stitch import mvau_rtl_folding_issue
+    from trimflow.sim.stitch import mvau_rtl_folding_issue
 
     msg = mvau_rtl_folding_issue("MVAU_rtl_0", "MVAU_rtl", 9, 9)
     assert msg and "MVAU_rtl_0" in msg and "MW=9" in msg and "SIMD=3" in msg and "8 cycles" in msg
@@ -240,7 +240,7 @@ def _hw_model(tmp_path, finn_fifos: bool, folding: dict = FOLDING, name: str = "
 @pytest.fixture(scope="module")
 def hw_build(tmp_path_factory):
     """The HW model as our compile stage leaves it: no width converters, no FIFOs, no generated code."""
-    from flow.finn.adapter import finn_session
+    from trimflow.finn.adapter import finn_session
 
     tmp = tmp_path_factory.mktemp("rtlsim")
     with finn_session(tmp / "finn"):
@@ -249,14 +249,14 @@ def hw_build(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def test_images():
-    from flow.data import load_dataset
+    from trimflow.data import load_dataset
 
     return np.asarray(load_dataset("fashion-mnist", "test").images[:6])  # (N, 1, 28, 28) uint8
 
 
 @pytest.mark.rtlsim
 def test_simulation_bit_exact_and_cycles(hw_build, test_images):
-    from flow.finn.adapter import finn_session
+    from trimflow.finn.adapter import finn_session
 
     tmp, hw_path = hw_build
     sim = build_simulator(hw_path, tmp / "sim", SimConfig())
@@ -266,7 +266,7 @@ def test_simulation_bit_exact_and_cycles(hw_build, test_images):
     assert sum(s.startswith("StreamingDataWidthConverter") for s in stages) == 4
     assert all(s.startswith("fifo_") for s in stages[1::2]) and len(stages) == 2 * 13 - 1
 
-    res = sim.run(test_images)  # NCHW uint8, as flow.data gives them
+    res = sim.run(test_images)  # NCHW uint8, as trimflow.data gives them
     with finn_session(tmp / "finn"):
         ref = execute_hw_model(hw_path, test_images.transpose(0, 2, 3, 1))
     assert res.outputs.shape == (6, 10)
@@ -286,7 +286,7 @@ def test_simulation_bit_exact_and_cycles(hw_build, test_images):
 
 
 def test_xsim_mode_without_vivado_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("flow.finn.adapter.vivado_available", lambda: False)
+    monkeypatch.setattr("trimflow.finn.adapter.vivado_available", lambda: False)
     path = tmp_path / "pad.onnx"
     _graph_with("FMPadding_rtl", "finn.custom_op.fpgadataflow.rtl").save(str(path))
     with pytest.raises(FlowError, match="XSim simulation needs Vivado"):
@@ -297,10 +297,10 @@ def test_xsim_mode_without_vivado_is_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.rtlsim
 @pytest.mark.vivado
-@pytest.mark.skipif(not __import__("flow.finn.adapter").finn.adapter.vivado_available(),
+@pytest.mark.skipif(not __import__("trimflow.finn.adapter").finn.adapter.vivado_available(),
                     reason="needs Vivado (XILINX_VIVADO set, vivado on PATH) for FINN's XSim")
 def test_verilator_equals_finn_xsim(hw_build, test_images):
-    from flow.finn.adapter import finn_session
+    from trimflow.finn.adapter import finn_session
 
     tmp, hw_path = hw_build
     sim = build_simulator(hw_path, tmp / "sim", SimConfig())
@@ -315,7 +315,7 @@ def test_watchdog_names_starved_layer(hw_build, test_images):
     tmp, hw_path = hw_build
     sim = build_simulator(hw_path, tmp / "sim", SimConfig())
     cfg = SimConfig(stall_cycles=2000)
-    from flow.sim import Simulator
+    from trimflow.sim import Simulator
 
     sim = Simulator(tmp / "sim", cfg)
     # drop the last 100 pixels of the second image: the pipeline starves before its last output
@@ -332,7 +332,7 @@ def test_watchdog_names_starved_layer(hw_build, test_images):
 @pytest.mark.slow
 def test_finn_sized_fifos_bit_exact(tmp_path, test_images):
     """A model that already has FINN's width converters and StreamingFIFO nodes: those depths are used as-is."""
-    from flow.finn.adapter import finn_session
+    from trimflow.finn.adapter import finn_session
 
     with finn_session(tmp_path / "finn"):
         hw_path = _hw_model(tmp_path, finn_fifos=True)
@@ -349,7 +349,7 @@ def test_finn_sized_fifos_bit_exact(tmp_path, test_images):
 
 # The pipeline's default design had its first MVAU (8-bit pixels x 8-bit weights, one input channel: MW=9) folded
 # to PE=4, SIMD=9, and FINN's RTL overflowed its output queue under back-pressure (see
-# flow.sim.stitch.mvau_rtl_folding_issue). The same layer here, with a much slower second MVAU behind it so that it is
+# trimflow.sim.stitch.mvau_rtl_folding_issue). The same layer here, with a much slower second MVAU behind it so that it is
 # back-pressured for long stretches: with SIMD=9 and the check bypassed, this net stops with "Overflowing output
 # queue" in MVAU_rtl_0 (checked by hand); with SIMD=3 (MW/SIMD = 3) it must be bit-exact.
 FOLDING_8BIT_FIRST = {0: (4, 3), 1: (2, 4), 2: (2, 8)}
@@ -359,7 +359,7 @@ FOLDING_8BIT_FIRST = {0: (4, 3), 1: (2, 4), 2: (2, 8)}
 def test_8bit_first_layer_under_backpressure(tmp_path, test_images):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
-    from flow.finn.adapter import finn_session
+    from trimflow.finn.adapter import finn_session
 
     with finn_session(tmp_path / "finn"):
         hw_path = _hw_model(tmp_path, finn_fifos=False, folding=FOLDING_8BIT_FIRST, name="hw8",

@@ -1,7 +1,7 @@
 """The board-side runtime (hw/runtime/trimflow_runtime) on a real compiled model and real Fashion-MNIST images.
 
 A tiny CNV-like net is trained for a moment, quantized with Brevitas, exported to QONNX and compiled by FINN (about
-20 s); its deployment package (flow.finn.synth.make_package, no Vivado) runs through the runtime's finn-python
+20 s); its deployment package (trimflow.finn.synth.make_package, no Vivado) runs through the runtime's finn-python
 backend, and must give the same classes as executing the QONNX model directly.
 """
 
@@ -33,13 +33,13 @@ def compiled_tiny_model(root: Path) -> dict:
     """Train/quantize/export/compile a tiny all-RTL CNN for pynq-z2 under `root`; returns paths and test data."""
     import torch
 
-    from flow.boards import load_board
-    from flow.data import load_dataset, subset
-    from flow.export import export_qonnx
-    from flow.finn.compile import CompileConfig, compile_model
-    from flow.models.cnv import CNVLike
-    from flow.quantize import QuantConfig, quantize_model
-    from flow.train import TrainConfig, train
+    from trimflow.boards import load_board
+    from trimflow.data import load_dataset, subset
+    from trimflow.export import export_qonnx
+    from trimflow.finn.compile import CompileConfig, compile_model
+    from trimflow.models.cnv import CNVLike
+    from trimflow.quantize import QuantConfig, quantize_model
+    from trimflow.train import TrainConfig, train
 
     torch.manual_seed(0)
     try:
@@ -76,7 +76,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def package(model, tmp_path_factory):
-    from flow.finn.synth import make_package
+    from trimflow.finn.synth import make_package
 
     out = tmp_path_factory.mktemp("pkg") / "deploy"
     make_package(model["compile"], model["board"], out, classes=[f"c{i}" for i in range(10)])
@@ -86,7 +86,7 @@ def package(model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(model):
     """Scores from executing the exported QONNX model directly (qonnx execute_onnx)."""
-    from flow.export import run_qonnx
+    from trimflow.export import run_qonnx
 
     import torch
     return run_qonnx(model["qonnx"], torch.from_numpy(model["images"]), progress=False)

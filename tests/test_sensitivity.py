@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from flow import FlowError
-from flow.configs import from_dict
-from flow.criteria import score
-from flow.data import ImageSet
-from flow.graph import build_graph, count_params_macs
-from flow.models import build_model
-from flow.relevance import RelevanceConfig, compute_relevance
-from flow.trim import (SensitivityConfig, TrimConfig, allocate_by_sensitivity, measure_sensitivity, probe_counts,
+from trimflow import FlowError
+from trimflow.configs import from_dict
+from trimflow.criteria import score
+from trimflow.data import ImageSet
+from trimflow.graph import build_graph, count_params_macs
+from trimflow.models import build_model
+from trimflow.relevance import RelevanceConfig, compute_relevance
+from trimflow.trim import (SensitivityConfig, TrimConfig, allocate_by_sensitivity, measure_sensitivity, probe_counts,
                        trim_model)
 from tests.test_relevance import _images
 

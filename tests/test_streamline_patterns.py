@@ -1,9 +1,9 @@
 """FINN's own transformations turn each supported exported pattern into integer dataflow layers.
 
-For every pattern: export with flow.export, run the transformations of FINN's build steps step_qonnx_to_finn,
+For every pattern: export with trimflow.export, run the transformations of FINN's build steps step_qonnx_to_finn,
 step_tidy_up, step_streamline and the matrix/threshold/sliding-window part of step_convert_to_hw (imported one
 by one: importing finn.builder.build_dataflow_steps needs Vivado), then check that
-- no float node is left between the input and the last matrix layer (flow.export.check_streamlined),
+- no float node is left between the input and the last matrix layer (trimflow.export.check_streamlined),
 - the layers before that point are MVAU / Thresholding / ConvolutionInputGenerator / FMPadding,
 - FINN's python execution gives integer accumulators at the last matrix layer which, through the float tail
   (scale, bias) that stays on the host, reproduce the QONNX output.
@@ -42,11 +42,11 @@ from qonnx.transformation.infer_shapes import InferShapes  # noqa: E402
 from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul  # noqa: E402
 from qonnx.util.cleanup import cleanup_model  # noqa: E402
 
-from flow import FlowError  # noqa: E402
-from flow.data import load_dataset, subset  # noqa: E402
-from flow.export import check_streamlined, export_qonnx, require_streamlined, run_qonnx  # noqa: E402
-from flow.models.cnv import CNVLike  # noqa: E402
-from flow.quantize import QuantConfig, calibrate_activations, convert_model  # noqa: E402
+from trimflow import FlowError  # noqa: E402
+from trimflow.data import load_dataset, subset  # noqa: E402
+from trimflow.export import check_streamlined, export_qonnx, require_streamlined, run_qonnx  # noqa: E402
+from trimflow.models.cnv import CNVLike  # noqa: E402
+from trimflow.quantize import QuantConfig, calibrate_activations, convert_model  # noqa: E402
 
 HW_LAYERS = {"MVAU", "Thresholding", "ConvolutionInputGenerator", "FMPadding", "StreamingDataWidthConverter"}
 
@@ -251,8 +251,8 @@ def test_bipolar_activations_reject_zero_padding():
 
 def test_residual_join_is_reported(images, tmp_path):
     # FINN's chain streamlining alone stops at the forks and joins of a residual net; the leftover float adds are
-    # named as residual joins (flow.finn.residual streamlines them: tests/test_residual.py).
-    from flow.models import build_model
+    # named as residual joins (trimflow.finn.residual streamlines them: tests/test_residual.py).
+    from trimflow.models import build_model
     train, _ = images
     quant = convert_model(build_model("resnet8", widths=(4, 4, 4), stem=4), QuantConfig())
     calibrate_activations(quant, train, batches=1, batch_size=32)

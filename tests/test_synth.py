@@ -1,4 +1,4 @@
-"""flow.finn.synth: config checks and FINN step selection (run here), the missing-Vivado error, and the full
+"""trimflow.finn.synth: config checks and FINN step selection (run here), the missing-Vivado error, and the full
 Vivado synthesis (marker `vivado`, skipped without Vivado)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from flow import FlowError
-from flow.boards import load_board
-from flow.finn import synth
-from flow.finn.adapter import finn_builder, vivado_available
-from flow.finn.synth import SynthConfig, make_package, missing_tools, plan_synthesis
+from trimflow import FlowError
+from trimflow.boards import load_board
+from trimflow.finn import synth
+from trimflow.finn.adapter import finn_builder, vivado_available
+from trimflow.finn.synth import SynthConfig, make_package, missing_tools, plan_synthesis
 
 RTL = ["FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_rtl", "Thresholding_rtl", "MVAU_rtl"]
 
@@ -126,7 +126,7 @@ def test_steps_before_vivado_run_on_a_compiled_model_in_their_own_folder(tmp_pat
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.artifacts import file_digest
+    from trimflow.artifacts import file_digest
     from test_runtime import tiny_model
 
     compile_dir = tiny_model(tmp_path_factory)["compile"]

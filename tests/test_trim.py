@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from flow import FlowError
-from flow.criteria import score
-from flow.graph import build_graph, count_params_macs
-from flow.models import build_model, load_checkpoint, save_checkpoint
-from flow.relevance import RelevanceConfig, RelevanceScores, compute_relevance
-from flow.trim import TrimConfig, recalibrate_bn, trim_model
+from trimflow import FlowError
+from trimflow.criteria import score
+from trimflow.graph import build_graph, count_params_macs
+from trimflow.models import build_model, load_checkpoint, save_checkpoint
+from trimflow.relevance import RelevanceConfig, RelevanceScores, compute_relevance
+from trimflow.trim import TrimConfig, recalibrate_bn, trim_model
 from tests.test_relevance import _images
 
 CNV_WIDTHS = {"features.0": 16, "features.3": 32, "features.6": 32, "features.9": 64, "features.12": 64}
@@ -154,8 +154,8 @@ def test_scores_from_another_model_are_rejected(cnv):
 
 
 def test_iterative_trim_rescoring_each_step(cnv):
-    from flow.train import TrainConfig
-    from flow.trim import iterative_trim
+    from trimflow.train import TrainConfig
+    from trimflow.trim import iterative_trim
 
     model, data, _ = cnv
     seen = []

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flow import FlowError
-from flow.graph import build_graph
-from flow.trim import remove_channels
+from trimflow import FlowError
+from trimflow.graph import build_graph
+from trimflow.trim import remove_channels
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:

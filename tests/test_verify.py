@@ -1,8 +1,8 @@
-"""flow.verify: the one agreement rule for float executions of the same quantized net."""
+"""trimflow.verify: the one agreement rule for float executions of the same quantized net."""
 
 import numpy as np
 
-from flow.verify import MAX_BOUNDARY_SHARE, compare_logits
+from trimflow.verify import MAX_BOUNDARY_SHARE, compare_logits
 
 
 def _logits(n=200, classes=10, seed=0):

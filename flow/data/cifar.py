@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flow import FlowError
+from trimflow import FlowError
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)

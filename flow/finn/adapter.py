@@ -16,7 +16,7 @@ import types
 from pathlib import Path
 from typing import Iterator
 
-from flow import FlowError
+from trimflow import FlowError
 
 # A settings file that never exists: FINN reads no user settings from ~/.finn and does not create that directory
 # (it mkdirs ~/.finn when no settings path is given, which fails on read-only homes and litters the user's home).

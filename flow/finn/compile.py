@@ -8,7 +8,7 @@ Vitis HLS. Three graph edits, run as custom builder steps, get it there:
   applies it instead of an ElementwiseMul_hls/ElementwiseAdd_hls;
 - every HW node prefers its RTL implementation when FINN specialises layers.
 (Plus one FINN ordering fix: thresholds are clipped to their input range right after streamlining, and, for residual
-nets, FINN's fork/join reorderings after its chain streamlining: flow.finn.residual. Their forks and adds become
+nets, FINN's fork/join reorderings after its chain streamlining: trimflow.finn.residual. Their forks and adds become
 DuplicateStreams / ElementwiseAdd, HLS-only on non-Versal parts, so such a design is not all-RTL.)
 
 Outputs in out_dir: compile.json (CompileResult), hw_model.onnx (specialised HW layers with generated code under
@@ -31,13 +31,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from flow import FlowError
-from flow.artifacts import atomic_dir, write_json
-from flow.boards import Board, BoardFitError, FitReport, check_fit
-from flow.finn.adapter import finn_session
-from flow.finn.pareto import PARETO_FILE, read_pareto_summary
-from flow.finn.reports import EstimateReport, parse_estimates
-from flow.finn.residual import streamline_residual
+from trimflow import FlowError
+from trimflow.artifacts import atomic_dir, write_json
+from trimflow.boards import Board, BoardFitError, FitReport, check_fit
+from trimflow.finn.adapter import finn_session
+from trimflow.finn.pareto import PARETO_FILE, read_pareto_summary
+from trimflow.finn.reports import EstimateReport, parse_estimates
+from trimflow.finn.residual import streamline_residual
 
 HW_MODEL = "hw_model.onnx"  # the specialised dataflow partition, code generated (for simulation)
 PARENT_MODEL = "dataflow_parent.onnx"  # host-side head + the partition node
@@ -56,7 +56,7 @@ _LAYOUT_OPS = ("Transpose", "Reshape")
 class CompileConfig:
     target_fps: float | None = None  # FINN's folding heuristic aims for this; None → fully folded (PE=SIMD=1)
     # "auto": FINN's heuristic for target_fps; "optimize": the fastest folding within the board's caps
-    # (flow.finn.folding); or a path to a FINN folding-config JSON
+    # (trimflow.finn.folding); or a path to a FINN folding-config JSON
     folding: str = "auto"
     max_simd: dict[str, int] | None = None  # "optimize" only: SIMD cap per op type, e.g. {"MVAU": 1}
     mvau_wwidth_max: int = 36  # FINN's cap on an MVAU's weight-stream width (SIMD·PE·weight bits)
@@ -68,7 +68,7 @@ class CompileConfig:
     verify_images: int = 16
     verify_dataset: str = "fashion-mnist"  # test split, used when compile_model gets no images
     fail_if_not_fit: bool = True  # raise BoardFitError (after writing compile.json) when over the board's caps
-    # "optimize" only: optimiser runs sampling the fps-vs-LUT trade-off for pareto.json (flow.finn.pareto), a
+    # "optimize" only: optimiser runs sampling the fps-vs-LUT trade-off for pareto.json (trimflow.finn.pareto), a
     # few seconds each; 0 = off
     pareto_points: int = 0
 
@@ -162,7 +162,7 @@ class CompileResult:
     config: dict[str, Any]
     wall_s: float
     finn_step_s: dict[str, float]
-    # What the fit check counted and how (flow.finn.estimates): per-resource totals of the compute layers (FINN's
+    # What the fit check counted and how (trimflow.finn.estimates): per-resource totals of the compute layers (FINN's
     # estimate completed with LUT for RTL MVAUs and FF), FIFOs, width converters, and the notes on each model.
     estimates: dict[str, Any] | None = None
 
@@ -390,7 +390,7 @@ def relocate_compile_dir(out_dir: str | os.PathLike) -> Path:
     """Make a compile output dir usable where it is now, after it was moved (e.g. renamed into place by the
     pipeline): FINN's absolute paths in hw_model.onnx and the generated code are rewritten to the current location.
     Idempotent and cheap when nothing moved; call it before using hw_model.onnx. Returns the resolved dir."""
-    from flow.artifacts import read_json
+    from trimflow.artifacts import read_json
 
     out_dir = Path(out_dir).resolve()
     result_file = out_dir / RESULT_FILE
@@ -517,8 +517,8 @@ def compile_model(
 
 def _plan_folding(qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path, kept: Path) -> Any:
     """Build once fully folded (estimates only) to get FINN's HW layers, plan the folding, write FOLDING_FILE."""
-    from flow.finn.folding import plan_within_caps
-    from flow.finn.pareto import pareto_front
+    from trimflow.finn.folding import plan_within_caps
+    from trimflow.finn.pareto import pareto_front
 
     search = dataclasses.replace(cfg, folding="auto", target_fps=None, generate_code=False)
     finn_out = _run_builder(qonnx_path, board, search, tmp, kept, [], sub=SEARCH_DIR)
@@ -536,7 +536,7 @@ def _plan_folding(qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path,
 
 def _verify_images(images: Any, cfg: CompileConfig) -> np.ndarray:
     if images is None:
-        from flow.data import load_dataset, subset
+        from trimflow.data import load_dataset, subset
 
         images = subset(load_dataset(cfg.verify_dataset, "test"), cfg.verify_images, seed=0).images
     images = getattr(images, "images", images)  # an ImageSet
@@ -547,7 +547,7 @@ def _verify_images(images: Any, cfg: CompileConfig) -> np.ndarray:
 
 
 def _fit_report_from(result: CompileResult) -> FitReport:
-    from flow.boards import ResourceFit
+    from trimflow.boards import ResourceFit
 
     fit = result.fit
     return FitReport(
@@ -570,9 +570,9 @@ def _result(
     finn_out: Path,
     out_dir: Path,
 ) -> CompileResult:
-    from flow.artifacts import read_json, to_jsonable
+    from trimflow.artifacts import read_json, to_jsonable
 
-    from flow.finn.estimates import estimate_design
+    from trimflow.finn.estimates import estimate_design
 
     design = estimate_design(hw, board.part, out_dir.parent / f".{out_dir.name}.estimate-scratch")
     dwc = {k: v for k, v in design.width_converters.items() if k != "FF"}
@@ -640,15 +640,15 @@ def verify_streamlined(
     """Execute QONNX, FINN's streamlined model and FINN's HW-layer model (python mode) on the same images.
 
     The streamlined model still holds the float tail; the HW-layer model's output gets `tail` applied on the host.
-    A QONNX model whose input is annotated integer (flow.export's UINT8 input) gets the raw pixels, a float-input
-    one gets `raw / input_divisor` (what compile_model's inserted Div computes). Agreement follows flow.verify.
+    A QONNX model whose input is annotated integer (trimflow.export's UINT8 input) gets the raw pixels, a float-input
+    one gets `raw / input_divisor` (what compile_model's inserted Div computes). Agreement follows trimflow.verify.
     """
     from finn.core.onnx_exec import execute_onnx as finn_exec
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx as qonnx_exec
     from qonnx.transformation.infer_shapes import InferShapes
 
-    from flow.verify import compare_logits
+    from trimflow.verify import compare_logits
 
     inter = Path(finn_out) / "intermediate_models"
     ref_model = ModelWrapper(str(qonnx_path)).transform(InferShapes())

@@ -50,8 +50,8 @@ NOTES = [
     "FINN's fifo.sv cost model (StreamingFIFO.get_fifo_cost); FINN's FIFO sizing needs XSim, so the depth is "
     "assumed",
     "data-width converters: the StreamingDataWidthConverter_rtl nodes InsertDWC adds, FINN's estimate",
-    "residual nets: the FIFO on the short branch of each join holds one image (flow.finn.residual."
-    "join_fifo_depths); DuplicateStreams_hls / ElementwiseAdd_hls LUT (FINN reports 0): flow.finn.residual."
+    "residual nets: the FIFO on the short branch of each join holds one image (trimflow.finn.residual."
+    "join_fifo_depths); DuplicateStreams_hls / ElementwiseAdd_hls LUT (FINN reports 0): trimflow.finn.residual."
     "stream_op_luts, an assumption",
     "Pool_hls LUT (FINN reports 0): pool_luts, 40 + 2·PE·bits (one comparator or adder and one select per lane "
     "bit), an assumption",
@@ -121,7 +121,7 @@ def node_resources(inst: Any, part: str) -> dict[str, float]:
             bits = inst.get_input_datatype(0).bitwidth() + inst.get_input_datatype(1).bitwidth()
             res["LUT"] = max(res["LUT"], 300 + 1.1 * pe * bits * (2 * simd - 1))
     if op in ("DuplicateStreams_hls", "ElementwiseAdd_hls") and res["LUT"] == 0:
-        from flow.finn.residual import stream_op_luts  # FINN has no LUT model for these HLS layers
+        from trimflow.finn.residual import stream_op_luts  # FINN has no LUT model for these HLS layers
 
         res["LUT"] = stream_op_luts(inst)
     if op.startswith("Pool") and res["LUT"] == 0:
@@ -175,7 +175,7 @@ def _sum(items: list[dict[str, float]]) -> dict[str, float]:
 def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: int = FIFO_DEPTH) -> DesignEstimate:
     """Estimate a specialised HW-layer model (ModelWrapper, not modified) as it will be after FINN's FIFO and
     width-converter insertion. `scratch` is a folder FINN may write into (removed afterwards)."""
-    from flow.finn.adapter import finn_session
+    from trimflow.finn.adapter import finn_session
 
     scratch = Path(scratch)
     try:
@@ -186,7 +186,7 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
             from qonnx.core.modelwrapper import ModelWrapper
             from qonnx.custom_op.registry import getCustomOp
 
-            from flow.finn.residual import join_fifo_depths
+            from trimflow.finn.residual import join_fifo_depths
 
             layers, finn_layers, output_fifos = {}, {}, {}
             for node in hw_model.graph.node:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flow import FlowError
+from trimflow import FlowError
 
 MODES = ("python", "xsim")
 
@@ -69,11 +69,11 @@ def _prepare_xsim(model, source: Path, fpga_part: str, clk_ns: float):
     from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
     from finn.transformation.fpgadataflow.prepare_rtlsim import PrepareRTLSim
 
-    from flow.finn.adapter import vivado_available
+    from trimflow.finn.adapter import vivado_available
 
     if not vivado_available():
         raise FlowError("FINN's XSim simulation needs Vivado (XILINX_VIVADO set, vivado on PATH); without it use "
-                        "the Verilator simulation (flow.sim) or mode='python'")
+                        "the Verilator simulation (trimflow.sim) or mode='python'")
     if not fpga_part:
         raise FlowError("execute_hw_model(mode='xsim') needs the FPGA part to generate the layers' IP")
     try:

@@ -3,7 +3,7 @@
 FINN's own heuristic (SetFolding, driven by target_fps) never looks at the board: the user has to guess an fps that
 fits. Here the bottleneck layer is made faster one step at a time (the cheapest next-faster folding among the
 divisors of its channel counts), as long as the design, plus the board's shell overhead, stays under the caps.
-Cycles come from FINN's per-node estimates; resources from flow.finn.estimates.node_resources (FINN's estimates
+Cycles come from FINN's per-node estimates; resources from trimflow.finn.estimates.node_resources (FINN's estimates
 with the LUT of RTL MVAUs and an FF figure filled in). FIFOs and data-width converters depend on the neighbours'
 stream widths, so the search does not see them: `reserve` holds room for them, and plan_within_caps()
 estimates the whole folded design with them and bisects the reserve for the fastest plan that fits.
@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flow import FlowError
-from flow.artifacts import atomic_path
-from flow.boards import Board
+from trimflow import FlowError
+from trimflow.artifacts import atomic_path
+from trimflow.boards import Board
 
 # op type prefix → ((folding attribute, node attribute whose divisors it may take), ...)
 FOLDABLE = {
@@ -112,7 +112,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.finn.estimates import node_resources, output_fifo_resources
+    from trimflow.finn.estimates import node_resources, output_fifo_resources
 
     max_simd = max_simd or {}
     reserve = {r: float((reserve or {}).get(r, 0.0)) for r in _ESTIMATES}
@@ -159,7 +159,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
             if combo.get("SIMD", 1) > max_simd.get(kind, 1 << 30):
                 continue
             # finn-rtllib's MVAU (mvu_vvu_axi.sv) loses outputs under back-pressure when SIMD == MW, i.e. one
-            # input beat per output (see flow.sim.stitch.mvau_rtl_folding_issue): keep SIMD a proper divisor of MW.
+            # input beat per output (see trimflow.sim.stitch.mvau_rtl_folding_issue): keep SIMD a proper divisor of MW.
             if node.op_type == "MVAU_rtl" and 1 < int(inst.get_nodeattr("MW")) == combo.get("SIMD", 1):
                 continue
             for a, v in combo.items():
@@ -277,7 +277,7 @@ def apply_folding(model: Any, plan: FoldingPlan) -> Any:
 def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Path,
                      max_simd: dict[str, int] | None = None, target_fps: float | None = None,
                      rounds: int = 8) -> FoldingPlan:
-    """optimize_folding, checked on the whole folded design (flow.finn.estimates: FIFOs, width converters).
+    """optimize_folding, checked on the whole folded design (trimflow.finn.estimates: FIFOs, width converters).
 
     Their cost depends on the folding (stream widths), so the search plans without them first; when that design is
     over a cap, a share t of each overshooting resource's room is held back and t is bisected (`rounds` steps) for
@@ -285,7 +285,7 @@ def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Pat
     nothing does."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.finn.estimates import estimate_design, fits
+    from trimflow.finn.estimates import estimate_design, fits
 
     base = ModelWrapper(str(hw_model_path))
     room = {r: max(0.0, board.limit(r) - board.shell_overhead[r]) for r in _ESTIMATES}

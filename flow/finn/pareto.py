@@ -1,6 +1,6 @@
 """The throughput/LUT trade-off of one network on one board: the Pareto set (fps vs LUT) around the built folding.
 
-The folding optimiser (flow.finn.folding) returns a single plan, the fastest that fits the whole board. A person
+The folding optimiser (trimflow.finn.folding) returns a single plan, the fastest that fits the whole board. A person
 choosing how much of the fabric to give the accelerator (room for other logic, easier timing closure) wants the
 curve instead: how much throughput each share of the LUTs buys. The curve is sampled by running the same optimiser
 (plan_within_caps, so every figure is the whole folded design incl. FIFOs and width converters) under
@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flow import FlowError
-from flow.artifacts import read_json, to_jsonable, write_json
-from flow.boards import RESOURCES, Board
+from trimflow import FlowError
+from trimflow.artifacts import read_json, to_jsonable, write_json
+from trimflow.boards import RESOURCES, Board
 
 PARETO_FILE = "pareto.json"
 
@@ -90,7 +90,7 @@ def pareto_front(hw_model_path: str | Path, board: Board, scratch: str | Path, p
     LUT-budget run (plan_within_caps; 6 resolves the FIFO/DWC reserve to 1/64 of the room). `scratch`: a folder for
     FINN's temporary files, removed afterwards.
     """
-    from flow.finn.adapter import finn_session
+    from trimflow.finn.adapter import finn_session
 
     if not (isinstance(points, int) and not isinstance(points, bool) and points >= 0):
         raise FlowError(f"Pareto set: points must be a non-negative integer, got {points!r}")
@@ -110,8 +110,8 @@ def _sweep(hw_model_path: Path, board: Board, scratch: Path, points: int, chosen
            max_simd: dict[str, int] | None, rounds: int) -> ParetoSet:
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.finn.estimates import estimate_design, fits
-    from flow.finn.folding import apply_folding, optimize_folding, plan_within_caps
+    from trimflow.finn.estimates import estimate_design, fits
+    from trimflow.finn.folding import apply_folding, optimize_folding, plan_within_caps
 
     shell_lut = board.shell_overhead["LUT"]
     cap = board.limit("LUT")
@@ -143,7 +143,7 @@ def _sweep(hw_model_path: Path, board: Board, scratch: Path, points: int, chosen
     build = dataclasses.replace(build, chosen=True)
     tried = [slowest, build]
     notes = [f"LUT budgets include the board shell's {shell_lut:,} LUT; point resources are the folded design "
-             "alone (layers + FIFOs + width converters, flow.finn.estimates), as plan_within_caps checks them",
+             "alone (layers + FIFOs + width converters, trimflow.finn.estimates), as plan_within_caps checks them",
              f"board caps: {', '.join(f'{r} {board.limit(r):,}' for r in RESOURCES if board.capacity[r])}"]
     if not slowest.fits:
         notes.append("even the fully folded design exceeds the board's caps: no Pareto front")

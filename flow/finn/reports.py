@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flow import FlowError
+from trimflow import FlowError
 
-# FINN's resource keys → ours (flow.boards.RESOURCES). FINN estimates no flip-flops per layer.
+# FINN's resource keys → ours (trimflow.boards.RESOURCES). FINN estimates no flip-flops per layer.
 _FINN_RESOURCES = {"LUT": "LUT", "BRAM_18K": "BRAM18", "URAM": "URAM", "DSP": "DSP"}
 LAYER_RESOURCES = tuple(_FINN_RESOURCES.values())
 
@@ -138,8 +138,8 @@ def parse_estimates(report_dir: str | Path, model_path: str | Path | None = None
 
 def format_compile_summary(result: Any) -> str:
     """Human-readable summary of a CompileResult (or its compile.json dict): layers, fit table, throughput."""
-    from flow.artifacts import to_jsonable
-    from flow.boards import FitReport, ResourceFit
+    from trimflow.artifacts import to_jsonable
+    from trimflow.boards import FitReport, ResourceFit
 
     r = to_jsonable(result)
     rows = tuple(LayerRow(**row) for row in r["layers"])

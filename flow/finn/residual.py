@@ -2,7 +2,7 @@
 
 FINN's default streamlining (step_streamline) assumes a chain. In a residual net it stops at every fork (a scalar
 Mul or a Transpose whose output feeds two branches) and at every join (an Add of two dynamic tensors), so float
-scales stay inside the graph. flow.quantize gives both operands of each residual add one shared quantizer, so each
+scales stay inside the graph. trimflow.quantize gives both operands of each residual add one shared quantizer, so each
 join is `Add(Mul(a, s), Mul(b, s))`; `streamline_residual` then runs FINN's own fork/join reorderings until the
 graph stops changing:
 - scalar Mul/Add and Transpose are duplicated into the branches past a fork (MoveLinearPastFork,
@@ -10,7 +10,7 @@ graph stops changing:
 - equal scalar Muls and identical Transposes on both inputs of an Add move past it (MoveMulPastJoinAdd,
   MoveTransposePastJoinAdd), which leaves an integer Add whose scale the next thresholds absorb.
 FINN's convert-to-HW step then maps each integer Add to ElementwiseAdd and each fork to DuplicateStreams; on a
-non-Versal part both exist only as HLS (flow.sim.stitch simulates them with our own RTL, hw/rtl/).
+non-Versal part both exist only as HLS (trimflow.sim.stitch simulates them with our own RTL, hw/rtl/).
 
 A fork/join also needs buffering: the fork hands every beat to both branches at once, so while the long branch
 (convolutions) fills its sliding windows, the short one (the shortcut) must hold what the join cannot take yet.
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flow import FlowError
+from trimflow import FlowError
 
 MAX_ROUNDS = 20  # a ResNet-8 converges in 3 rounds; more means two transformations undo each other
 
@@ -95,9 +95,9 @@ def require_integer_joins(model: Any) -> None:
         raise FlowError(
             f"residual add {node.name} does not streamline: its inputs come from {' and '.join(producers)} and "
             f"{', '.join(floats)} is still FLOAT32. FINN can only make a residual add integer when both operands "
-            "are quantized activations with one shared scale; flow.quantize.convert_model gives every `a + b` it "
+            "are quantized activations with one shared scale; trimflow.quantize.convert_model gives every `a + b` it "
             "finds with torch.fx one shared quantizer (QuantConfig.residual_bits). Write the join as `a + b` in "
-            "forward() (not an in-place add on a module output) and quantize the model with flow.quantize.")
+            "forward() (not an in-place add on a module output) and quantize the model with trimflow.quantize.")
 
 
 # ---------------------------------------------------------------- buffering of forks and joins
@@ -151,10 +151,10 @@ def join_fifo_depths(model: Any) -> dict[tuple[str, int], int]:
 
 def join_fifo_resources(model: Any, part: str, default_depth: int) -> dict[str, float]:
     """What the deep join FIFOs (join_fifo_depths) cost on top of FIFOs of `default_depth` on the same streams
-    (flow.finn.estimates' FIFO model): "count" plus the resource keys. Call inside a finn_session."""
+    (trimflow.finn.estimates' FIFO model): "count" plus the resource keys. Call inside a finn_session."""
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.finn.estimates import RESOURCES, output_fifo_resources
+    from trimflow.finn.estimates import RESOURCES, output_fifo_resources
 
     extra = {"count": 0.0, **{r: 0.0 for r in RESOURCES}}
     by_name = {n.name: n for n in model.graph.node}

@@ -1,16 +1,16 @@
 """The Vivado half of the flow: from the compile stage's HW-layer model to a bitfile and a deployment package.
 
-`synthesize(compile_dir, board, cfg, out_dir)` continues FINN's builder where flow.finn.compile stopped (after
+`synthesize(compile_dir, board, cfg, out_dir)` continues FINN's builder where trimflow.finn.compile stopped (after
 step_hw_codegen): IP generation, FIFO sizing, stitched IP, rtlsim performance, out-of-context synthesis, the Zynq
 shell and bitfile, FINN's PYNQ driver settings and deployment folder. It needs Vivado (and Vitis HLS for any `_hls`
 layer); without them it raises FlowError naming what is missing. `synthesis_enabled()` is the switch the pipeline
-uses: the stage runs only where `flow.finn.adapter.vivado_available()`.
+uses: the stage runs only where `trimflow.finn.adapter.vivado_available()`.
 
 `make_package(...)` writes the board-side deployment package (manifest.json, FINN's bitfile/ and driver/, the
 runtime from hw/runtime/, and host-emulation models). It needs no Vivado: without a bitfile the package still runs on
 the build host through the runtime's finn-python / verilator backends.
 
-    python -m flow.finn.synth --board pynq-z2 [--compile-dir build/pynq-z2/compile/finn] [--out build/pynq-z2/synth]
+    python -m trimflow.finn.synth --board pynq-z2 [--compile-dir build/pynq-z2/compile/finn] [--out build/pynq-z2/synth]
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from flow import FlowError
-from flow.artifacts import atomic_dir, read_json, write_json
-from flow.boards import Board, load_board
-from flow.finn.adapter import finn_session, vivado_available
-from flow.finn.compile import dataflow_config
+from trimflow import FlowError
+from trimflow.artifacts import atomic_dir, read_json, write_json
+from trimflow.boards import Board, load_board
+from trimflow.finn.adapter import finn_session, vivado_available
+from trimflow.finn.compile import dataflow_config
 
 RUNTIME_SRC = Path(__file__).resolve().parents[2] / "hw" / "runtime" / "trimflow_runtime"
 MANIFEST_FORMAT = "trimflow-deploy/1"  # read by hw/runtime/trimflow_runtime/package.py
@@ -36,7 +36,7 @@ RESULT_FILE = "synth.json"
 FINN_DIR = "finn"
 CODEGEN_DIR = "codegen"
 DEPLOY_DIR = "deploy"
-# The compile stage's output (flow.finn.compile) that synthesis starts from.
+# The compile stage's output (trimflow.finn.compile) that synthesis starts from.
 COMPILE_RESULT = "compile.json"
 HW_MODEL = "hw_model.onnx"
 PARTITION_MODEL = "finn/intermediate_models/step_create_dataflow_partition.onnx"
@@ -154,7 +154,7 @@ def _require_tools(plan: SynthPlan) -> None:
     missing = missing_tools(plan.needs_hls)
     if missing or not vivado_available():
         raise FlowError("synthesis needs Vivado 2022.2–2024.2, which this machine lacks: " + "; ".join(missing or [
-            "flow.finn.adapter.vivado_available() is false"]) + ". Run it in the synthesis container: "
+            "trimflow.finn.adapter.vivado_available() is false"]) + ". Run it in the synthesis container: "
             "`make docker && make synth BOARD=<board>` (see docker/README.md).")
 
 
@@ -378,7 +378,7 @@ def _synthesize_into(compile_dir: Path, board: Board, cfg: SynthConfig, plan: Sy
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flow.finn.synth", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trimflow.finn.synth", description=__doc__.split("\n\n")[0])
     p.add_argument("--board", default="pynq-z2")
     p.add_argument("--build-dir", default="build")
     p.add_argument("--compile-dir", help="default: <build-dir>/<board>/compile/finn")

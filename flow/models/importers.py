@@ -4,12 +4,12 @@ Every import ends in a trimflow checkpoint whose arch record rebuilds the networ
 possible:
 - PyTorch class: arch {"name": "module", "kwargs": {"target": "pkg.mod:Class" or "path/file.py:Class",
   "kwargs": {...}}}; rebuilding imports the class again, so it must stay importable.
-- ONNX and TorchScript: the graph is converted by `flow.models.onnx_to_torch` (TorchScript is first exported to
+- ONNX and TorchScript: the graph is converted by `trimflow.models.onnx_to_torch` (TorchScript is first exported to
   ONNX by torch's TorchScript exporter, which handles ScriptModules natively) and the arch is
   {"name": "graph", "kwargs": {"spec": ...}}, which holds the whole layer structure: the source file is not needed
   afterwards.
 Both kinds rebuild torch Conv2d / Linear / BatchNorm2d modules, so a trimmed checkpoint loads through
-`flow.models.io.resize_to_state`.
+`trimflow.models.io.resize_to_state`.
 
 Our images reach models as floats in [0, 1]. A network trained on another input range — 0..255 pixels, or
 per-channel (x - mean) / std — gets that mapping folded into the convolutions that read the input
@@ -35,8 +35,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from flow import FlowError
-from flow.data import load_dataset, subset
+from trimflow import FlowError
+from trimflow.data import load_dataset, subset
 
 KINDS = ("auto", "onnx", "torchscript", "pytorch")
 
@@ -86,8 +86,8 @@ def import_model(cfg: ImportConfig, out: str | os.PathLike) -> dict[str, Any]:
     Returns that info dict: kind, arch name, input shape, output classes, the largest difference to the source
     model on probe inputs (onnxruntime / TorchScript), the fold applied, and test accuracy when a dataset is given.
     """
-    from flow.artifacts import write_json
-    from flow.models.io import save_checkpoint
+    from trimflow.artifacts import write_json
+    from trimflow.models.io import save_checkpoint
 
     source = Path(cfg.source)
     if not source.exists():
@@ -123,7 +123,7 @@ def import_model(cfg: ImportConfig, out: str | os.PathLike) -> dict[str, Any]:
                             "classes": classes, "max_abs_diff_to_source": diff, "input_fold": fold,
                             "activations_divided_by": factor}
     if cfg.dataset:
-        from flow.train import evaluate
+        from trimflow.train import evaluate
         test = subset(load_dataset(cfg.dataset, "test", cfg.data_dir), cfg.eval_images)
         info["dataset"] = cfg.dataset
         info["test_images"] = len(test)
@@ -139,7 +139,7 @@ def import_model(cfg: ImportConfig, out: str | os.PathLike) -> dict[str, Any]:
 def _dataset_spec(name: str | None):
     if name is None:
         return None
-    from flow.data.registry import DATASETS, resolve_dataset
+    from trimflow.data.registry import DATASETS, resolve_dataset
     resolve_dataset(name)
     if name not in DATASETS:
         raise FlowError(f"import: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
@@ -180,7 +180,7 @@ def build_module(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module
 
 
 def _import_pytorch(cfg: ImportConfig, source: Path) -> tuple[nn.Module, dict[str, Any]]:
-    from flow.models.io import load_state_strict
+    from trimflow.models.io import load_state_strict
 
     model = build_module(cfg.class_path, cfg.model_kwargs)  # type: ignore[arg-type]
     try:
@@ -218,7 +218,7 @@ def _check_close(ref: np.ndarray, got: np.ndarray, what: str) -> float:
 
 
 def _import_onnx(source: Path) -> tuple[nn.Module, dict[str, Any], float]:
-    from flow.models.onnx_to_torch import onnx_to_torch
+    from trimflow.models.onnx_to_torch import onnx_to_torch
 
     model, spec = onnx_to_torch(source)
     x = _probe_inputs(tuple(spec["input_shape"]))
@@ -240,7 +240,7 @@ def _import_onnx(source: Path) -> tuple[nn.Module, dict[str, Any], float]:
 
 
 def _import_torchscript(source: Path, shape: tuple[int, ...]) -> tuple[nn.Module, dict[str, Any], float]:
-    from flow.models.onnx_to_torch import onnx_to_torch
+    from trimflow.models.onnx_to_torch import onnx_to_torch
 
     try:
         with warnings.catch_warnings():

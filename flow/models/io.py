@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from flow import FlowError
-from flow.artifacts import atomic_path, to_jsonable
-from flow.models.registry import build_model
+from trimflow import FlowError
+from trimflow.artifacts import atomic_path, to_jsonable
+from trimflow.models.registry import build_model
 
 FORMAT = "trimflow-checkpoint/1"
 
@@ -52,8 +52,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: dict[str, A
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    return read_payload(path, FORMAT, "checkpoint", "save it with `trimflow pretrain`, flow.models.importers or "
-                                                    "flow.models.save_checkpoint")
+    return read_payload(path, FORMAT, "checkpoint", "save it with `trimflow pretrain`, trimflow.models.importers or "
+                                                    "trimflow.models.save_checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

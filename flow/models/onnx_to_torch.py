@@ -3,7 +3,7 @@
 The converter does not emit Python code: it turns the ONNX graph into a *spec* — plain lists and dicts naming
 torch modules (Conv2d, BatchNorm2d, Linear, ...) and the steps that wire them (call a module, add, concatenate) —
 and `GraphNet(spec)` builds the module from it. The spec is JSON-able, so a checkpoint stores it as its arch record
-{"name": "graph", "kwargs": {"spec": ...}} and `flow.models.load_checkpoint` rebuilds the network without the
+{"name": "graph", "kwargs": {"spec": ...}} and `trimflow.models.load_checkpoint` rebuilds the network without the
 original ONNX file; a trimmed checkpoint still loads because the forward only calls modules by name and
 `resize_to_state` swaps those modules for narrower ones.
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flow import FlowError
+from trimflow import FlowError
 
 SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm",
                  "MatMul", "Add", "ReduceMean", "Flatten", "Reshape", "Concat", "Dropout", "Identity", "Constant")
@@ -81,7 +81,7 @@ def onnx_to_torch(path: str | Path) -> tuple[GraphNet, dict[str, Any]]:
     """Convert the float ONNX model at `path`; returns (module in eval mode with the ONNX weights, its spec).
 
     The module computes exactly what the ONNX graph computes, on the same input range; folding an input scaling
-    (e.g. a net trained on 0..255 pixels) into the first layer is `flow.models.importers.fold_input_normalization`.
+    (e.g. a net trained on 0..255 pixels) into the first layer is `trimflow.models.importers.fold_input_normalization`.
     """
     import onnx
 

@@ -6,14 +6,14 @@ from typing import Any, Callable
 
 from torch import nn
 
-from flow import FlowError
-from flow.models.cnv import CNVLike
-from flow.models.onnx_to_torch import build_graph_net
-from flow.models.resnet import ResNet8
+from trimflow import FlowError
+from trimflow.models.cnv import CNVLike
+from trimflow.models.onnx_to_torch import build_graph_net
+from trimflow.models.resnet import ResNet8
 
 
 def _user_module(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    from flow.models.importers import build_module  # importers uses io, which imports this registry
+    from trimflow.models.importers import build_module  # importers uses io, which imports this registry
     return build_module(target, kwargs)
 
 

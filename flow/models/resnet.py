@@ -6,7 +6,7 @@ Choices made for FINN:
 - head = Flatten + Linear, not global average pooling: FINN's GlobalAccPool is HLS-only, while a Linear over the
   flattened last feature map is one more MVAU (it costs weights: 64 x 7 x 7 x 10 = 31k for 28x28 inputs,
   64 x 8 x 8 x 10 = 41k for 32x32);
-- every add is `a + b` of two tensors of equal shape (flow.quantize gives both operands one quantizer; FINN:
+- every add is `a + b` of two tensors of equal shape (trimflow.quantize gives both operands one quantizer; FINN:
   ElementwiseAdd). The fork that feeds a block's input to both branches becomes FINN's DuplicateStreams. On
   non-Versal parts finn-plus 1.6.1 has both only as HLS — so unlike the CNV-like net, a ResNet's accelerator is not
   all-RTL (the Verilator simulation uses our RTL for the two, hw/rtl/).

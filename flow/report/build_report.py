@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flow.artifacts import atomic_path, to_jsonable, write_json
-from flow.report import plots
-from flow.report.markdown import mega, num, pct, table
+from trimflow.artifacts import atomic_path, to_jsonable, write_json
+from trimflow.report import plots
+from trimflow.report.markdown import mega, num, pct, table
 
 
 def _accuracy_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from flow.artifacts import atomic_path  # noqa: E402
+from trimflow.artifacts import atomic_path  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:

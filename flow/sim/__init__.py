@@ -1,5 +1,5 @@
 """Cycle-accurate simulation of FINN-generated RTL with Verilator (no Vivado needed)."""
 
-from flow.sim.simulator import SimConfig, SimResult, Simulator, build_simulator, diagnose_stall
+from trimflow.sim.simulator import SimConfig, SimResult, Simulator, build_simulator, diagnose_stall
 
 __all__ = ["SimConfig", "SimResult", "Simulator", "build_simulator", "diagnose_stall"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from flow import FlowError
+from trimflow import FlowError
 
 # add_multi.sv declares its constant function `init_leaf_loads` (and the typedef it returns) inside the `genTree`
 # generate block. IEEE 1800 allows that, Verilator 5 rejects it ("Constant function may not be declared under

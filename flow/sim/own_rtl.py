@@ -44,7 +44,7 @@ def issue(model, node) -> str | None:
     dtypes = [inst.get_input_datatype(0), inst.get_input_datatype(1), inst.get_output_datatype()]
     if not all(d.is_integer() for d in dtypes):
         return (f"it adds {dtypes[0].name} + {dtypes[1].name} -> {dtypes[2].name}; only integer operands are "
-                "simulated: quantize both operands of the residual add with one shared quantizer (flow.quantize)")
+                "simulated: quantize both operands of the residual add with one shared quantizer (trimflow.quantize)")
     a, b, out = dtypes
     if not (out.allowed(a.min() + b.min()) and out.allowed(a.max() + b.max())):
         # FINN's python model returns the exact sum; an output type too narrow for it would make the RTL wrap
@@ -87,13 +87,13 @@ def _pool_issue(model, node, inst) -> str | None:
         return (f"its window generator {src.name} is folded with SIMD={simd}"
                 f"{', parallel_window=1' if parallel else ''}{', depthwise=0' if not depthwise else ''} and the "
                 f"pool with PE={pe}: the window beats line up only with SIMD = PE, depthwise, parallel_window=0; "
-                "fold both alike (flow.finn.folding ties them)")
+                "fold both alike (trimflow.finn.folding ties them)")
     return None
 
 
 def stage(inst, sources: list[Path]) -> Any:
     """The stitcher's Stage for our RTL of an HLS-only layer (OWN_RTL), with the widths FINN gives its streams."""
-    from flow.sim.stitch import Stage  # noqa: PLC0415  (stitch imports this module)
+    from trimflow.sim.stitch import Stage  # noqa: PLC0415  (stitch imports this module)
 
     node = inst.onnx_node
     module, source = OWN_RTL[node.op_type]

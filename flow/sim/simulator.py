@@ -1,6 +1,6 @@
 """Build a Verilator simulator of a FINN HW-layer model and run images through it.
 
-`build_simulator(hw_model.onnx, out_dir, SimConfig())` stitches the layers (flow.sim.stitch), compiles them with the
+`build_simulator(hw_model.onnx, out_dir, SimConfig())` stitches the layers (trimflow.sim.stitch), compiles them with the
 testbench in hw/sim/ and returns a `Simulator`; `Simulator.run(images)` streams the images through the pipeline and
 returns outputs (bit-exact integers, as FINN's python execution of the same graph produces) and cycle counts.
 """
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from flow import FlowError
-from flow.artifacts import atomic_dir, digest, file_digest, read_json, write_json
-from flow.finn.adapter import finn_session
-from flow.sim import stitch
-from flow.sim.packing import pack_beats, unpack_beats
-from flow.sim.verilator import compile_simulation, find_verilator
+from trimflow import FlowError
+from trimflow.artifacts import atomic_dir, digest, file_digest, read_json, write_json
+from trimflow.finn.adapter import finn_session
+from trimflow.sim import stitch
+from trimflow.sim.packing import pack_beats, unpack_beats
+from trimflow.sim.verilator import compile_simulation, find_verilator
 
 HW_SIM_DIR = Path(__file__).resolve().parents[2] / "hw" / "sim"
 TESTBENCH = HW_SIM_DIR / "tb.cpp"
@@ -261,7 +261,7 @@ class Simulator:
         images = np.asarray(images)
         want = tuple(m["in_shape"])
         if images.shape[1:] != want and images.ndim == 4 and images.transpose(0, 2, 3, 1).shape[1:] == want:
-            images = images.transpose(0, 2, 3, 1)  # NCHW (as flow.data gives) -> NHWC (FINN's streams)
+            images = images.transpose(0, 2, 3, 1)  # NCHW (as trimflow.data gives) -> NHWC (FINN's streams)
         if images.ndim < 1 or images.shape[1:] != want or len(images) == 0:
             raise FlowError(f"images of shape {images.shape} do not match the accelerator input "
                             f"(N, {', '.join(map(str, want))})")

@@ -7,9 +7,9 @@ streamer attached to its weight port.
 
 The graph may fork and join (residual nets): FINN's DuplicateStreams feeds the branches, ElementwiseAdd joins them.
 FINN has both only in HLS on non-Versal parts, so those two nodes are simulated with our own equivalent RTL
-(flow.sim.own_rtl: hw/rtl/duplicate_streams.sv, hw/rtl/add_streams.sv, the function of FINN's python model of
+(trimflow.sim.own_rtl: hw/rtl/duplicate_streams.sv, hw/rtl/add_streams.sv, the function of FINN's python model of
 the layer); the FIFO in front of a join input that comes from the shorter branch holds a whole image
-(flow.finn.residual.join_fifo_depths) so that the fork never stalls the longer branch into a deadlock. Max pooling (FINN's HLS-only Pool with Function
+(trimflow.finn.residual.join_fifo_depths) so that the fork never stalls the longer branch into a deadlock. Max pooling (FINN's HLS-only Pool with Function
 MaxPool, behind a depthwise sliding-window generator) is simulated the same way (hw/rtl/max_pool.sv).
 """
 
@@ -20,9 +20,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flow import FlowError
-from flow.sim import own_rtl
-from flow.sim.fixes import apply_source_patches, relocate_init_file
+from trimflow import FlowError
+from trimflow.sim import own_rtl
+from trimflow.sim.fixes import apply_source_patches, relocate_init_file
 
 TOP_MODULE = "trimflow_sim_top"
 FIFO_MODULE = "trimflow_axis_fifo"
@@ -274,11 +274,11 @@ def plan(model, fifo_depth: int) -> Design:
 
     FIFO nodes FINN inserted (StreamingFIFO_rtl) become our FIFO with FINN's depth; a model without FIFO nodes
     gets a FIFO of `fifo_depth` on every link between two layers (0: layers connected directly), deepened in
-    front of a join input as flow.finn.residual.join_fifo_depths requires.
+    front of a join input as trimflow.finn.residual.join_fifo_depths requires.
     """
     from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
 
-    from flow.finn.residual import join_fifo_depths  # noqa: PLC0415
+    from trimflow.finn.residual import join_fifo_depths  # noqa: PLC0415
 
     check_rtl_only(model)
     has_fifos = any(n.op_type == "StreamingFIFO_rtl" for n in model.graph.node)

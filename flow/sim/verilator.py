@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from flow import FlowError
+from trimflow import FlowError
 
 MIN_VERSION = (5, 20)  # Debian's 5.006 rejects more of FINN's SystemVerilog; 5.48 is what the project measured
 

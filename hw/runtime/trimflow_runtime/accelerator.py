@@ -6,7 +6,7 @@ host tail). Backends:
 - "pynq": the bitfile on the board through the finn-plus-driver overlay named in driver/settings.json.
 - "finn-python": host-only emulation; FINN executes the package's HW-layer model node by node in Python.
   (FINN's op registry imports torch, which is why this backend cannot run on a board.)
-- "verilator": host-only, cycle-accurate; trimflow's Verilator simulation (flow.sim) of the generated RTL.
+- "verilator": host-only, cycle-accurate; trimflow's Verilator simulation (trimflow.sim) of the generated RTL.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class PynqAccelerator(Accelerator):
 def _finn_session(work_dir: Path):
     """FINN needs its settings (a build dir) before any of its ops run; use trimflow's adapter when present."""
     try:
-        from flow.finn.adapter import finn_session
+        from trimflow.finn.adapter import finn_session
     except ImportError:
         raise DeployError("the finn-python and verilator backends run on the build host, inside trimflow's "
                           "environment (import flow failed); on a board use --backend pynq") from None
@@ -130,10 +130,10 @@ class VerilatorAccelerator(Accelerator):
         pkg.check_backend("verilator")
         self.work_dir = Path(work_dir) if work_dir else pkg.root / ".verilator"
         try:
-            from flow import FlowError
-            from flow.sim import SimConfig, build_simulator
+            from trimflow import FlowError
+            from trimflow.sim import SimConfig, build_simulator
         except ImportError as e:
-            raise DeployError(f"the verilator backend needs trimflow's flow.sim on the build host ({e})") from None
+            raise DeployError(f"the verilator backend needs trimflow's trimflow.sim on the build host ({e})") from None
         cfg = SimConfig(fpga_part=pkg.part, clk_ns=float(pkg.manifest.get("clock_period_ns", 10.0)))
         try:
             with _finn_session(self.work_dir / "codegen"):

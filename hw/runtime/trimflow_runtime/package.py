@@ -1,6 +1,6 @@
 """The deployment package: a folder with manifest.json, FINN's bitfile/ and driver/, and optionally model/.
 
-manifest.json is written by flow.finn.synth.make_package on the build host; this module only reads it. It records
+manifest.json is written by trimflow.finn.synth.make_package on the build host; this module only reads it. It records
 what the accelerator was built for (board, part), what one frame must look like (`input`: C, H, W, uint8), how the
 host turns a frame into the accelerator's stream (`host_head`: layout ops) and its integer output back into class
 scores (`host_tail`: the float scale/bias FINN left outside the dataflow partition).
@@ -75,7 +75,7 @@ class Package:
 def _why_missing(key: str) -> str:
     if key in ("bitfile", "hwh", "driver_settings"):
         return "run the synthesis (`make synth BOARD=<board>`, needs Vivado) to get a bitfile and driver"
-    return "rebuild the package with `python -m flow.finn.synth` from the compile stage's output"
+    return "rebuild the package with `python -m trimflow.finn.synth` from the compile stage's output"
 
 
 def load_package(path: str | os.PathLike, board: str | None = None) -> Package:
