@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with every pinned dependency, in the one order that keeps a CPU torch (see env/requirements.txt).
+# Create .venv with every pinned dependency, in the one order that keeps a CPU torch (see env/torch.txt, no-deps.txt).
 # Idempotent: the Makefile runs it only when a file in env/ or pyproject.toml is newer than the venv's stamp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +28,13 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade "pip>=24"
-# torch first and alone: any later request that torch 2.13.0 satisfies then installs nothing more.
-"${PIP[@]}" install -r env/torch.txt
-"${PIP[@]}" install -c env/constraints.txt -c env/torch.txt -r env/requirements.txt
+# torch first and alone, from the CPU index: any later request that torch 2.13.0 satisfies then installs nothing
+# more. --no-deps: its dependencies come from PyPI in the next steps, so the second index is asked once (where it
+# is unreachable, each lookup costs ~12 s of retries).
+"${PIP[@]}" install --no-deps -r env/torch.txt
+"${PIP[@]}" install -c env/constraints.txt -r env/requirements.txt
+# trimflow (editable) with the dependencies pyproject.toml declares, then finn-plus without its brevitas pin
+"${PIP[@]}" install -c env/constraints.txt --no-build-isolation -e .
 "${PIP[@]}" install --no-deps -c env/constraints.txt -r env/no-deps.txt
-"${PIP[@]}" install --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -m pip check >/dev/null 2>&1 || true  # finn-plus's brevitas pin is knowingly unmet
 "$VENV/bin/python" -c "import torch, brevitas, qonnx, finn; print('setup: torch', torch.__version__, '| brevitas', brevitas.__version__)"

@@ -1,6 +1,11 @@
 """trimflow: relevance trimming, Brevitas QAT and FINN compilation of CNNs for small FPGA boards."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("trimflow")  # pyproject.toml is the one place the version is written
+except PackageNotFoundError:  # the sources imported without being installed
+    __version__ = "0+unknown"
 
 
 class FlowError(Exception):
