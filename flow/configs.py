@@ -99,10 +99,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FlowError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise FlowError(f"config file {path} is a folder; give the YAML file inside it")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise FlowError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise FlowError(f"{path}: not a text file (YAML must be UTF-8 text)") from None
+    if data is not None and not isinstance(data, dict):
+        raise FlowError(f"{path}: the top level must be a mapping of keys (e.g. `trim:` / `quantize:`), got a "
+                        f"{type(data).__name__}; remove the leading '- ' or wrap the entries in keys")
     return data or {}
 
 
@@ -115,7 +122,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """`--set trim.keep=0.5 quantize.weight_bits=2` → nested dict (values parsed as YAML scalars)."""
+    """`--set trim.budget=0.5 quantize.weight_bits=2` → nested dict (values parsed as YAML scalars)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")

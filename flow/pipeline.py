@@ -1,8 +1,9 @@
 """Chain stages, cache each one's output directory by a hash of its inputs, and resume.
 
 A stage's output lives in `<root>/<stage>/`. It is built in a temporary directory and renamed into place together
-with its `stage.json` (cache key, config, summary, wall time), so a directory that exists under its final name is
-always complete; an interrupted build simply reruns the stage it was in.
+with its `stage.json` (cache key, config, summary) and `timing.json` (wall times, the only file that differs between
+two runs of equal inputs), so a directory that exists under its final name is always complete; an interrupted build
+simply reruns the stage it was in. One run at a time holds a root (trimflow.build_lock).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from rich.console import Console
 
 from trimflow import FlowError
 from trimflow.artifacts import atomic_dir, digest, read_json, to_jsonable, write_json
+from trimflow.build_lock import build_lock
+from trimflow.sources import code_digest
 
 STAGE_FILE = "stage.json"
+TIMING_FILE = "timing.json"  # the one file of a stage folder that differs between two runs of equal inputs
 
 
 @dataclasses.dataclass
@@ -27,6 +31,9 @@ class StageContext:
     inputs: dict[str, Path]  # final directories of the stages this one depends on
     summaries: dict[str, dict]  # their summaries
     console: Console
+    # wall times of the stage's steps (e.g. {"finetune": 41.2}); they go to TIMING_FILE, never into artifacts, so
+    # that equal inputs give byte-identical stage folders
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def input(self, stage: str, filename: str) -> Path:
         return self.inputs[stage] / filename
@@ -39,6 +46,9 @@ class Stage:
     config: Any = None
     deps: tuple[str, ...] = ()
     salt: Any = None  # extra key material (e.g. digests of input files outside the pipeline)
+    # source files (globs relative to the package / hw folder) left out of this stage's code digest: code that
+    # cannot change its output, so editing it does not rerun the stage
+    code_exclude: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -80,10 +90,17 @@ class Pipeline:
 
     def key(self, name: str, keys: dict[str, str]) -> str:
         s = self.stages[name]
-        return digest(name, s.config, s.salt, [keys[d] for d in s.deps])
+        return digest(name, s.config, s.salt, code_digest(s.code_exclude), [keys[d] for d in s.deps])
 
     def run(self, until: str | None = None, force: Iterable[str] = ()) -> dict[str, StageResult]:
+        with build_lock(self.root, note=self.console.print):
+            return self._run(until, force)
+
+    def _run(self, until: str | None, force: Iterable[str]) -> dict[str, StageResult]:
         force = set(force)
+        unknown = sorted(force - set(self.stages))
+        if unknown:  # a typo must not silently reuse the cached stage it meant to rerun
+            raise FlowError(f"--force: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(self.stages)}")
         results: dict[str, StageResult] = {}
         keys: dict[str, str] = {}
         for name in self.order(until):
@@ -95,7 +112,7 @@ class Pipeline:
             if name not in force and not rerun_upstream and stamp.exists():
                 record = read_json(stamp)
                 if record.get("key") == key:
-                    results[name] = StageResult(name, final, key, record["summary"], record["seconds"], True)
+                    results[name] = StageResult(name, final, key, record["summary"], stage_seconds(final), True)
                     self.console.print(f"[dim]✓ {name:<10} cached ({final})[/dim]")
                     continue
             self.console.print(f"[bold cyan]▶ {name}[/bold cyan]")
@@ -106,8 +123,14 @@ class Pipeline:
                 summary = stage.run(ctx, stage.config) or {}
                 seconds = time.perf_counter() - start
                 write_json(tmp / STAGE_FILE, {"stage": name, "key": key, "config": to_jsonable(stage.config),
-                                              "deps": {d: keys[d] for d in stage.deps}, "seconds": seconds,
-                                              "summary": summary})
+                                              "deps": {d: keys[d] for d in stage.deps}, "summary": summary})
+                write_json(tmp / TIMING_FILE, {"seconds": seconds, **ctx.timing})
             results[name] = StageResult(name, final, key, to_jsonable(summary), seconds, False)
             self.console.print(f"[green]✓ {name:<10} {seconds:6.1f} s[/green]")
         return results
+
+
+def stage_seconds(stage_dir: Path) -> float:
+    """The wall time of the run that made `stage_dir` (0 for folders written before timings had their own file)."""
+    path = Path(stage_dir) / TIMING_FILE
+    return float(read_json(path)["seconds"]) if path.exists() else 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -64,9 +65,47 @@ def test_until_and_force(tmp_path):
     Pipeline(tmp_path, _counting_stages(calls)).run(force=["b"])
     assert calls == ["b", "c"]
     record = json.loads((tmp_path / "b" / "stage.json").read_text())
-    assert record["summary"]["cfg"] == 2 and record["seconds"] >= 0
+    assert record["summary"]["cfg"] == 2 and "seconds" not in record  # timings live in timing.json only
+    assert json.loads((tmp_path / "b" / "timing.json").read_text())["seconds"] >= 0
 
 
 def test_unknown_stage_is_a_clear_error(tmp_path):
     with pytest.raises(FlowError, match="unknown stage 'x'"):
         Pipeline(tmp_path, _counting_stages([])).run(until="x")
+
+
+def test_unknown_force_stage_is_an_error_listing_the_stages(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(FlowError, match=r"--force: unknown stage\(s\) nosuchstage; stages: a, b, c"):
+        Pipeline(tmp_path, _counting_stages(calls)).run(force=["nosuchstage"])
+    assert calls == []
+
+
+def test_editing_a_stages_source_reruns_it(tmp_path, monkeypatch):
+    """The code digest is over real files: edit one and the stages that run it rerun, the others stay cached."""
+    from trimflow import sources
+    pkg = tmp_path / "pkg"
+    (pkg / "report").mkdir(parents=True)
+    (pkg / "stage.py").write_text("X = 1\n")
+    (pkg / "report" / "plots.py").write_text("Y = 1\n")
+    monkeypatch.setattr(sources, "source_roots", lambda: [(pkg, "*.py")])
+    calls: list[str] = []
+
+    def stages():
+        a, b, c = _counting_stages(calls)
+        exclude = ("report/*",)  # as trimflow.build does: report code cannot change a and b
+        return [dataclasses.replace(a, code_exclude=exclude), dataclasses.replace(b, code_exclude=exclude), c]
+
+    Pipeline(tmp_path / "build", stages()).run()
+    assert calls == ["a", "b", "c"]
+    (pkg / "report" / "plots.py").write_text("Y = 2\n")
+    calls.clear()
+    Pipeline(tmp_path / "build", stages()).run()
+    assert calls == ["c"]
+    (pkg / "stage.py").write_text("X = 2\n")
+    calls.clear()
+    Pipeline(tmp_path / "build", stages()).run()
+    assert calls == ["a", "b", "c"]
+    calls.clear()
+    Pipeline(tmp_path / "build", stages()).run()
+    assert calls == []

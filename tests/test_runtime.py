@@ -277,7 +277,9 @@ def test_wrong_size_and_channels_are_errors_unless_converted():
     big = Frame("big.png", np.repeat(np.repeat(img, 2, axis=0), 2, axis=1))
     with pytest.raises(rt.DeployError, match=r"big.png: size 56x56, the accelerator takes 28x28; pass --resize"):
         rt.preprocess(big, (1, 28, 28))
-    np.testing.assert_array_equal(rt.preprocess(big, (1, 28, 28), PreprocessConfig(resize=True))[0], img[:, :, 0])
+    from PIL import Image
+    pil = np.asarray(Image.fromarray(big.pixels[:, :, 0]).resize((28, 28), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(rt.preprocess(big, (1, 28, 28), PreprocessConfig(resize=True))[0], pil)
 
     bgr = np.zeros((28, 28, 3), np.uint8)
     bgr[..., 2] = 255  # pure red in OpenCV's BGR order
@@ -293,6 +295,36 @@ def test_wrong_size_and_channels_are_errors_unless_converted():
     with pytest.raises(rt.DeployError, match="pixels must be uint8"):
         rt.preprocess(Frame("f", np.full((28, 28), 0.5)), (1, 28, 28))
     assert rt.preprocess(Frame("f", np.full((28, 28), 200, np.int64)), (1, 28, 28)).dtype == np.uint8
+
+
+def test_frames_are_preprocessed_exactly_as_image_folder_training_did(tmp_path):
+    """A model trained on an image folder (grayscale, resized, inverted, autocontrasted): the runtime reads the
+    manifest's record of it and turns a photo into the very pixels the training images had."""
+    from PIL import Image
+
+    from trimflow.data.image_folder import ImageFolderOptions, _read
+    from trimflow.data.meta import preprocessing
+
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(40, 200, (45, 37, 3), dtype=np.uint8)).save(photo)
+    opts = ImageFolderOptions(size=(28, 28), mode="L", invert=True, normalize="autocontrast")
+    trained_on = _read(photo, opts)  # (1, 28, 28), what training fed the model
+    root = tmp_path / "ds"
+    (root / "a").mkdir(parents=True)
+    (root / "trimflow-dataset.yaml").write_text("size: [28, 28]\nmode: L\ninvert: true\nnormalize: autocontrast\n")
+    record = {"mode": "L", "size": [28, 28], **preprocessing(f"folder:{root}")}
+    assert record["resize"] == "bilinear" and record["invert"] and record["autocontrast"] and record["convert"]
+    (frame,) = folder_frames(tmp_path)
+    got = rt.preprocess(frame, (1, 28, 28), PreprocessConfig(bgr=False), record)
+    np.testing.assert_array_equal(got, trained_on)
+    # without the record (an IDX-trained model) the same photo is an error, not a silent squeeze
+    with pytest.raises(rt.DeployError, match="3 channel"):
+        rt.preprocess(frame, (1, 28, 28))
+    # the gray conversion without PIL is PIL's own
+    rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    from trimflow_runtime.frames import _gray
+    np.testing.assert_array_equal(_gray(rgb)[:, :, 0], np.asarray(Image.fromarray(rgb).convert("L")))
 
 
 def test_bad_npy_batches(tmp_path):

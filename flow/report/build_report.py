@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from trimflow.artifacts import atomic_path, to_jsonable, write_json
+from trimflow.data.meta import class_names
 from trimflow.report import plots
 from trimflow.report.markdown import mega, num, pct, table
+from trimflow.report.provenance import CONFIG_FILE
 
 
 def _accuracy_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -23,9 +27,31 @@ def _accuracy_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
     if sim.get("accuracy") is not None:
         rows.append((f"RTL simulation ({sim.get('images')} images)", pct(sim["accuracy"]), "Verilator"))
     if rep:
-        rows[1] = (rows[1][0], rows[1][1], f"{rep.get('criterion')}; compensated: {len(rep.get('compensated', []))}"
-                   " layers")
+        comp = rep.get("config", {}).get("compensation", "none")
+        rows[1] = (rows[1][0], rows[1][1], f"{rep.get('criterion')}; compensation {comp}: "
+                   f"{len(rep.get('compensated', []))} layers")
+        if trim.get("accuracy_before_finetune_uncompensated") is not None:
+            rows.insert(2, ("trimmed, before fine-tune, no compensation",
+                            pct(trim["accuracy_before_finetune_uncompensated"]), "same kernels removed"))
     return rows
+
+
+def compensation_section(rep: dict[str, Any]) -> list[str]:
+    """Per refitted layer: how well the least-squares refit reproduces the untrimmed layer (trimflow.reconstruct)."""
+    records = rep.get("reconstruction") or []
+    if not records:
+        return []
+    rows = [(r["layer"], num(r.get("samples")), num(r.get("unknowns")), f"{r['error_before']:.4f}",
+             f"{r['error_after']:.4f}", f"{r['ridge']:g}", r.get("fallback", "")) if "skipped" not in r
+            else (r["layer"], "", "", "", "", "", f"not refitted: {r['skipped']}") for r in records]
+    fallback = [r["layer"] for r in records if r.get("fallback")]
+    return ["## Compensation: least-squares refit of each later layer", "",
+            "Each layer whose input changed was refitted on the representative images (no labels) to reproduce "
+            "the untrimmed net's output. Error: residual energy of the layer's output relative to its variance, "
+            "with the trimmed weights (before) and after the refit. Layers with fewer samples than unknowns or an "
+            "ill-conditioned system get the larger ridge term: "
+            + (", ".join(fallback) if fallback else "none") + ".", "",
+            table(("layer", "samples", "unknowns", "error before", "error after", "ridge", "note"), rows), ""]
 
 
 def _kernels_rows(rep: dict[str, Any]) -> list[tuple]:
@@ -61,8 +87,82 @@ def _pareto_section(pareto: dict[str, Any], link_prefix: str) -> list[str]:
     return lines + [f"![fps vs LUT]({link_prefix}pareto.png)", ""]
 
 
+def _synthesis_section(synth: dict[str, Any], prov: dict[str, Any]) -> list[str]:
+    lines = ["## Synthesis and deployment", ""]
+    nxt = prov.get("synth_command")
+    if not synth:
+        lines += ["Not run in this build (the flow stopped before the synth stage)."]
+    elif synth.get("skipped"):
+        lines += [f"**Not synthesised** — {synth['skipped']}. That package (`synth/{synth.get('deploy')}`) runs the "
+                  "accelerator in FINN's python model or Verilator (`python -m trimflow_runtime --backend "
+                  "finn-python|verilator`)."]
+    else:
+        plan = synth.get("plan") or {}
+        lines += [f"**Synthesised** in {synth.get('wall_s', 0):.0f} s: FINN output in `synth/{synth.get('finn_dir')}`, "
+                  f"deployment package in `synth/{synth.get('deploy_dir')}`"
+                  + (f" (steps: {', '.join(plan.get('steps', []))})" if plan.get("steps") else "") + "."]
+        nxt = None
+    lines += [""]
+    if nxt:
+        lines += ["Next, for a bitfile of exactly this build (Docker image `make docker`, Vivado on the host; the "
+                  "effective config carries every setting, so the cached stages are reused):", "",
+                  f"    {nxt}", ""]
+        if "BUILD_DIR=/" in nxt:
+            lines += ["The container sees only the checkout it is started in: move a build folder that lies outside "
+                      "it inside first (and adjust CONFIG and BUILD_DIR).", ""]
+    if prov.get("deploy_command"):
+        lines += ["Then copy it to the board:", "", f"    {prov['deploy_command']}", ""]
+    return lines
+
+
+def _provenance_section(prov: dict[str, Any], cfg_yaml: str) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+    rows = [("date", prov.get("date", "")), ("command", f"`{prov.get('command', '')}`"),
+            ("working directory", f"`{prov.get('cwd', '')}`"),
+            ("trimflow", f"{prov.get('trimflow')} (git {prov.get('git')}; code digest {prov.get('code_digest')})"),
+            ("tools", versions),
+            ("effective config", f"`{CONFIG_FILE}` next to this report (below)")]
+    return (["## Provenance", "", table(("", ""), rows), "",
+             "<details><summary>effective config</summary>", "", "```yaml", cfg_yaml.rstrip(), "```", "",
+             "</details>", ""])
+
+
+def _fifo_rows(f: dict | None) -> list[tuple[str, str]]:
+    """FIFO sizing by simulation (trimflow.sim.fifo_sizing): depths, what they cost against the compile estimate's
+    assumed depths, and whether the sized design still fits."""
+    if not f:
+        return []
+    depths = [x["depth"] for x in f["fifos"]]
+    a, b = f["estimate_charged"]["totals"], f["estimate_sized"]["totals"]
+    deeper = f.get("deeper_than_charged") or []
+    return [
+        ("FIFO depths, sized by simulation", f"{len(depths)} FIFOs, depths {min(depths)}–{max(depths)}; II "
+         f"{num(f['ii_sized'])} cycles sized vs {num(f['ii_deep'])} with deep FIFOs, outputs "
+         f"{'identical' if f['bit_exact'] else 'DIFFERENT'}; FINN FIFO config `simulate/{f['fifo_config']}` "
+         "(synth.fifo_sizing)"),
+        ("estimate with the sized FIFOs (design, no shell)", f"LUT {num(a['LUT'])} → {num(b['LUT'])}, FF "
+         f"{num(a['FF'])} → {num(b['FF'])}, BRAM18 {num(a['BRAM18'])} → {num(b['BRAM18'])} (compile stage: depth "
+         f"64 per stream); {'fits' if f['fits_sized'] else '**does NOT fit**'}"
+         + (f"; deeper than charged: {', '.join(deeper)}" if deeper else "")),
+    ]
+
+
+def _latency(comp: dict, sim: dict, board: Any) -> str:
+    """The first image's latency as the simulation measured it, FINN's estimate (the sum of every layer's cycles,
+    as if the layers did not overlap) beside it; the estimate alone when there was no simulation."""
+    est = f"{comp.get('latency_us', 0):.1f} µs"
+    if not sim.get("latency_cycles"):
+        return f"{est} (FINN's estimate: sum of the layers' cycles)"
+    measured = sim["latency_cycles"] * board.clock_period_ns / 1000.0
+    return f"**{measured:,.1f} µs** simulated (first image; FINN's estimate {est})"
+
+
 def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
-                 seconds: dict[str, float] | None = None, link_prefix: str = "report/") -> list[Path]:
+                 seconds: dict[str, float] | None = None, link_prefix: str = "report/",
+                 provenance: dict[str, Any] | None = None) -> list[Path]:
+    """report.md, report.json, the effective config (config.yaml) and the plots, into out_dir.
+
+    `provenance`: trimflow.report.provenance.collect_for_build's record (command, versions, next commands)."""
     out_dir = Path(out_dir)
     s = summaries
     trim, comp, exp, sim = s.get("trim", {}), s.get("compile", {}), s.get("export", {}), s.get("simulate", {})
@@ -72,9 +172,14 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
     fits = comp.get("fits")
     md += [f"**Board** {board.name} ({board.part}, {1000.0 / board.clock_period_ns:.0f} MHz) — "
            f"**{'fits' if fits else 'does NOT fit'}**; estimated **{num(comp.get('fps'))} fps**, latency "
-           f"{comp.get('latency_us', 0):.1f} µs at the board clock.", ""]
+           f"{_latency(comp, sim, board)} at the board clock.", ""]
+    md += _synthesis_section(s.get("synth", {}), provenance or {})
 
     md += ["## Accuracy (test set)", "", table(("model", "accuracy", "notes"), _accuracy_rows(s)), ""]
+    names = class_names(cfg.dataset)
+    md += [f"Dataset `{cfg.dataset}`" + (f", {len(names)} classes: {', '.join(names)}" if names else "")
+           + (f"; every accuracy on {cfg.eval_images:,} test images" if cfg.eval_images else
+              "; every accuracy on the whole test split") + ".", ""]
     ver = exp.get("verify", {})
     if ver:
         md += [f"QONNX execution vs Brevitas forward on {ver.get('images', '?')} real test images: max |diff| "
@@ -99,7 +204,10 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
         md += [f"### Trim budget chosen for {num(hw['target_fps'])} fps on {hw['board']}", "",
                f"Each budget: trim by relevance, quick PTQ (no QAT), FINN estimate with the fastest folding within the "
                f"caps. Chosen: **{hw['budget']:g}** of the MACs (first that fits at the target; PTQ accuracy floor "
-               f"{pct(hw['accuracy_floor'])}).", "", hw["table"], ""]
+               f"{pct(hw['accuracy_floor'])} on {num(trim.get('validation', {}).get('images'))} validation images held "
+               f"out of the training split, seed {trim.get('validation', {}).get('seed')}; never the test split).",
+               "", hw["table"], ""]
+    md += compensation_section(rep)
     if rep.get("layers"):
         md += ["### Kernels kept per layer", "", table(("layer", "kernels", "kept", "share"), _kernels_rows(rep)),
                ""]
@@ -135,7 +243,7 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
             ("clock", f"{comp.get('clock_period_ns')} ns"),
             ("slowest layer", f"{comp.get('bottleneck')} ({num(comp.get('max_cycles'))} cycles)"),
             ("estimated fps", num(comp.get("fps"))),
-            ("latency", f"{comp.get('latency_us', 0):.1f} µs"),
+            ("latency", _latency(comp, sim, board)),
             ("all layers RTL", str(comp.get("all_rtl"))),
         ]), ""]
     pareto = (comp.get("folding_plan") or {}).get("pareto")
@@ -156,12 +264,18 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
     if seconds:
         md += ["## Wall time per stage", "", table(("stage", "seconds"),
                                                    [(k, f"{v:.1f}") for k, v in seconds.items()]), ""]
+    prov = provenance or {}
+    cfg_yaml = yaml.safe_dump(to_jsonable(cfg), sort_keys=False)
+    with atomic_path(out_dir / CONFIG_FILE) as tmp:
+        tmp.write_text(cfg_yaml)
+    written.append(out_dir / CONFIG_FILE)
+    md += _provenance_section(prov, cfg_yaml)
     md_path = out_dir / "report.md"
     with atomic_path(md_path) as tmp:
         tmp.write_text("\n".join(md))
     json_path = out_dir / "report.json"
     write_json(json_path, {"board": to_jsonable(board), "config": to_jsonable(cfg), "stages": summaries,
-                           "seconds": seconds or {}})
+                           "seconds": seconds or {}, "provenance": prov})
     return [md_path, json_path, *written]
 
 
@@ -188,6 +302,7 @@ def _sim_rows(sim: dict) -> list[tuple[str, str]]:
          + (" **(more than 20 % off)**" if sim["ii_flagged"] else "")),
         ("measured fps at the board clock", num(sim["measured_fps"])),
         ("latency, first image (cycles)", num(sim["latency_cycles"])),
+        *_fifo_rows(sim.get("fifo_sizing")),
         ("simulator speed", f"{num(sim['sim_cycles_per_s'])} cycles/s, {sim['sim_images_per_s']:.1f} images/s"),
     ]
     return rows

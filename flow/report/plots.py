@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from trimflow.artifacts import atomic_path  # noqa: E402
 
@@ -22,7 +23,8 @@ def _save(fig, path: Path) -> Path:
 def relevance_plot(layers: dict[str, dict], path: Path) -> Path:
     """One panel per layer: kernels sorted by relevance, kept ones filled, removed ones hollow."""
     n = len(layers)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.6), squeeze=False)
+    # constrained layout reserves room for the figure title above the panels' own titles (they overlapped)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False, layout="constrained")
     for ax, (name, info) in zip(axes[0], layers.items()):
         scores = info["scores"]
         kept = set(info.get("kept", range(len(scores))))
@@ -41,16 +43,27 @@ def relevance_plot(layers: dict[str, dict], path: Path) -> Path:
 
 def resources_plot(fit_rows: list[dict], path: Path) -> Path:
     """Estimated use of each resource as a share of the board, with the cap drawn as a tick."""
+    fit_rows = [r for r in fit_rows if r["capacity"]]  # a resource the device lacks (URAM on a 7-series)
     fig, ax = plt.subplots(figsize=(5.5, 2.4))
     names = [r["resource"] for r in fit_rows]
     used = [100.0 * r["estimate"] / r["capacity"] if r["capacity"] else 0.0 for r in fit_rows]
     caps = [100.0 * r["cap"] / r["capacity"] if r["capacity"] else 0.0 for r in fit_rows]
     colors = ["tab:green" if r["ok"] else "tab:red" for r in fit_rows]
     ax.barh(names, used, color=colors)
-    ax.scatter(caps, names, marker="|", s=400, color="black", label="cap")
-    ax.set_xlim(0, max(100.0, *used) * 1.05)
+    for y, (u, c, r) in enumerate(zip(used, caps, fit_rows)):
+        # inside the bar's end, where a cap just right of the bar cannot cross it; over the cap (the cap line
+        # inside the bar) outside
+        inside = u >= 12 and r["ok"]
+        ax.annotate(f"{u:.0f} %", (u, y), xytext=(-3 if inside else 3, 0), textcoords="offset points",
+                    va="center", ha="right" if inside else "left", fontsize=7, color="white" if inside else "black")
+        ax.plot([c, c], [y - 0.4, y + 0.4], color="black", linewidth=2, label="cap" if y == 0 else None)
+    ax.set_xlim(0, max(100.0, *used) * 1.08)
     ax.set_xlabel("% of the device")
-    ax.legend(loc="lower right", fontsize=7)
+    # outside the axes: inside, the legend's cap marker sat among the bars and read as one more cap
+    handles = [Patch(color="tab:green", label="estimate")] + (
+        [Patch(color="tab:red", label="over the cap")] if not all(r["ok"] for r in fit_rows) else [])
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              fontsize=7, frameon=False)
     ax.set_title("Estimated resources vs the board's caps", fontsize=9)
     return _save(fig, path)
 
@@ -73,6 +86,7 @@ def accuracy_size_plot(points: list[tuple[str, float, float]], path: Path) -> Pa
     for label, macs, acc in points:
         ax.scatter([macs / 1e6], [100 * acc], s=30)
         ax.annotate(label, (macs / 1e6, 100 * acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.margins(x=0.15, y=0.15)  # room for the labels right of the outermost points
     ax.set_xlabel("MMACs / image")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs size", fontsize=9)

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="stop after this many frames (default: all; camera: forever)")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
     p.add_argument("--batch", type=int, default=1, help="frames per accelerator call")
-    p.add_argument("--resize", action="store_true", help="resize frames to the model's size instead of failing")
+    p.add_argument("--resize", action="store_true", help="resize frames to the model's size (PIL bilinear) instead of failing; models trained on an "
+                        "image folder with a size resize as training did without it")
     p.add_argument("--convert-channels", action="store_true", help="convert RGB<->gray instead of failing")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     return p
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                 label = f" {classes[top]}" if top < len(classes) else ""
                 print(f"{name}: class {top}{label} (score {scores[top]:.3f})", flush=True)
 
-        cfg = PreprocessConfig(resize=args.resize, convert_channels=args.convert_channels)
+        # only OpenCV's camera frames are BGR; files are read as RGB
+        cfg = PreprocessConfig(resize=args.resize, convert_channels=args.convert_channels,
+                               bgr=args.camera is not None)
         with open_accelerator(pkg, args.backend) as accel:
             result = classify(pkg, accel, frames, cfg, args.batch, show)
             print(f"{result.frames} frames on {accel.name} ({pkg.board}): {result.fps:.1f} fps end to end, "

@@ -61,7 +61,7 @@ def classify(pkg: Package, accel: Accelerator, frames: Iterable[Frame], cfg: Pre
     out = Classification()
     t_start = time.perf_counter()
     for batch in _batches(frames, batch_size):
-        x = np.stack([preprocess(f, pkg.input_shape, cfg) for f in batch])  # (N, C, H, W) uint8
+        x = np.stack([preprocess(f, pkg.input_shape, cfg, pkg.preprocess) for f in batch])  # (N, C, H, W) uint8
         x = np.ascontiguousarray(apply_host_ops(head, x)).astype(np.uint8)
         t0 = time.perf_counter()
         raw = accel.execute(x)

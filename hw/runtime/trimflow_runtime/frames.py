@@ -1,8 +1,11 @@
 """Frame sources (camera, image folder, .npy batch) and the preprocessing that fits a frame to the accelerator.
 
-Frames travel as uint8 arrays (H, W, C). Preprocessing either adapts a frame (resize, channel conversion) or
-rejects it, as the PreprocessConfig says: silently squeezing a 32x32 RGB image into a 28x28 grayscale model is a
-choice the user makes, not the runtime.
+Frames travel as uint8 arrays (H, W, C). Preprocessing repeats what training did to its images, as the package's
+manifest records it (`preprocess`: a model trained on an image folder saw every image converted to its mode, resized
+with PIL's bilinear filter, then inverted / autocontrasted if its dataset said so). Beyond that it either adapts a
+frame (resize, channel conversion) or rejects it, as the PreprocessConfig says: silently squeezing a 32x32 RGB image
+into a 28x28 grayscale model trained on 28x28 files is a choice the user makes, not the runtime. Resizing,
+invert and autocontrast use Pillow (on every PYNQ image), so they are exactly training's operations.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tif
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    resize: bool = False  # nearest-neighbour resize to the model's H x W instead of an error
+    resize: bool = False  # resize to the model's H x W (PIL bilinear, as folder training does) instead of an error
     convert_channels: bool = False  # RGB -> gray (luma) or gray -> RGB instead of an error
     bgr: bool = True  # colour frames from OpenCV are BGR; only used when converting to gray
 
@@ -128,30 +131,57 @@ def camera_frames(device: int | str = 0, count: int | None = None) -> Iterator[F
         cap.release()
 
 
-def _resize_nearest(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    rows = (np.arange(h) * img.shape[0] // h).clip(0, img.shape[0] - 1)
-    cols = (np.arange(w) * img.shape[1] // w).clip(0, img.shape[1] - 1)
-    return img[rows][:, cols]
+def _pil(what: str):
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise DeployError(f"{what} as training did needs Pillow (`pip3 install pillow`)") from None
+    return Image, ImageOps
 
 
-def preprocess(frame: Frame, shape: tuple[int, int, int], cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
-    """Fit one frame to the accelerator input (C, H, W) uint8, or raise DeployError saying what is wrong."""
+def _to_pil(img: np.ndarray, Image):
+    return Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img, "L" if img.shape[2] == 1 else "RGB")
+
+
+def _from_pil(im) -> np.ndarray:
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    Image, _ = _pil("resizing")
+    return _from_pil(_to_pil(img, Image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    """RGB -> L with PIL's integer ITU-R 601-2 luma (what Image.convert("L") computes), without needing PIL."""
+    r, g, b = (rgb[:, :, i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, :, None]
+
+
+def preprocess(frame: Frame, shape: tuple[int, int, int], cfg: PreprocessConfig = PreprocessConfig(),
+               training: dict | None = None) -> np.ndarray:
+    """Fit one frame to the accelerator input (C, H, W) uint8, or raise DeployError saying what is wrong.
+
+    `training`: the manifest's `preprocess` record (Package.preprocess); its steps run in training's order:
+    channel conversion, resize, invert, autocontrast."""
     c, h, w = shape
+    training = training or {}
     img = _as_hwc(np.asarray(frame.pixels), frame.name)  # frames may come from API users, not only our sources
     if img.shape[2] != c:
-        if not cfg.convert_channels or {img.shape[2], c} - {1, 3}:
+        if not (cfg.convert_channels or training.get("convert")) or {img.shape[2], c} - {1, 3}:
             raise DeployError(f"{frame.name}: {img.shape[2]} channel(s), the accelerator takes {c}"
                               + ("; pass --convert-channels to convert RGB/gray" if {img.shape[2], c} <= {1, 3}
                                  else ""))
-        if c == 1:
-            rgb = img[:, :, ::-1] if cfg.bgr else img
-            img = np.rint(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[:, :, None]
-            img = img.clip(0, 255).astype(np.uint8)
-        else:
-            img = np.repeat(img, 3, axis=2)
+        img = _gray(img[:, :, ::-1] if cfg.bgr else img) if c == 1 else np.repeat(img, 3, axis=2)
     if img.shape[:2] != (h, w):
-        if not cfg.resize:
+        if not (cfg.resize or training.get("resize")):
             raise DeployError(f"{frame.name}: size {img.shape[0]}x{img.shape[1]}, the accelerator takes {h}x{w}; "
                               "pass --resize to scale frames")
-        img = _resize_nearest(img, h, w)
+        img = _resize_bilinear(img, h, w)
+    if training.get("invert"):
+        img = 255 - img
+    if training.get("autocontrast"):
+        Image, ImageOps = _pil("autocontrast")
+        img = _from_pil(ImageOps.autocontrast(_to_pil(img, Image)))
     return np.ascontiguousarray(np.transpose(img, (2, 0, 1)))

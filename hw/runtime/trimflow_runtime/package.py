@@ -54,6 +54,11 @@ class Package:
     def classes(self) -> list[str]:
         return list(self.manifest.get("classes") or [])
 
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        """How training made its images (trimflow.data.meta.preprocessing); {} in packages from before it."""
+        return dict(self.manifest.get("preprocess") or {})
+
     def file(self, key: str) -> Path:
         rel = self.manifest["files"].get(key)
         if not rel:
