@@ -8,15 +8,18 @@ them may still place, but timing closure gets unlikely.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 
 from trimflow import FlowError
 from trimflow.configs import load_yaml
+from trimflow.resources import BOARDS_DIR
 
-BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
 RESOURCES = ("LUT", "FF", "BRAM18", "URAM", "DSP")
 SHELL_FLOWS = ("vivado_zynq", "ip_only")
 # Xilinx's guideline limits, as in finn.util.platforms.DEFAULT_RES_LIMITS.
@@ -64,6 +67,8 @@ class Board:
                     raise FlowError(f"{where}: caps.{r} is a fraction of the capacity (0–1), got {v!r}")
         if self.capacity["LUT"] == 0:
             raise FlowError(f"{where}: capacity.LUT must be positive")
+        check_part(self.part, where)
+        check_capacity(self.part, self.capacity, where)
 
     @property
     def clock_mhz(self) -> float:
@@ -72,6 +77,77 @@ class Board:
     def limit(self, resource: str) -> int:
         """The largest usable count of `resource` under the utilisation cap."""
         return math.floor(self.capacity[resource] * self.caps[resource])
+
+
+# No FPGA has more than this of a resource (the largest Versal / UltraScale+ parts have ~4.5 M LUTs, ~7,400 DSPs,
+# ~10,800 BRAM18, ~1,300 URAM); a capacity above it is a typo, not a board.
+MAX_CAPACITY = {"LUT": 10_000_000, "FF": 20_000_000, "BRAM18": 30_000, "URAM": 5_000, "DSP": 20_000}
+_PART_SHAPE = re.compile(r"^xc[a-z0-9]+(-[a-z0-9]+)+$", re.IGNORECASE)
+_PACKAGE_END = re.compile(r"[a-z]{2,4}\d{3,4}$")  # a 7-series package inside the first segment (clg400)
+
+
+@functools.lru_cache(maxsize=1)
+def known_parts() -> dict[str, dict]:
+    """Every FPGA part FINN's board tables (finn.util.basic.part_map) and our boards/*.yaml name, each with the
+    capacity a board file of ours gives it (only "name", the part as spelled there, when FINN alone knows it)."""
+    import yaml
+    parts: dict[str, dict] = {}
+    try:
+        from finn.util.basic import part_map
+        parts.update({p.lower(): {"name": p} for p in part_map.values()})
+    except Exception:  # FINN missing or broken: our own tables still name the parts of every board we ship
+        pass
+    for path in sorted(BOARDS_DIR.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        if isinstance(data.get("part"), str) and isinstance(data.get("capacity"), dict):
+            parts[data["part"].lower()] = {**data["capacity"], "source": f"boards/{path.name}", "name": data["part"]}
+    return parts
+
+
+def _plausible(part: str) -> bool:
+    # <device>[<package>]-[<package>-]<speed grade>[-<temperature>], the speed grade starting with a digit:
+    # xc7z020clg400-1, xczu3eg-sbva484-1-i, xck26-sfvc784-2LV-c
+    segments = part.lower().split("-")
+    if not _PART_SHAPE.match(part) or len(segments) < 2:
+        return False
+    speed = segments[1] if _PACKAGE_END.search(segments[0]) else segments[2] if len(segments) > 2 else ""
+    return speed[:1].isdigit()
+
+
+def _device(part: str) -> str:
+    # xc7z020clg400-1 -> xc7z020, xczu3eg-sbva484-1-i -> xczu3eg: the die, without package and speed grade
+    return _PACKAGE_END.sub("", part.lower().split("-")[0])
+
+
+def check_part(part: str, where: str) -> None:
+    """FlowError unless `part` is a part FINN or our boards know, or another package / speed grade of such a die.
+
+    Vivado would only refuse an unknown part at synthesis; without this, an estimate-only build reports a fit and
+    a frame rate for a device that does not exist."""
+    parts = known_parts()
+    if part.lower() in parts:
+        return
+    if _plausible(part) and _device(part) in {_device(p) for p in parts}:
+        return
+    close = [parts[p]["name"] for p in difflib.get_close_matches(part.lower(), list(parts), n=3, cutoff=0.5)]
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise FlowError(f"{where}: part {part!r} is not an FPGA part FINN or the board tables know; {hint}"
+                    f"use the full Vivado part name of the board's device (known: "
+                    f"{', '.join(sorted(p['name'] for p in parts.values()))})")
+
+
+def check_capacity(part: str, capacity: Mapping[str, int], where: str) -> None:
+    """FlowError for a capacity no FPGA has, or more than the board tables give `part`. Less is allowed: it
+    reserves resources for other logic."""
+    for r, v in capacity.items():
+        if v > MAX_CAPACITY[r]:
+            raise FlowError(f"{where}: capacity.{r} = {v:,} is more than any FPGA has (at most "
+                            f"{MAX_CAPACITY[r]:,}); give the device's real {r} count")
+    known = known_parts().get(part.lower(), {})
+    for r, v in capacity.items():
+        if r in known and v > known[r]:
+            raise FlowError(f"{where}: capacity.{r} = {v:,}, but part {part} has {known[r]:,} ({known['source']}); "
+                            f"give the real count (use caps.{r}, a fraction, to limit what the design may use)")
 
 
 def list_boards() -> list[str]:

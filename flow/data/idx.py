@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,12 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(
 def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut-off download, or not gzip at all
+        raise FlowError(f"{path}: truncated or corrupt gzip file ({type(e).__name__}: {e}); download it again "
+                        "(or reinstall the dataset package)") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise FlowError(f"{path}: not an IDX file (bad magic number)")
     dtype = np.dtype(_DTYPES[raw[2]])

@@ -26,6 +26,9 @@ from trimflow import FlowError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 OPTIONS_FILE = "trimflow-dataset.yaml"
+# Largest image side taken as it is: a CNN for a small FPGA reads far smaller images, and N full-size photos as
+# uint8 tensors would exhaust memory before any check ran. Larger images need `size` (resized on load).
+MAX_SIDE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +62,24 @@ def load_options(root: Path) -> ImageFolderOptions:
     return from_dict(ImageFolderOptions, load_yaml(path), where=str(path))
 
 
+def _entries(d: Path) -> list[Path]:
+    """The entries of folder `d`, sorted; FlowError for a symlink that loops or points nowhere (Path.is_dir and
+    is_file say False for it, so its images would silently be missing)."""
+    out = []
+    for p in sorted(d.iterdir()):
+        if p.is_symlink():
+            try:
+                p.resolve(strict=True)
+            except (OSError, RuntimeError) as e:  # RuntimeError: Python's own symlink-loop detection
+                what = "points to nothing" if isinstance(e, FileNotFoundError) else "is a symlink loop"
+                raise FlowError(f"image folder: {p} {what}; remove it or point it at a real "
+                                f"{'image' if p.suffix.lower() in EXTENSIONS else 'folder'}") from None
+        out.append(p)
+    return out
+
+
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return [d for d in _entries(root) if d.is_dir() and not d.name.startswith(".")]
 
 
 def _has_split(root: Path) -> bool:
@@ -83,7 +102,7 @@ def class_names(root: Path) -> list[str]:
 
 
 def _files(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    return [p for p in _entries(d) if p.is_file() and p.suffix.lower() in EXTENSIONS]
 
 
 def _split_files(root: Path, split: str, opts: ImageFolderOptions) -> list[tuple[Path, int]]:
@@ -108,8 +127,12 @@ def _read(path: Path, opts: ImageFolderOptions) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            if opts.size is None and max(img.size) > MAX_SIDE:  # checked from the header, before decoding
+                raise FlowError(f"image folder: {path} is {img.size[0]}x{img.size[1]} pixels; without a resize the "
+                                f"flow takes images up to {MAX_SIDE} pixels a side: set size: [H, W] in the dataset "
+                                f"root's {OPTIONS_FILE} to resize them on load")
             img = img.convert(opts.mode)
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise FlowError(f"image folder: {path} cannot be read as an image ({e})") from None
     if opts.size is not None and img.size != (opts.size[1], opts.size[0]):
         img = img.resize((opts.size[1], opts.size[0]), Image.Resampling.BILINEAR)
