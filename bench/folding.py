@@ -56,6 +56,28 @@ def cnv_qonnx(path: Path) -> Path:
     return path
 
 
+def untrimmed_qonnx(path: Path, config: Path | None = None) -> Path:
+    """A config's checkpoint (default: the default flow's), untrimmed, quantized as that flow does (default W4A4,
+    8-bit input / first / last layer) with calibrated activations only: folding, resources and the hardware's
+    timing depend on shapes and bit widths, not on QAT."""
+    if not path.exists():
+        from trimflow.config import load_flow_config
+        from trimflow.data import load_dataset, subset
+        from trimflow.export import export_qonnx
+        from trimflow.models import load_checkpoint
+        from trimflow.quantize import calibrate_activations, convert_model
+        from trimflow.resources import locate
+
+        cfg = load_flow_config(config)
+        model, _ = load_checkpoint(locate(cfg.model, "model"))
+        calib = subset(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir), 256, seed=0)
+        qmodel = convert_model(model, cfg.quantize)
+        calibrate_activations(qmodel, calib, 2, 128)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_qonnx(qmodel, tuple(calib.shape), path)
+    return path
+
+
 def _cfg(**kw) -> CompileConfig:
     return CompileConfig(generate_code=False, verify=False, fail_if_not_fit=False, **kw)
 
@@ -87,24 +109,29 @@ def compile_row(qonnx: Path, board: str, cfg: CompileConfig, tag: str, **extra) 
     return row
 
 
-def finn_sweep(qonnx: Path, board: str, start: float, prefer: str = "rtl", ratio: float = 1.25,
-               misses: int = 3) -> dict:
-    """FINN's SetFolding for target_fps rising by `ratio` from `start` until `misses` targets in a row do not fit
-    (what fits is not monotonic in target_fps: FINN's choices of PE/SIMD change the memory shapes); the fastest
-    fitting design wins."""
-    tried: list[dict] = []
-    t, run_of_misses = start, 0
-    while run_of_misses < misses and len(tried) < 20:
-        row = compile_row(qonnx, board, _cfg(folding="auto", target_fps=t, prefer=prefer), f"finn{t:.0f}",
-                          target_fps=t)
-        tried.append(row)
-        print(f"  FINN target_fps {t:8.0f}: {row['fps']:10.1f} fps, fits {row['fits']}", flush=True)
-        run_of_misses = 0 if row["fits"] else run_of_misses + 1
-        t *= ratio
-    fitting = [r for r in tried if r["fits"]]
-    best = max(fitting, key=lambda r: r["fps"]) if fitting else min(tried, key=lambda r: r["fps"])
-    return {**best, "sweep": [{k: r[k] for k in ("target_fps", "fps", "fits", "fits_finn_only")} for r in tried],
-            "seconds": round(sum(r["seconds"] for r in tried), 1)}
+def finn_best(qonnx: Path, board: str, hw_model: Path, prefer: str = "rtl") -> dict:
+    """FINN's SetFolding searched fairly (trimflow.finn.baseline: every distinct folding it produces, fastest
+    first), the fastest fitting one under each yardstick recompiled through FINN's builder at its target_fps."""
+    from trimflow.finn.baseline import finn_baseline
+
+    base = finn_baseline(hw_model, load_board(board), WORK / f"{qonnx.stem}-{board}-baseline", log=print)
+    out = {"distinct_foldings": len(base.foldings), "evaluated": base.evaluated, "search_seconds": base.seconds,
+           "foldings": [{"target_cycles": f.target_cycles, "target_fps": round(f.target_fps, 2), "fps": f.fps,
+                         "fits_finn": f.fits_finn, "fits": f.fits, "finn": f.finn, "completed": f.completed}
+                        for f in base.foldings]}
+    for key, f in (("best", base.best), ("best_finn_yardstick", base.best_finn)):
+        if f is None or (key == "best_finn_yardstick" and f is base.best):
+            out[key] = out.get("best") if f is not None else None  # the same folding: compiled once
+            continue
+        row = compile_row(qonnx, board, _cfg(folding="auto", target_fps=f.target_fps, prefer=prefer),
+                          f"finn{f.target_cycles}", target_fps=f.target_fps)
+        if row["max_cycles"] != f.max_cycles:  # the builder must reproduce the folding the search judged
+            raise SystemExit(f"{board}: FINN at target {f.target_fps:.1f} gave {row['max_cycles']} cycles, the "
+                             f"search {f.max_cycles}")
+        out[key] = row
+        print(f"  FINN best ({key}): target {f.target_fps:.1f} -> {row['fps']:.1f} fps, fits {row['fits']} "
+              f"(FINN-only {row['fits_finn_only']})", flush=True)
+    return out
 
 
 def _hw_nodes(qonnx: Path, board: str, prefer: str = "rtl"):
@@ -214,11 +241,11 @@ def bench_cnv(prefer: str) -> dict:
     path.write_text(json.dumps(folding_from_mvau(model, CNV_HAND)))
     hand = compile_row(q, board, _cfg(folding=str(path), prefer=prefer), f"hand-{prefer}", mvau_pe_simd=CNV_HAND)
     print(f"  finn-examples hand folding: {hand['fps']:.1f} fps, fits {hand['fits']}", flush=True)
-    finn = finn_sweep(q, board, 250.0, prefer, ratio=1.2, misses=4)
+    finn = finn_best(q, board, nodes_dir / "hw_model.onnx", prefer)
     shutil.rmtree(nodes_dir, ignore_errors=True)
     return {"net": "CNV-W2A2 (brevitas_examples.bnn_pynq, random weights)", "board": board, "prefer": prefer,
             "hls_node_types": hls, "optimizer": opt, "finn_target_fps_best": finn, "hand_finn_examples": hand,
-            "reference_issue": {"finn_target_fps_best": 977, "hand_finn_examples": 868}}
+            "reference_issue": {"finn_target_fps_best": 1510 if prefer == "hls" else 579, "hand_finn_examples": 868}}
 
 
 def _in_channels(model) -> list[int]:
@@ -236,7 +263,10 @@ def _in_channels(model) -> list[int]:
     return chans
 
 
-def bench_boards(nets: dict[str, Path], boards=("pynq-z2", "zybo-z7-10", "kv260")) -> list[dict]:
+def bench_boards(nets: dict[str, Path], boards=("pynq-z2", "zybo-z7-10", "kv260"), old: list[dict] | None = None
+                 ) -> list[dict]:
+    """`old`: the previous run's rows; with them the hand-rule sweep is not rerun but taken from there (the hand
+    rule does not depend on the FINN baseline search)."""
     rows = []
     for net, q in nets.items():
         for board in boards:
@@ -244,8 +274,9 @@ def bench_boards(nets: dict[str, Path], boards=("pynq-z2", "zybo-z7-10", "kv260"
             model, nodes_dir = _hw_nodes(q, board)
             opt = compile_row(q, board, _cfg(folding="optimize"), "opt")
             print(f"  optimiser: {opt['fps']:.1f} fps, fits {opt['fits']} ({opt['seconds']} s)", flush=True)
-            finn = finn_sweep(q, board, 500.0, ratio=1.4, misses=2)
-            hand = hand_sweep(q, board, model, _in_channels(model))
+            finn = finn_best(q, board, nodes_dir / "hw_model.onnx")
+            prev = [r["hand"] for r in old or [] if r["net"] == net and r["board"] == board]
+            hand = prev[0] if prev else hand_sweep(q, board, model, _in_channels(model))
             shutil.rmtree(nodes_dir, ignore_errors=True)
             rows.append({"net": net, "board": board, "optimizer": opt, "finn_target_fps_best": finn, "hand": hand})
     return rows
@@ -332,34 +363,56 @@ def _pareto_md(c: dict) -> list[str]:
             f"![fps vs LUT]({c['plot']})", ""]
 
 
-def _over(s: dict) -> str:
-    return "" if s["fits"] else " (over, fits FINN-only)" if s["fits_finn_only"] else " (over)"
+def _fmt(r: dict | None) -> str:
+    """fps | fits (completed / FINN-only) | % LUT/FF/BRAM18/DSP completed | % LUT/BRAM18/DSP FINN-only | seconds"""
+    if r is None:
+        return "none fits | | | |"
+    p, f = r["percent"], r["finn_only_percent"]
+    return (f"{r['fps']:,.0f} | {'yes' if r['fits'] else 'NO'} / {'yes' if r['fits_finn_only'] else 'NO'} | "
+            f"{p['LUT']} / {p['FF']} / {p['BRAM18']} / {p['DSP']} | {f['LUT']} / {f['BRAM18']} / {f['DSP']} | "
+            f"{r['seconds']}")
 
 
-def _fmt(r: dict) -> str:
-    p = r["percent"]
-    return (f"{r['fps']:,.0f} | {'yes' if r['fits'] else 'NO'} | {p['LUT']} / {p['FF']} / {p['BRAM18']} / "
-            f"{p['DSP']} | {r['seconds']}")
+def _finn_label(f: dict, key: str) -> str:
+    r = f[key]
+    return "" if r is None else f" (target {r['target_fps']:,.1f})"
+
+
+def _finn_foldings(f: dict) -> str:
+    over = [g for g in f["foldings"] if g["fits"] is not None]
+    return (f"{f['distinct_foldings']} distinct foldings from SetFolding, the fastest {f['evaluated']} estimated "
+            f"({f['search_seconds']} s); fps (fits completed / FINN-only) from the fastest down: " + ", ".join(
+                f"{g['fps']:,.0f} ({'y' if g['fits'] else 'n'}/{'y' if g['fits_finn'] else 'n'})"
+                for g in reversed(over)))
+
+
+YARDSTICKS = ("Fits: completed / FINN-only. *Completed*: trimflow.finn.estimates (FINN's layer estimates + RTL-MVAU "
+              "LUTs + FF + FIFOs at depth 64 + width converters + board shell), what the compile stage checks; "
+              "*FINN-only*: FINN's own layer estimates + width converters + shell, what a FINN user reading FINN's "
+              "reports would check (LUT / BRAM18 / DSP; FINN has no FF model). FINN's best: every distinct folding "
+              "FINN's SetFolding produces (stepping the frame budget to one cycle below the last folding's "
+              "bottleneck, trimflow.finn.baseline), the fastest that fits under each yardstick, recompiled through "
+              "FINN's builder at that target_fps.")
 
 
 def markdown(data: dict) -> str:
     lines = ["# Folding: trimflow optimiser vs FINN target_fps vs hand folding", "",
-             "Estimates only (no synthesis): FINN's per-layer cycles; resources by trimflow.finn.estimates (FINN's layer "
-             "estimates + RTL-MVAU LUTs + FF + FIFOs at depth 64 + width converters + board shell). fps at the board "
-             "clock. Resources as % of the device (LUT / FF / BRAM18 / DSP). Seconds: wall time of all compiles for "
-             "that column (FINN: the whole target_fps sweep; hand: every cycle budget tried).", ""]
+             "Estimates only (no synthesis): FINN's per-layer cycles; fps at the board clock. Resources as % of the "
+             "device. " + YARDSTICKS + " Seconds: wall time of all compiles for that row (hand: every cycle budget "
+             "tried).", ""]
+    head = ["| folding | fps | fits | % LUT / FF / BRAM18 / DSP (completed) | % LUT / BRAM18 / DSP (FINN-only) | s |",
+            "|---|---|---|---|---|---|"]
     for c in data.get("cnv", []):
+        f = c["finn_target_fps_best"]
         lines += [f"## (a) {c['net']} on {c['board']} (xc7z020, 10 ns), MVAUs preferred {c['prefer'].upper()}", "",
-                  "| folding | fps | fits | % LUT / FF / BRAM18 / DSP | s |", "|---|---|---|---|---|",
-                  f"| trimflow optimiser | {_fmt(c['optimizer'])} |",
-                  f"| FINN target_fps, best fitting (target {c['finn_target_fps_best']['target_fps']:.0f}) | "
-                  f"{_fmt(c['finn_target_fps_best'])} |",
+                  *head, f"| trimflow optimiser | {_fmt(c['optimizer'])} |",
+                  f"| FINN best fitting, completed estimate{_finn_label(f, 'best')} | {_fmt(f['best'])} |",
+                  f"| FINN best fitting, FINN's own estimate{_finn_label(f, 'best_finn_yardstick')} | "
+                  f"{_fmt(f['best_finn_yardstick'])} |",
                   f"| finn-examples hand folding | {_fmt(c['hand_finn_examples'])} |", "",
-                  f"HLS layers: {', '.join(c['hls_node_types']) or 'none'}. Issue reference: FINN best ≈ 977 fps, "
-                  "hand ≈ 868 fps.", "",
-                  "FINN target_fps sweep (target→fps; over = does not fit; FINN-only = fits by FINN's own layer "
-                  "estimates + DWC + shell): " + ", ".join(
-                      f"{s['target_fps']:.0f}→{s['fps']:.0f}{_over(s)}" for s in c["finn_target_fps_best"]["sweep"]), ""]
+                  f"HLS layers: {', '.join(c['hls_node_types']) or 'none'}. Issue reference: FINN best "
+                  f"{c['reference_issue']['finn_target_fps_best']:,} fps, hand "
+                  f"{c['reference_issue']['hand_finn_examples']} fps.", "", _finn_foldings(f), ""]
     if "hwtrim" in data:
         h = data["hwtrim"]
         lines += [f"## Hardware-aware trimming: {h['board']} at {h['target_fps']:g} fps", "",
@@ -369,14 +422,27 @@ def markdown(data: dict) -> str:
                   "Untrimmed (budget 1.0), resources vs caps:", "", "```", h["fit_untrimmed"], "```", "",
                   f"Chosen (budget {h['chosen_budget']:g}):", "", "```", h["fit_chosen"], "```", ""]
     if "boards" in data:
-        lines += ["## (b) trimflow default net", "",
-                  "| net | board | optimiser fps | fits | % LUT/FF/BRAM/DSP | opt s | FINN best fps | fits | "
-                  "% LUT/FF/BRAM/DSP | sweep s | hand fps | fits | % LUT/FF/BRAM/DSP |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["## (b) trimflow default net", ""]
         for r in data["boards"]:
-            lines.append(f"| {r['net']} | {r['board']} | {_fmt(r['optimizer'])} | {_fmt(r['finn_target_fps_best'])} "
-                         f"| {' | '.join(_fmt(r['hand']).split(' | ')[:3])} |")
-        lines.append("")
+            f = r["finn_target_fps_best"]
+            if "best" not in f:  # a row of the old geometric sweep: rerun --part boards
+                continue
+            lines += [f"### {r['net']} on {r['board']}", "", *head,
+                      f"| trimflow optimiser | {_fmt(r['optimizer'])} |",
+                      f"| FINN best fitting, completed estimate{_finn_label(f, 'best')} | {_fmt(f['best'])} |",
+                      f"| FINN best fitting, FINN's own estimate{_finn_label(f, 'best_finn_yardstick')} | "
+                      f"{_fmt(f['best_finn_yardstick'])} |",
+                      f"| hand rule (best cycle budget) | {_fmt(r['hand'])} |", "", _finn_foldings(f), ""]
+        goal = [(r["board"], r["optimizer"]["fps"], u["finn_target_fps_best"]["best"]["fps"])
+                for r in data["boards"] if r["net"].startswith("trimmed") and r["optimizer"]["fits"]
+                and "best" in r["finn_target_fps_best"]
+                for u in data["boards"] if u["net"] == "untrimmed" and u["board"] == r["board"]
+                and u["finn_target_fps_best"].get("best")]
+        if goal:
+            lines += ["Goal (trimmed + optimiser vs FINN's fairly searched best fitting folding of the untrimmed net, "
+                      "completed estimate): "
+                      + "; ".join(f"{b} {o:,.0f} / {f:,.0f} = {o / f:.2f}x" for b, o, f in goal),
+                      ""]
     for c in data.get("pareto", []):
         lines += _pareto_md(c)
     return "\n".join(lines)
@@ -390,8 +456,11 @@ def main() -> None:
     ap.add_argument("--hw-board", default="zybo-z7-10")
     ap.add_argument("--target-fps", type=float, default=2000.0)
     ap.add_argument("--trimmed", type=Path, help="QONNX of the default trimmed net (trimflow export)")
-    ap.add_argument("--untrimmed", type=Path, help="QONNX of the untrimmed default net")
-    ap.add_argument("--boards", nargs="*", default=["pynq-z2", "zybo-z7-10", "kv260"])
+    ap.add_argument("--untrimmed", type=Path, help="QONNX of the untrimmed default net (default: the default "
+                    "checkpoint quantized with calibrated activations, written to the bench's work folder)")
+    ap.add_argument("--boards", nargs="*", default=["pynq-z2", "zybo-z7-10"])
+    ap.add_argument("--reuse-hand", action="store_true", help="--part boards: take the hand-rule rows from the "
+                    "existing folding.json instead of rerunning their sweep")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -400,10 +469,10 @@ def main() -> None:
     if args.part in ("cnv", "all"):
         new["cnv"] = [bench_cnv("rtl"), bench_cnv("hls")]
     if args.part in ("boards", "all"):
-        nets = {k: v for k, v in (("trimmed (0.5 MACs)", args.trimmed), ("untrimmed", args.untrimmed)) if v}
-        if not nets:
-            raise SystemExit("--part boards needs --trimmed and/or --untrimmed QONNX files")
-        new["boards"] = bench_boards(nets, tuple(args.boards))
+        nets = {k: v for k, v in (("trimmed (0.5 MACs)", args.trimmed),
+                                  ("untrimmed", args.untrimmed or untrimmed_qonnx(WORK / "untrimmed.qonnx.onnx"))) if v}
+        old = json.loads(json_path.read_text()).get("boards") if args.reuse_hand and json_path.exists() else None
+        new["boards"] = bench_boards(nets, tuple(args.boards), old)
     if args.part in ("pareto", "all"):
         nets = {"CNV-W2A2 (brevitas_examples.bnn_pynq, random weights)": cnv_qonnx(WORK / "cnv_w2a2.onnx"),
                 **{k: v for k, v in (("trimflow default net, trimmed (0.5 MACs)", args.trimmed),
@@ -413,8 +482,13 @@ def main() -> None:
         if not args.scores:
             raise SystemExit("--part hwtrim needs --scores (build/<board>/relevance/relevance.json)")
         new["hwtrim"] = bench_hwtrim(args.hw_board, args.target_fps, args.scores)
-    # read late: the parts may run as separate processes, each keeps the other's results
-    data = {**(json.loads(json_path.read_text()) if json_path.exists() else {}), **new}
+    # read late: the parts may run as separate processes, each keeps the other's results (and --part boards runs
+    # of other nets / boards keep their rows)
+    data = json.loads(json_path.read_text()) if json_path.exists() else {}
+    if "boards" in new:
+        done = {(r["net"], r["board"]) for r in new["boards"]}
+        new["boards"] = [r for r in data.get("boards", []) if (r["net"], r["board"]) not in done] + new["boards"]
+    data = {**data, **new}
     json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     (RESULTS / "folding.md").write_text(markdown(data) + "\n")
     print(markdown(data))

@@ -352,3 +352,37 @@ def test_alignment_covers_the_second_operand_of_a_join():
     choice = {"join": 0}
     assert _align_stream_widths(model, options, fixed, choice, widths, caps) == []
     assert choice == {"join": 1}  # the dearer option, the only one aligned on both inputs
+
+
+@pytest.mark.slow  # three FINN compiles and ~15 whole-design estimates: about half a minute on an idle machine
+def test_finn_baseline_enumerates_every_folding(qonnx_path, tmp_path):
+    """Every frame budget SetFolding can get yields one of the enumerated foldings; the fastest fitting one is
+    reproduced by FINN's builder at its target_fps, and the next faster folding does not fit."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from trimflow.finn.adapter import finn_session
+    from trimflow.finn.baseline import _folding_of, _set_folding, finn_baseline
+    from trimflow.finn.compile import CompileConfig, compile_model
+
+    data = dataclasses.asdict(load_board("zybo-z7-10"))
+    data.pop("source")
+    data["capacity"] = {**data["capacity"], "DSP": 40}  # as in the optimiser test: DSPs bind
+    board = board_from_dict(data, "tight.yaml")
+    cfg = CompileConfig(verify=False, generate_code=False, fail_if_not_fit=False)
+    compile_model(qonnx_path, board, cfg, tmp_path / "full")
+    hw = tmp_path / "full" / "hw_model.onnx"
+    base = finn_baseline(hw, board, tmp_path / "scratch")
+    fl = base.foldings
+    assert len(fl) >= 5 and all(a.max_cycles > b.max_cycles for a, b in zip(fl, fl[1:]))
+    seen = [f.folding for f in fl]
+    with finn_session(tmp_path / "codegen"):
+        model = ModelWrapper(str(hw))
+        for budget in np.unique(np.geomspace(fl[-1].max_cycles, fl[0].max_cycles, 25).astype(int)):
+            assert _folding_of(_set_folding(model, int(budget), 36)[0]) in seen
+    best = base.best
+    assert best is not None and best.fits and best is not fl[-1]
+    i = fl.index(best)
+    assert fl[i + 1].fits is False  # evaluated, over the caps
+    assert base.best_finn is not None and base.best_finn.fps >= best.fps  # FINN's own yardstick is laxer
+    res = compile_model(qonnx_path, board, dataclasses.replace(cfg, target_fps=best.target_fps), tmp_path / "t")
+    assert res.max_cycles == best.max_cycles and res.fits

@@ -387,3 +387,14 @@ def test_8bit_first_layer_under_backpressure(tmp_path, test_images):
     assert max(res.layer_est_cycles, key=res.layer_est_cycles.get) == "MVAU_rtl_1"
     held = [v for k, v in res.link_backpressure.items() if k.startswith("MVAU_rtl_0 ->")]
     assert held and held[0] > res.total_cycles // 4
+
+
+def test_report_headline_latency_is_the_simulated_one():
+    """The report's latency: the first image as simulated, FINN's sum of per-layer cycles beside it."""
+    from trimflow.boards import load_board
+    from trimflow.report.build_report import _latency
+
+    board = load_board("pynq-z2")  # 10 ns
+    assert _latency({"latency_us": 657.9}, {"latency_cycles": 9128}, board) == (
+        "**91.3 µs** simulated (first image; FINN's estimate 657.9 µs)")
+    assert _latency({"latency_us": 657.9}, {"skipped": "simulate.images is 0"}, board).startswith("657.9 µs")

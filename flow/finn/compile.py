@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import time
@@ -73,8 +74,10 @@ class CompileConfig:
     pareto_points: int = 0
 
     def __post_init__(self) -> None:
-        if self.target_fps is not None and not (isinstance(self.target_fps, (int, float)) and self.target_fps > 0):
-            raise FlowError(f"compile.target_fps must be a positive number or null, got {self.target_fps!r}")
+        if self.target_fps is not None and not (isinstance(self.target_fps, (int, float))
+                                                and 0 < self.target_fps < math.inf):
+            raise FlowError(f"compile.target_fps (--target-fps) must be a positive, finite number or null, got "
+                            f"{self.target_fps!r}")
         if self.folding not in ("auto", "optimize"):
             if not str(self.folding).endswith(".json"):
                 raise FlowError(

@@ -172,9 +172,13 @@ def _sum(items: list[dict[str, float]]) -> dict[str, float]:
     return {r: float(sum(i[r] for i in items)) for r in RESOURCES}
 
 
-def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: int = FIFO_DEPTH) -> DesignEstimate:
+def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: int = FIFO_DEPTH,
+                    sized_fifos: bool = False) -> DesignEstimate:
     """Estimate a specialised HW-layer model (ModelWrapper, not modified) as it will be after FINN's FIFO and
-    width-converter insertion. `scratch` is a folder FINN may write into (removed afterwards)."""
+    width-converter insertion. `scratch` is a folder FINN may write into (removed afterwards).
+
+    `sized_fifos`: the model's outFIFODepths/inFIFODepths already hold depths found by simulation
+    (trimflow.finn.fifos.set_fifo_depths); they are charged as they are instead of `fifo_depth` per stream."""
     from trimflow.finn.adapter import finn_session
 
     scratch = Path(scratch)
@@ -202,10 +206,10 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
                 if node.op_type.startswith("StreamingDataWidthConverter"):
                     inst.set_nodeattr("preferred_impl_style", "rtl")
                 for a in ("inFIFODepths", "outFIFODepths"):
-                    if a in attrs:
+                    if a in attrs and not sized_fifos:
                         inst.set_nodeattr(a, [fifo_depth] * max(1, len(inst.get_nodeattr(a) or [0])))
             # residual joins: the short branch's FIFO holds a whole image, or the fork/join deadlocks
-            for (name, idx), depth in join_fifo_depths(model).items():
+            for (name, idx), depth in ({} if sized_fifos else join_fifo_depths(model)).items():
                 inst = getCustomOp(model.get_node_from_name(name))
                 depths = list(inst.get_nodeattr("inFIFODepths"))
                 depths += [fifo_depth] * (idx + 1 - len(depths))  # FINN may declare one entry for two inputs
@@ -231,7 +235,15 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
     dwcs = {"count": float(len(groups["dwc"])), **_sum(groups["dwc"])}
     compute = _sum(list(layers.values()))
     totals = {r: compute[r] + fifos[r] + dwcs[r] for r in RESOURCES}
-    return DesignEstimate(layers, finn_layers, fifos, dwcs, totals, fifo_depth, list(NOTES), output_fifos)
+    notes = list(NOTES)
+    if sized_fifos:
+        notes = [n.replace("the FIFO on the short branch of each join holds one image (trimflow.finn.residual."
+                           "join_fifo_depths)", "the FIFOs in front of each join sized by simulation too")
+                 for n in notes if not n.startswith("FIFOs:")] + [
+            "FIFOs: the depths found by simulating the design (trimflow.sim.fifo_sizing), one StreamingFIFO_rtl per "
+            "stream, FINN's fifo.sv cost model (StreamingFIFO.get_fifo_cost: SRL up to 33 entries, LUTRAM up to "
+            "257, BRAM18 above)"]
+    return DesignEstimate(layers, finn_layers, fifos, dwcs, totals, fifo_depth, notes, output_fifos)
 
 
 def fits(totals: dict[str, float], board: Any) -> bool:

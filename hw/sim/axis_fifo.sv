@@ -2,13 +2,16 @@
 //
 // Stands in for FINN's StreamingFIFO (whose fifo.sv Verilator rejects). Behaviour that matters for cycle counts:
 // holds up to DEPTH beats, first-word fall-through (a beat written in cycle t is visible at the output in t+1),
-// full FIFOs still accept a beat in the cycle one leaves.
+// full FIFOs still accept a beat in the cycle one leaves. `limit` (held constant during a run; 0 = DEPTH) caps the
+// number of beats held below DEPTH, so that one simulator built with deep FIFOs can run both FIFO sizing (deep) and
+// the sized design (trimflow.sim.fifo_sizing) without a second Verilator build.
 module trimflow_axis_fifo #(
 	parameter int unsigned WIDTH = 8,
 	parameter int unsigned DEPTH = 2
 )(
 	input  logic              clk,
 	input  logic              rst_n,
+	input  logic [31:0]       limit,
 	input  logic [WIDTH-1:0]  s_tdata,
 	input  logic              s_tvalid,
 	output logic              s_tready,
@@ -27,7 +30,8 @@ module trimflow_axis_fifo #(
 
 	assign m_tvalid = count != 0;
 	assign m_tdata  = mem[rd_ptr];
-	assign s_tready = (count < (AW+1)'(DEPTH)) || m_tready;
+	wire  [31:0] cap = (limit == 0 || limit > DEPTH) ? DEPTH : limit;
+	assign s_tready = (32'(count) < cap) || m_tready;
 
 	function automatic logic [AW-1:0] next(input logic [AW-1:0] p);
 		return (p == AW'(DEPTH-1)) ? '0 : p + 1'b1;
