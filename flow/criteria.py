@@ -8,7 +8,6 @@ APoZ, random, and our relevance statistic.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 from torch import nn
@@ -106,7 +105,6 @@ def score(model: nn.Module, data: ImageSet, criterion: str,
         out = compute_relevance(model, data, dataclasses.replace(cfg, statistic="apoz", weighting="none"))
         out.criterion = "apoz"
         return out
-    start = time.perf_counter()
     check_input(model, data)
     data = subset(data, cfg.images, cfg.seed)
     graph = build_graph(model, data.shape)
@@ -122,6 +120,5 @@ def score(model: nn.Module, data: ImageSet, criterion: str,
                for p in _producers(graph)}
     return RelevanceScores(criterion=criterion, config=dataclasses.asdict(cfg), input_shape=tuple(data.shape),
                            images=len(data) if criterion == "taylor" else 0,
-                           layers={p: normalize(s, cfg.normalize).tolist() for p, s in raw.items()},
-                           seconds=round(time.perf_counter() - start, 3))
+                           layers={p: normalize(s, cfg.normalize).tolist() for p, s in raw.items()})
 

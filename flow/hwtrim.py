@@ -37,7 +37,7 @@ class HwTrimConfig:
 
     budgets: tuple[float, ...] = BUDGETS  # fractions of the original MACs, tried largest first
     accuracy_floor: float = 0.80  # PTQ accuracy (before fine-tune and QAT) below this stops the search
-    test_images: int = 1000  # test images for each candidate's PTQ accuracy
+    val_images: int = 1000  # validation images (held-out training images) for each candidate's PTQ accuracy
     calib_batches: int = 2  # activation-calibration batches per candidate
 
     def __post_init__(self):
@@ -45,8 +45,8 @@ class HwTrimConfig:
             raise FlowError(f"hwtrim.budgets must be fractions in (0, 1], got {self.budgets!r}")
         if not 0.0 <= self.accuracy_floor < 1.0:
             raise FlowError(f"hwtrim.accuracy_floor is a fraction in [0, 1), got {self.accuracy_floor!r}")
-        if self.test_images < 1 or self.calib_batches < 1:
-            raise FlowError(f"hwtrim.test_images and hwtrim.calib_batches must be >= 1, got {self.test_images}, "
+        if self.val_images < 1 or self.calib_batches < 1:
+            raise FlowError(f"hwtrim.val_images and hwtrim.calib_batches must be >= 1, got {self.val_images}, "
                             f"{self.calib_batches}")
 
 
@@ -112,7 +112,7 @@ def needed_budget(it: HwTrimIteration, board: Board, target_fps: float) -> float
 
 
 def _candidate(float_model: nn.Module, scores: RelevanceScores, budget: float, trim_cfg: TrimConfig, quant_cfg: Any,
-               compile_cfg: Any, board: Board, target_fps: float, calib: ImageSet, test: ImageSet,
+               compile_cfg: Any, board: Board, target_fps: float, calib: ImageSet, val: ImageSet,
                calib_batches: int, out: Path, sensitivity: dict[str, Any] | None = None,
                ) -> tuple[HwTrimIteration, nn.Module, TrimReport]:
     from trimflow.export import export_qonnx
@@ -126,8 +126,8 @@ def _candidate(float_model: nn.Module, scores: RelevanceScores, budget: float, t
     trimmed, report = trim_model(float_model, scores, tcfg, calib=calib, sensitivity=sensitivity)
     qmodel = convert_model(trimmed, quant_cfg)
     calibrate_activations(qmodel, calib, calib_batches, quant_cfg.calibration_batch_size, quant_cfg.train.seed)
-    acc = evaluate(qmodel, test)
-    qonnx = export_qonnx(qmodel, tuple(test.shape), out / "model.qonnx.onnx")
+    acc = evaluate(qmodel, val)
+    qonnx = export_qonnx(qmodel, tuple(val.shape), out / "model.qonnx.onnx")
     # the fastest folding within the caps (not just the cheapest one at target_fps): the table shows the headroom
     # a candidate only needs its fastest fitting folding: no code, no verification, no Pareto sweep
     ccfg = dataclasses.replace(compile_cfg, folding="optimize", target_fps=None, generate_code=False,
@@ -148,14 +148,17 @@ def _candidate(float_model: nn.Module, scores: RelevanceScores, budget: float, t
 
 
 def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Board, target_fps: float,
-                    trim_cfg: TrimConfig, quant_cfg: Any, compile_cfg: Any, calib: ImageSet, test: ImageSet,
+                    trim_cfg: TrimConfig, quant_cfg: Any, compile_cfg: Any, calib: ImageSet, val: ImageSet,
                     accuracy_floor: float, work_dir: str | Path, budgets: tuple[float, ...] = BUDGETS,
-                    calib_batches: int = 2, keep_work: bool = False) -> HwTrimResult:
+                    calib_batches: int = 2, keep_work: bool = False,
+                    sensitivity: dict[str, Any] | None = None) -> HwTrimResult:
     """Trim `float_model` by `scores` to the largest budget in `budgets` whose quick-PTQ design fits `board` at
-    >= target_fps. `test` gives the PTQ accuracy (keep it small: it runs once per budget); `accuracy_floor` is a
+    >= target_fps. `val` (held-out training images, never the test split) gives the PTQ accuracy (keep it small:
+    it runs once per budget); `accuracy_floor` is a
     fraction (0.8 = 80 %). Raises FlowError when the target is out of reach of any folding, or when accuracy drops
     below the floor or the budgets run out before a design fits (the message holds the iteration table and the
-    budget that would be needed)."""
+    budget that would be needed). `sensitivity`: a table already measured for this model (allocation=sensitivity);
+    otherwise the first candidate measures it and the others reuse it."""
     if not (isinstance(target_fps, (int, float)) and target_fps > 0 and math.isfinite(target_fps)):
         raise FlowError(f"hardware-aware trimming needs a positive target fps, got {target_fps!r}")
     if not 0.0 <= accuracy_floor < 1.0:
@@ -174,7 +177,6 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
             f"{its[-1].budget:g}). Lower --target-fps, lower the accuracy floor, pick a larger board, or make the "
             "net smaller.")
 
-    sensitivity = None
     try:
         for budget in budgets:
             out = work / f"budget-{budget:g}"
@@ -182,7 +184,7 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
             out.mkdir(parents=True)
             # the sensitivity table depends on the model and the calibration set, not on the budget: measure once
             it, trimmed, report = _candidate(float_model, scores, budget, trim_cfg, quant_cfg, compile_cfg, board,
-                                             target_fps, calib, test, calib_batches, out,
+                                             target_fps, calib, val, calib_batches, out,
                                              sensitivity=sensitivity)
             sensitivity = sensitivity or report.sensitivity
             its.append(it)

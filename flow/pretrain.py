@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from trimflow.artifacts import write_json
-from trimflow.data import load_dataset
+from trimflow.data import load_dataset, subset
 from trimflow.models import build_model, save_checkpoint
 from trimflow.train import TrainConfig, evaluate, seed_everything, train
 
@@ -21,12 +21,13 @@ class PretrainConfig:
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: str = "fashion-mnist"
     train: TrainConfig = TrainConfig(epochs=15, lr=0.05, batch_size=128)
+    train_images: int | None = None  # a seeded subset of the training split (None: all of it)
 
 
 def pretrain(cfg: PretrainConfig, out: str | os.PathLike, data_dir: str | None = None) -> dict:
     """Train and write `out` (checkpoint) plus `out` with .json (recipe, seed, accuracy)."""
     seed_everything(cfg.train.seed)
-    train_set = load_dataset(cfg.dataset, "train", data_dir)
+    train_set = subset(load_dataset(cfg.dataset, "train", data_dir), cfg.train_images, cfg.train.seed)
     test_set = load_dataset(cfg.dataset, "test", data_dir)
     kwargs = {"in_channels": train_set.shape[0], "input_size": train_set.shape[1], "classes": train_set.classes,
               **cfg.model_kwargs}

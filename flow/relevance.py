@@ -13,7 +13,6 @@ statistic. bench/trim.py holds the comparison with the other criteria.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +77,7 @@ class RelevanceScores:
     layers: dict[str, list[float]]
     channel_means: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     input_means: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0
+    # no wall-clock time in here: the file must be byte-identical for the same inputs (timings: stage timing file)
 
     def save(self, path: str | Path) -> None:
         write_json(path, {"format": FORMAT, **dataclasses.asdict(self)})
@@ -305,7 +304,6 @@ def consumer_norms(model: nn.Module, graph: ChannelGraph) -> dict[str, torch.Ten
 def compute_relevance(model: nn.Module, data: ImageSet, cfg: RelevanceConfig = RelevanceConfig()) -> RelevanceScores:
     """Score every trimmable kernel of `model` on `cfg.images` images of `data`."""
     check_input(model, data)
-    start = time.perf_counter()
     data = subset(data, cfg.images, cfg.seed)
     graph = build_graph(model, data.shape)
     acc, inputs = collect(model, data, graph, cfg.statistic, cfg.where, cfg.batch_size)
@@ -317,8 +315,7 @@ def compute_relevance(model: nn.Module, data: ImageSet, cfg: RelevanceConfig = R
         criterion="relevance", config=dataclasses.asdict(cfg), input_shape=tuple(data.shape), images=len(data),
         layers={p: normalize(s, cfg.normalize).tolist() for p, s in raw.items()},
         channel_means={p: a.mean().tolist() for p, a in acc.items()},
-        input_means={c: a.mean().tolist() for c, a in inputs.items()},
-        seconds=round(time.perf_counter() - start, 3))
+        input_means={c: a.mean().tolist() for c, a in inputs.items()})
 
 
 def input_means(model: nn.Module, data: ImageSet, batch_size: int = 250) -> dict[str, list[float]]:

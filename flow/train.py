@@ -14,30 +14,35 @@ from tqdm import tqdm
 
 from trimflow import FlowError
 from trimflow.data import ImageSet, make_loader
+from trimflow.data.registry import default_hflip
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 10.0  # fractional epochs let a fine-tune see part of the set
+    epochs: float = 10.0  # fractional epochs let a fine-tune see part of the set; 0 = no training step at all
     batch_size: int = 128
     lr: float = 0.05
     optimizer: str = "sgd"  # sgd (momentum 0.9, nesterov) or adam
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine or constant
     warmup_steps: int = 0
-    augment: bool = True
+    augment: bool = True  # random shifts (and flips, see hflip) of the training images
+    shift: int = 2  # augment: largest shift in pixels, each direction (zero fill)
+    hflip: bool | None = None  # augment: mirror half the images; None = the dataset's default (no for digits)
     label_smoothing: float = 0.0
     distill_weight: float = 0.0  # weight of KL(teacher || student) when a teacher is given
     distill_temperature: float = 4.0
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs <= 0:
-            raise FlowError(f"train: epochs must be > 0, got {self.epochs}")
+        if not self.epochs >= 0:
+            raise FlowError(f"train: epochs must be >= 0 (0 = no training), got {self.epochs}")
         if self.optimizer not in ("sgd", "adam"):
             raise FlowError(f"train: optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
             raise FlowError(f"train: schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.shift < 0:
+            raise FlowError(f"train: shift must be >= 0 pixels, got {self.shift}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise FlowError(f"train: distill_weight must be in [0, 1], got {self.distill_weight}")
 
@@ -63,8 +68,13 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def train(model: nn.Module, data: ImageSet, cfg: TrainConfig, teacher: nn.Module | None = None,
           desc: str = "train", progress: bool = True) -> dict:
     """Train `model` in place; returns a history dict (loss per epoch, seconds)."""
+    if cfg.epochs == 0:  # e.g. trimming without fine-tune: the label-free reconstruction is all there is
+        model.eval()
+        return {"loss": [], "steps": 0, "seconds": 0.0}
     seed_everything(cfg.seed)
-    loader = make_loader(data, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=cfg.augment)
+    hflip = default_hflip(data.name) if cfg.hflip is None else cfg.hflip
+    loader = make_loader(data, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=cfg.augment, shift=cfg.shift,
+                         hflip=hflip)
     steps_per_epoch = len(loader)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     opt = _optimizer(model, cfg)

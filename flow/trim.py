@@ -16,8 +16,8 @@ from __future__ import annotations
 import bisect
 import copy
 import dataclasses
+import hashlib
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,16 +26,18 @@ from torch import nn
 from tqdm import tqdm
 
 from trimflow import FlowError
-from trimflow.artifacts import write_json
+from trimflow.artifacts import digest, read_json, write_json
 from trimflow.criteria import CRITERIA
 from trimflow.data import ImageSet, make_loader, subset
 from trimflow.graph import ChannelGraph, build_graph, count_params_macs, example_input
+from trimflow.reconstruct import ReconstructConfig, reconstruct
 from trimflow.relevance import NORMALIZE, RelevanceScores, input_means, normalize
 
 POLICIES = ("uniform", "global", "budget")
 METRICS = ("macs", "params")
 ALLOCATIONS = ("rank", "sensitivity")
-SENSITIVITY_METRICS = ("loss", "accuracy")
+SENSITIVITY_METRICS = ("kl", "loss", "accuracy")
+COMPENSATIONS = ("none", "mean", "reconstruct")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,9 @@ class SensitivityConfig:
     # Calibration images the loss is measured on; BN statistics of each probe are re-estimated on as many others
     # (on the same ones when the calibration set is smaller than twice this).
     images: int = 500
-    metric: str = "loss"  # loss: mean cross-entropy increase | accuracy: top-1 drop (coarser on a small slice)
+    # kl: mean KL divergence of the probe's outputs from the untrimmed net's (needs no labels) | loss: mean
+    # cross-entropy increase | accuracy: top-1 drop (coarser on a small slice); loss and accuracy read labels
+    metric: str = "kl"
     batch_size: int = 250
 
     def __post_init__(self):
@@ -84,8 +88,12 @@ class TrimConfig:
     # few seconds of forward passes; see SensitivityConfig).
     allocation: str = "rank"
     sensitivity: SensitivityConfig = SensitivityConfig()
-    compensate: bool = True  # fold removed kernels' mean output into the consumer's bias
-    recalibrate_bn: bool = False  # re-estimate BN running statistics on the calibration set afterwards
+    # What makes up for the removed kernels: none | mean (fold their mean output into the consumers' biases) |
+    # reconstruct (refit every later conv/linear layer by least squares to reproduce the untrimmed net's output on
+    # the calibration images, no labels; trimflow.reconstruct)
+    compensation: str = "mean"
+    reconstruct: ReconstructConfig = ReconstructConfig()
+    recalibrate_bn: bool = False  # re-estimate BN running statistics on the calibration set (after compensation)
     calib_images: int = 2000  # images of the calibration set used for means / BN statistics
     batch_size: int = 250
     seed: int = 0
@@ -112,6 +120,8 @@ class TrimConfig:
         if self.allocation == "sensitivity" and self.policy != "budget":
             raise FlowError(f"trim: allocation='sensitivity' shares out a budget; it needs policy='budget', "
                             f"got policy={self.policy!r}")
+        if self.compensation not in COMPENSATIONS:
+            raise FlowError(f"trim: compensation {self.compensation!r} unknown; use one of {', '.join(COMPENSATIONS)}")
         if self.calib_images < 1 or self.batch_size < 1:
             raise FlowError(f"trim: calib_images and batch_size must be >= 1, got {self.calib_images}, "
                             f"{self.batch_size}")
@@ -126,9 +136,10 @@ class TrimReport:
     params_after: int
     macs_before: int
     macs_after: int
-    compensated: list[str]  # layers whose bias (or following BN) absorbed removed kernels' means
+    compensated: list[str]  # layers changed by the compensation (mean folded into a bias, or refitted)
     bn_recalibrated: bool
     sensitivity: dict[str, Any] | None = None  # allocation="sensitivity": the measured table (measure_sensitivity)
+    reconstruction: list[dict[str, Any]] | None = None  # compensation="reconstruct": one record per refitted layer
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -319,6 +330,32 @@ def compensate(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, kee
     return changed
 
 
+def compensate_trimmed(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, keep: dict[int, torch.Tensor],
+                       cfg: TrimConfig, means: dict[str, list[float]] | None, calib: ImageSet | None,
+                       layers: list[str] | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Make up for the removed kernels as cfg.compensation says, then re-estimate BN statistics if asked.
+
+    Reconstruction comes before the BN re-estimation: it refits each layer to the untrimmed net's output under the
+    untrimmed BN statistics, and the re-estimation then only corrects what the refit could not reproduce. Returns
+    what was done: the compensated layers (mean), the per-layer refit records (reconstruct), whether BN was
+    re-estimated. `layers` limits the refit to these layers (sensitivity probes).
+    """
+    done: dict[str, Any] = {"compensated": [], "reconstruction": [], "bn_recalibrated": False}
+    if cfg.compensation == "mean":
+        done["compensated"] = compensate(original, trimmed, graph, keep, means or {})  # names a missing layer
+    elif cfg.compensation == "reconstruct":
+        if calib is None:
+            raise FlowError("trim: compensation=reconstruct needs a calibration set (representative images)")
+        rcfg = cfg.reconstruct if batch_size is None else dataclasses.replace(cfg.reconstruct, batch_size=batch_size)
+        done["reconstruction"] = reconstruct(original, trimmed, graph, keep, calib, rcfg, layers)
+        done["compensated"] = [r["layer"] for r in done["reconstruction"] if "skipped" not in r]
+    if cfg.recalibrate_bn:
+        if calib is None:
+            raise FlowError("trim: recalibrate_bn=true needs a calibration set")
+        done["bn_recalibrated"] = recalibrate_bn(trimmed, calib, batch_size or cfg.batch_size)
+    return done
+
+
 def recalibrate_bn(model: nn.Module, data: ImageSet, batch_size: int = 250) -> bool:
     """Re-estimate BN running statistics as exact averages over `data` (weights untouched)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -343,17 +380,20 @@ def recalibrate_bn(model: nn.Module, data: ImageSet, batch_size: int = 250) -> b
 
 
 # --- allocation by measured sensitivity -------------------------------------------------------------------------------
-def _loss_accuracy(model: nn.Module, data: ImageSet, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy of `model` (eval mode) on `data`."""
+def _logits(model: nn.Module, data: ImageSet, batch_size: int) -> torch.Tensor:
     dtype = next(model.parameters()).dtype
-    loss, correct = 0.0, 0
     model.eval()
     with torch.no_grad():
-        for x, y in make_loader(data, batch_size):
-            out = model(x.to(dtype))
-            loss += float(nn.functional.cross_entropy(out.double(), y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-    return loss / len(data), correct / len(data)
+        return torch.cat([model(x.to(dtype)).double() for x, _ in make_loader(data, batch_size)])
+
+
+def _measures(logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor) -> tuple[float, float, float]:
+    """Mean cross-entropy, top-1 accuracy and mean KL(reference || model) of one set of logits."""
+    loss = float(nn.functional.cross_entropy(logits, labels))
+    acc = float((logits.argmax(1) == labels).double().mean())
+    kl = float(nn.functional.kl_div(logits.log_softmax(1), reference.log_softmax(1), log_target=True,
+                                    reduction="batchmean"))
+    return loss, acc, kl
 
 
 def _split(calib: ImageSet, n: int, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -379,26 +419,26 @@ def measure_sensitivity(model: nn.Module, scores: RelevanceScores, calib: ImageS
                         means: dict[str, list[float]] | None = None, progress: bool = True) -> dict[str, Any]:
     """Trim each channel group alone to its probe_counts and measure the loss (and accuracy) on a calibration slice.
 
-    Every probe removes the group's least relevant kernels (by `scores`, as the real trim does), folds their means
-    into the consumers when cfg.compensate (`means`: the consumers' mean inputs; recorded in the scores or measured
-    on `calib`) and re-estimates BN statistics when cfg.recalibrate_bn, so the drop is the one the flow's trim
-    would see for that group. Forward passes only. Per group the table holds the probed counts (full width first),
-    loss and accuracy at each, and `drop`: the increase of cfg.sensitivity.metric over the untrimmed net made
-    monotone (a narrower group never counts as better than a wider one) and never negative.
+    Every probe removes the group's least relevant kernels (by `scores`, as the real trim does) and compensates
+    like the real trim (`compensate_trimmed`; reconstruction refits only the layers that read the probed group),
+    so the drop is the one the flow's trim would see for that group. Forward passes only. Per group the table
+    holds the probed counts (full width first), loss, accuracy and KL divergence from the untrimmed net at each,
+    and `drop`: the increase of cfg.sensitivity.metric over the untrimmed net made monotone (a narrower group never
+    counts as better than a wider one) and never negative. With metric="kl" no label is read.
     """
     scfg = cfg.sensitivity
-    start = time.perf_counter()
     if len(calib) == 0:
         raise FlowError("trim: allocation='sensitivity' got an empty calibration set")
     graph = build_graph(model, calib.shape)
     gscore = group_scores(graph, scores, cfg.normalize)
-    if cfg.compensate and not means:
+    if cfg.compensation == "mean" and not means:
         means = scores.input_means or input_means(model, calib, cfg.batch_size)
     measure, recal = _split(calib, scfg.images, cfg.seed)
+    reference = _logits(model, measure, scfg.batch_size)
     base = copy.deepcopy(model).eval()
     if cfg.recalibrate_bn:
         recalibrate_bn(base, recal, scfg.batch_size)
-    base_loss, base_acc = _loss_accuracy(base, measure, scfg.batch_size)
+    base_loss, base_acc, base_kl = _measures(_logits(base, measure, scfg.batch_size), measure.labels, reference)
     groups = graph.prunable()
     plan = [(g, probe_counts(g.size, cfg)) for g in groups]
     bar = tqdm(total=sum(len(c) - 1 for _, c in plan), desc="sensitivity", leave=False, dynamic_ncols=True,
@@ -406,32 +446,63 @@ def measure_sensitivity(model: nn.Module, scores: RelevanceScores, calib: ImageS
     table: dict[str, Any] = {}
     try:
         for g, counts in plan:
-            losses, accs = [base_loss], [base_acc]
+            losses, accs, kls = [base_loss], [base_acc], [base_kl]
             order = torch.argsort(gscore[g.id], descending=True, stable=True)
+            readers = [u.name for u in graph.uses.values() if u.kind in ("conv", "linear")
+                       and any(graph.find(seg.group) == g.id for seg in u.inputs)]
             for k in counts[1:]:
                 keep = {g.id: torch.sort(order[:k]).values}
                 probe = remove_channels(model, graph, keep)
-                if cfg.compensate:
-                    compensate(model, probe, graph, keep, means)
-                if cfg.recalibrate_bn:
-                    recalibrate_bn(probe, recal, scfg.batch_size)
-                loss, acc = _loss_accuracy(probe, measure, scfg.batch_size)
-                if not math.isfinite(loss):
+                compensate_trimmed(model, probe, graph, keep, cfg, means, recal, readers, scfg.batch_size)
+                loss, acc, kl = _measures(_logits(probe, measure, scfg.batch_size), measure.labels, reference)
+                if not (math.isfinite(loss) and math.isfinite(kl)):
                     raise FlowError(f"trim: layer {g.name} trimmed to {k} kernels gives a NaN/Inf loss on the "
                                     "calibration set; check the checkpoint and the calibration images")
                 losses.append(loss)
                 accs.append(acc)
+                kls.append(kl)
                 bar.update()
-            raw = [v - base_loss for v in losses] if scfg.metric == "loss" else [base_acc - a for a in accs]
+            raw = {"loss": [v - base_loss for v in losses], "kl": [v - base_kl for v in kls],
+                   "accuracy": [base_acc - a for a in accs]}[scfg.metric]
             drop, worst = [], 0.0
             for v in raw:
                 worst = max(worst, v)
                 drop.append(worst)
-            table[g.name] = {"size": g.size, "counts": counts, "loss": losses, "accuracy": accs, "drop": drop}
+            table[g.name] = {"size": g.size, "counts": counts, "loss": losses, "accuracy": accs, "kl": kls,
+                             "drop": drop}
     finally:
         bar.close()
     return {"metric": scfg.metric, "images": len(measure), "base_loss": base_loss, "base_accuracy": base_acc,
-            "groups": table, "seconds": round(time.perf_counter() - start, 3)}
+            "groups": table}
+
+
+def sensitivity_key(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig) -> str:
+    """What a sensitivity table depends on: the model, its scores and the settings that shape the probes.
+
+    Not the budget (nor budget_metric, policy, keep): one table serves every budget and the hardware-aware search.
+    """
+    measured = {f: getattr(cfg, f) for f in ("criterion", "normalize", "min_keep", "round_to", "sensitivity",
+                                             "compensation", "reconstruct", "recalibrate_bn", "calib_images",
+                                             "batch_size", "seed")}
+    weights = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        weights.update(name.encode())
+        weights.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return digest(measured, dataclasses.asdict(scores), weights.hexdigest())
+
+
+def cached_sensitivity(cache_dir: Path, model: nn.Module, scores: RelevanceScores, calib: ImageSet,
+                       cfg: TrimConfig, progress: bool = True) -> tuple[dict[str, Any], bool]:
+    """The sensitivity table from `cache_dir` when it was measured for this model, scores and settings, else
+    measured now and stored there (its own JSON artifact, written atomically). Returns (table, was_cached)."""
+    path = Path(cache_dir) / f"sensitivity-{sensitivity_key(model, scores, cfg)[:16]}.json"
+    if path.exists():
+        return read_json(path), True
+    means = scores.input_means or None
+    table = measure_sensitivity(model, scores, calib, cfg, means, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, table)
+    return table, False
 
 
 def allocate_by_sensitivity(graph: ChannelGraph, sensitivity: dict[str, Any], cfg: TrimConfig,
@@ -531,7 +602,7 @@ def trim_model(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig = Trim
         raise FlowError(f"{type(model).__name__} has no trimmable layers (every channel group is frozen)")
     calib_small = subset(calib, cfg.calib_images, cfg.seed) if calib is not None else None
     means = scores.input_means
-    if cfg.compensate and not means and calib_small is not None:  # data-free criteria record no means
+    if cfg.compensation == "mean" and not means and calib_small is not None:  # data-free criteria record none
         means = input_means(model, calib_small, cfg.batch_size)
     if cfg.allocation == "sensitivity":
         # an unreachable budget fails before the measurement, not after it
@@ -547,21 +618,15 @@ def trim_model(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig = Trim
         counts = choose_counts(graph, gscore, cfg, fixed)
     keep = keep_indices(gscore, counts)
     trimmed = remove_channels(model, graph, keep)
-    changed: list[str] = []
-    if cfg.compensate:
-        changed = compensate(model, trimmed, graph, keep, means)
-    recal = False
-    if cfg.recalibrate_bn:
-        if calib_small is None:
-            raise FlowError("trim: recalibrate_bn=true needs a calibration set")
-        recal = recalibrate_bn(trimmed, calib_small, cfg.batch_size)
+    done = compensate_trimmed(model, trimmed, graph, keep, cfg, means, calib_small)
     trimmed.eval()
     p0, m0 = count_params_macs(model, graph.input_shape)
     p1, m1 = count_params_macs(trimmed, graph.input_shape)
     layers = [{"name": g.name, "producers": g.producers, "total": g.size, "kept": int(keep[g.id].numel()),
                "kept_indices": keep[g.id].tolist()} for g in graph.prunable()]
-    report = TrimReport(scores.criterion, dataclasses.asdict(cfg), layers, p0, p1, m0, m1, changed, recal,
-                        sensitivity if cfg.allocation == "sensitivity" else None)
+    report = TrimReport(scores.criterion, dataclasses.asdict(cfg), layers, p0, p1, m0, m1, done["compensated"],
+                        done["bn_recalibrated"], sensitivity if cfg.allocation == "sensitivity" else None,
+                        done["reconstruction"] or None)
     return trimmed, report
 
 

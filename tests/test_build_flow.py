@@ -4,6 +4,7 @@ stages report agree with each other, a second run is served from the cache, and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -37,6 +38,35 @@ def test_every_stage_ran_and_the_report_is_written(small_build):
     assert "Resources vs the board" in text and "estimated fps" in text
     report = json.loads((root / "pynq-z2" / "report.json").read_text())
     assert set(report["stages"]) >= {"relevance", "trim", "quantize", "export", "compile"}
+
+
+def test_report_provenance_next_command_classes_and_log(small_build):
+    from trimflow.configs import from_dict
+    from trimflow.config import FlowConfig
+    from trimflow.data.meta import CLASS_NAMES
+    from trimflow.logs import MAX_LINE
+    from trimflow.report.provenance import TOOLS
+
+    root, cfg, result = small_build
+    board_dir = root / "pynq-z2"
+    text = result.report_path.read_text()
+    assert "## Provenance" in text and all(f"{tool} " in text for tool in TOOLS) and "verilator " in text
+    # the next command rebuilds exactly this config: the effective config file it names reads back equal
+    cmd = next(line.strip() for line in text.splitlines() if line.strip().startswith("make synth BOARD=pynq-z2"))
+    config_path = cmd.split("CONFIG=")[1].split()[0]
+    assert (board_dir / "config.yaml").samefile(config_path)
+    assert from_dict(FlowConfig, yaml.safe_load((board_dir / "config.yaml").read_text())) == cfg
+    assert Path(cmd.split("BUILD_DIR=")[1].split()[0]).resolve() == root.resolve()
+    assert "Not synthesised" in text and "make deploy BOARD=pynq-z2" in text
+    names = list(CLASS_NAMES["fashion-mnist"])
+    assert ", ".join(names) in text
+    manifest = json.loads((board_dir / "synth" / "deploy" / "manifest.json").read_text())
+    assert manifest["classes"] == names
+    assert manifest["preprocess"] == {"mode": "L", "size": [28, 28], "convert": False, "resize": None,
+                                      "invert": False, "autocontrast": False, "dataset": "fashion-mnist"}
+    log = (board_dir / "build.log").read_text().splitlines()
+    assert max(map(len, log)) <= MAX_LINE and any("✓ report" in line for line in log)
+    assert any("Running step: step_streamline" in line for line in log)  # FINN's steps as they ran
 
 
 @pytest.mark.rtlsim
@@ -106,3 +136,34 @@ def test_cli_missing_checkpoint_and_bad_config_key(capsys, tmp_path):
 def test_flow_config_rejects_bad_values():
     with pytest.raises(FlowError, match="eval_images|expected int"):
         load_flow_config(overrides=["eval_images=lots"])
+
+
+@pytest.mark.rtlsim
+def test_runtime_verilator_backend_reuses_the_simulated_design(small_build, tmp_path):
+    """The deployment package's Verilator backend on real test images, fast: the simulate stage already compiled
+    this design, and build_simulator reuses a simulator whose key (model digest, build settings) matches."""
+    import shutil
+    import sys
+
+    import numpy as np
+
+    from trimflow.data import load_dataset, subset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hw" / "runtime"))
+    import trimflow_runtime as rt
+    from trimflow_runtime.frames import Frame
+
+    root, cfg, result = small_build
+    board_dir = root / "pynq-z2"
+    shutil.copytree(board_dir / "simulate" / "verilator", tmp_path / "sim")
+    built = (tmp_path / "sim" / "sim").stat().st_mtime_ns
+    pkg = rt.load_package(board_dir / "synth" / "deploy")
+    images = subset(load_dataset(cfg.dataset, "test", cfg.data_dir), 4, seed=5).images.numpy()
+    frames = [Frame(str(i), np.transpose(img, (1, 2, 0))) for i, img in enumerate(images)]
+    with rt.open_accelerator(pkg, "verilator", work_dir=str(tmp_path)) as accel:
+        assert (tmp_path / "sim" / "sim").stat().st_mtime_ns == built  # reused, not recompiled
+        sim = rt.classify(pkg, accel, frames, batch_size=4)
+    with rt.open_accelerator(pkg, "finn-python") as accel:
+        ref = rt.classify(pkg, accel, frames, batch_size=4)
+    assert sim.predictions == ref.predictions
+    np.testing.assert_array_equal(np.stack(sim.scores), np.stack(ref.scores))

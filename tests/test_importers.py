@@ -240,3 +240,49 @@ def test_cli_arguments_build_the_config(tmp_path):
         ("onnx", 255.0, (0.5,), {"a": 1}, (1, 28, 28))
     with pytest.raises(FlowError, match="--kwargs must be a JSON object"):
         config_from_cli(p.parse_args(["m.onnx", "--out", "x.pt", "--kwargs", "[1]"]))
+
+
+_USER_NET = '''
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(width * 28 * 28, 10)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.relu(self.conv(x))))
+'''
+
+
+def test_class_file_moved_after_import_still_loads(tmp_path, monkeypatch):
+    # The checkpoint carries the class file's code, not its path: moving or deleting the file changes nothing.
+    src = tmp_path / "user" / "tinynet.py"
+    src.parent.mkdir()
+    src.write_text(_USER_NET)
+    monkeypatch.syspath_prepend(str(src.parent))
+    import tinynet  # noqa: E402  (the user's module, to make reference weights)
+    torch.manual_seed(0)
+    ref = tinynet.TinyNet(width=4).eval()
+    torch.save(ref.state_dict(), tmp_path / "w.pt")
+    cfg = ImportConfig(source=str(tmp_path / "w.pt"), class_path=f"{src}:TinyNet", model_kwargs={"width": 4},
+                       input_shape=(1, 28, 28))
+    import_model(cfg, tmp_path / "ck.pt")
+    src.unlink()
+    src.parent.rmdir()
+    loaded, payload = load_checkpoint(tmp_path / "ck.pt")
+    assert payload["arch"]["kwargs"]["target"] == "tinynet.py:TinyNet"
+    assert str(tmp_path) not in json.dumps(payload["arch"])  # no absolute path recorded
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded(x), ref(x))
+
+
+def test_module_path_not_importable_says_what_to_put_where():
+    arch = {"name": "module", "kwargs": {"target": "nosuchpkg.nets:Net", "kwargs": {}}}
+    with pytest.raises(FlowError, match=r"put the folder that holds nosuchpkg on PYTHONPATH.*--class "
+                                        r"path/to/file.py:Class"):
+        build_model(arch["name"], **arch["kwargs"])

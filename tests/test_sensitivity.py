@@ -20,7 +20,7 @@ from trimflow.trim import (SensitivityConfig, TrimConfig, allocate_by_sensitivit
                        trim_model)
 from tests.test_relevance import _images
 
-SENS = TrimConfig(policy="budget", budget=0.5, round_to=4, allocation="sensitivity", compensate=True,
+SENS = TrimConfig(policy="budget", budget=0.5, round_to=4, allocation="sensitivity", compensation="mean",
                   recalibrate_bn=True, sensitivity=SensitivityConfig(images=32, keep_ratios=(0.5, 0.25)))
 
 
@@ -54,7 +54,7 @@ def test_budget_met_and_guard_held(cnv, metric):
         assert layer["kept"] >= 8 and (layer["kept"] % 4 == 0 or layer["kept"] == layer["total"])
         assert len(layer["kept_indices"]) == layer["kept"]
     table = report.sensitivity
-    assert table["metric"] == "loss" and table["images"] == 32
+    assert table["metric"] == "kl" and table["images"] == 32
     assert set(table["groups"]) == {layer["name"] for layer in report.layers}
     for name, g in table["groups"].items():
         # probed: the full width, the keep ratios and the fewest kernels the guard allows (8)
@@ -111,7 +111,7 @@ def test_sensitive_layer_keeps_more_kernels(amplify):
     model = TwoBranch(amplify).eval()
     data = _self_labelled(model, 128, shape=(1, 8, 8))
     scores = compute_relevance(model, data, RelevanceConfig(images=128))
-    cfg = TrimConfig(policy="budget", budget=0.5, round_to=1, allocation="sensitivity", compensate=True,
+    cfg = TrimConfig(policy="budget", budget=0.5, round_to=1, allocation="sensitivity", compensation="mean",
                      recalibrate_bn=False, sensitivity=SensitivityConfig(images=128, keep_ratios=(0.75, 0.5, 0.25)))
     _, report = trim_model(model, scores, cfg, data, progress=False)
     kept = {layer["name"]: layer["kept"] for layer in report.layers}
@@ -173,7 +173,7 @@ def test_allocation_follows_the_table(cnv):
 def test_bad_input_is_a_flow_error(cnv):
     model, data, scores = cnv
     with pytest.raises(FlowError, match="needs a calibration set"):
-        trim_model(model, scores, dataclasses.replace(SENS, compensate=False, recalibrate_bn=False))
+        trim_model(model, scores, dataclasses.replace(SENS, compensation="none", recalibrate_bn=False))
     with pytest.raises(FlowError, match="budget 0.01 of the original macs is below what min_keep=8"):
         trim_model(model, scores, dataclasses.replace(SENS, budget=0.01, min_keep=8), data, progress=False)
     with pytest.raises(FlowError, match="needs policy='budget', got policy='uniform'"):
@@ -203,3 +203,25 @@ def test_accuracy_metric_and_standalone_measurement(cnv):
     for g in table["groups"].values():
         assert g["drop"] == [max(0.0, *(table["base_accuracy"] - a for a in g["accuracy"][:i + 1]))
                              for i in range(len(g["counts"]))]
+
+
+def test_table_measured_once_for_every_budget(cnv, tmp_path, monkeypatch):
+    # The table depends on the model, scores and probe settings, not on the budget: three budgets, one measurement.
+    import trimflow.trim as trim_mod
+    model, data, scores = cnv
+    calls = []
+    real = trim_mod.measure_sensitivity
+    monkeypatch.setattr(trim_mod, "measure_sensitivity", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kept = []
+    for budget in (0.5, 0.35, 0.25):
+        cfg = dataclasses.replace(SENS, budget=budget)
+        table, cached = trim_mod.cached_sensitivity(tmp_path, model, scores, data, cfg, progress=False)
+        assert cached == (budget != 0.5)
+        _, report = trim_model(model, scores, cfg, data, sensitivity=table, progress=False)
+        kept.append(report.macs_after / report.macs_before)
+    assert len(calls) == 1 and len(list(tmp_path.glob("sensitivity-*.json"))) == 1
+    assert kept[0] > kept[1] > kept[2] and kept[2] <= 0.25
+    # a setting that shapes the probes is a different table
+    other = dataclasses.replace(SENS, compensation="none")
+    assert trim_mod.cached_sensitivity(tmp_path, model, scores, data, other, progress=False)[1] is False
+    assert len(calls) == 2

@@ -30,7 +30,7 @@ def cnv():
 def test_uniform_counts_and_report(cnv):
     model, data, scores = cnv
     trimmed, report = trim_model(model, scores, TrimConfig(policy="uniform", keep=0.3, round_to=4,
-                                                           compensate=False))
+                                                           compensation="none"))
     kept = {layer["name"]: layer["kept"] for layer in report.layers}
     assert kept == {n: min(w, math.ceil(math.ceil(0.3 * w) / 4) * 4) for n, w in CNV_WIDTHS.items()}
     assert kept == {"features.0": 8, "features.3": 12, "features.6": 12, "features.9": 20, "features.12": 20}
@@ -52,23 +52,23 @@ def test_uniform_counts_and_report(cnv):
 @pytest.mark.parametrize("metric", ["macs", "params"])
 def test_budget_policy_meets_budget(cnv, metric):
     model, data, scores = cnv
-    cfg = TrimConfig(policy="budget", budget=0.5, budget_metric=metric, compensate=False)
+    cfg = TrimConfig(policy="budget", budget=0.5, budget_metric=metric, compensation="none")
     trimmed, report = trim_model(model, scores, cfg)
     before, after = (report.macs_before, report.macs_after) if metric == "macs" else \
         (report.params_before, report.params_after)
     assert after <= 0.5 * before
     assert after >= 0.45 * before  # the search keeps as much as the budget allows
     with pytest.raises(FlowError, match="budget 0.01 of the original macs is below what min_keep=8"):
-        trim_model(model, scores, TrimConfig(policy="budget", budget=0.01, min_keep=8, compensate=False))
+        trim_model(model, scores, TrimConfig(policy="budget", budget=0.01, min_keep=8, compensation="none"))
 
 
 def test_global_policy_keeps_top_fraction(cnv):
     model, data, scores = cnv
     _, report = trim_model(model, scores, TrimConfig(policy="global", keep=0.25, normalize="rank",
-                                                     compensate=False))
+                                                     compensation="none"))
     assert sum(layer["kept"] for layer in report.layers) == round(0.25 * sum(CNV_WIDTHS.values()))
     _, report = trim_model(model, scores, TrimConfig(policy="global", keep=0.05, min_keep=3, round_to=2,
-                                                     compensate=False))
+                                                     compensation="none"))
     assert all(layer["kept"] >= 3 and layer["kept"] % 2 == 0 for layer in report.layers)
 
 
@@ -108,7 +108,7 @@ def test_compensation_is_exact_for_constant_kernels(bias_b):
     scores = compute_relevance(model, data, RelevanceConfig())
     # hand-made scores: kernels 1 and 3 of `a` least relevant, kernel 0 of `b` least relevant
     scores.layers = {"a": [4.0, 1.0, 3.0, 0.0], "b": [0.0, 2.0, 3.0]}
-    cfg = TrimConfig(policy="uniform", keep=0.5, compensate=True)
+    cfg = TrimConfig(policy="uniform", keep=0.5, compensation="mean")
     trimmed, report = trim_model(model, scores, cfg)
     assert [layer["kept_indices"] for layer in report.layers] == [[0, 2], [1, 2]]
     assert report.compensated == ["b", "fc"]
@@ -120,16 +120,16 @@ def test_compensation_is_exact_for_constant_kernels(bias_b):
         mean_map = torch.tensor(scores.input_means["fc"][:36], dtype=torch.float64)
         reference = model(x) - (b_out - mean_map) @ model.fc.weight[:, :36].T
     torch.testing.assert_close(trimmed(x), reference.detach(), atol=1e-10, rtol=0)
-    uncompensated, _ = trim_model(model, scores, TrimConfig(policy="uniform", keep=0.5, compensate=False))
+    uncompensated, _ = trim_model(model, scores, TrimConfig(policy="uniform", keep=0.5, compensation="none"))
     assert not torch.allclose(uncompensated(x), reference)
 
 
 def test_compensation_needs_means(cnv):
     model, data, scores = cnv
     with pytest.raises(FlowError, match="no mean input for layer features.3"):
-        trim_model(model, scores, TrimConfig(compensate=True))
+        trim_model(model, scores, TrimConfig(compensation="mean"))
     with pytest.raises(FlowError, match="recalibrate_bn=true needs a calibration set"):
-        trim_model(model, scores, TrimConfig(compensate=False, recalibrate_bn=True))
+        trim_model(model, scores, TrimConfig(compensation="none", recalibrate_bn=True))
 
 
 def test_recalibrate_bn_matches_batch_statistics():
@@ -146,7 +146,7 @@ def test_scores_from_another_model_are_rejected(cnv):
     model, data, scores = cnv
     bad = RelevanceScores(**{**scores.__dict__, "layers": {**scores.layers, "features.3": [1.0] * 31}})
     with pytest.raises(FlowError, match="layer features.3 have 31 entries but the layer has 32 kernels"):
-        trim_model(model, bad, TrimConfig(compensate=False))
+        trim_model(model, bad, TrimConfig(compensation="none"))
     for bad_cfg in ({"policy": "magic"}, {"keep": 0.0}, {"budget": 1.5}, {"min_keep": 0}, {"round_to": 0},
                     {"budget_metric": "luts"}, {"criterion": "l7"}):
         with pytest.raises(FlowError, match="trim: "):

@@ -66,13 +66,14 @@ class DatasetSpec:
     reader: Callable[[Path, str], tuple[np.ndarray, np.ndarray]]
     torchvision_name: str
     how_to_get: str
+    hflip: bool = False  # mirror images are the same class (garments, photos: yes; digits, text: no)
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist", classes=10, shape=(1, 28, 28),
         search_dirs=("data/fashion-mnist", "/usr/share/datasets/fashion-mnist"),
-        reader=_load_idx_dataset, torchvision_name="FashionMNIST",
+        reader=_load_idx_dataset, torchvision_name="FashionMNIST", hflip=True,
         how_to_get="install the Debian package (`apt-get install dataset-fashion-mnist`, files land in "
                    "/usr/share/datasets/fashion-mnist), or put the four IDX files (train-images-idx3-ubyte.gz, "
                    "...) in a folder and pass --data-dir / DATA_DIR=that folder",
@@ -95,11 +96,17 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
         name="cifar10", classes=10, shape=(3, 32, 32),
         search_dirs=("data/cifar10", "data/cifar-10-batches-py", "/usr/share/datasets/cifar10"),
-        reader=read_cifar10, torchvision_name="",  # torchvision's CIFAR10 keeps HWC arrays: not the MNIST path
+        reader=read_cifar10, torchvision_name="", hflip=True,  # torchvision's CIFAR10 keeps HWC arrays
         how_to_get="unpack cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) so that "
                    "data/cifar10/cifar-10-batches-py/data_batch_1 .. test_batch exist, or pass --data-dir",
     ),
 }
+
+
+def default_hflip(name: str) -> bool:
+    """Whether training on dataset `name` flips images horizontally by default (DatasetSpec.hflip)."""
+    spec = DATASETS.get(name)
+    return bool(spec and spec.hflip)
 
 
 def resolve_dataset(name: str) -> None:
@@ -156,8 +163,22 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     if tuple(images.shape[1:]) != spec.shape:
         raise FlowError(f"dataset {name!r} in {tried[-1]}: images are {tuple(images.shape[1:])}, "
                         f"expected {spec.shape}")
+    check_split(name, split, tried[-1], images, labels, spec.classes)
     return ImageSet(name=name, images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
                     labels=torch.from_numpy(labels.astype(np.int64)), classes=spec.classes)
+
+
+def check_split(name: str, split: str, where: str, images: np.ndarray, labels: np.ndarray, classes: int) -> None:
+    """FlowError for a split the stages cannot use: no images, or labels outside the model head's 0..classes-1
+    (cross-entropy would fail deep inside training, or silently score a wrong class)."""
+    if len(images) == 0:
+        raise FlowError(f"dataset {name!r} in {where}: the {split} split has no images; put {split} images there "
+                        "(or point --data-dir at a complete copy)")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        bad = int(((labels < 0) | (labels >= classes)).sum())
+        raise FlowError(f"dataset {name!r} in {where}: {bad} {split} label(s) outside 0..{classes - 1} (found "
+                        f"{int(labels.min())} .. {int(labels.max())}) for a {classes}-class dataset; fix the label "
+                        "file (or use a dataset with that many classes)")
 
 
 def subset(ds: ImageSet, count: int | None, seed: int = 0) -> ImageSet:
@@ -171,8 +192,11 @@ def subset(ds: ImageSet, count: int | None, seed: int = 0) -> ImageSet:
 
 
 def make_loader(ds: ImageSet, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
-                augment: bool = False):
-    """Yield (float images in [0, 1], labels) batches; a fresh, seeded order per call when shuffling."""
+                augment: bool = False, shift: int = 2, hflip: bool = False):
+    """Yield (float images in [0, 1], labels) batches; a fresh, seeded order per call when shuffling.
+
+    augment: each image shifted by up to `shift` pixels (zero fill) and, with `hflip`, half of them mirrored.
+    """
 
     class _Loader:
         def __len__(self) -> int:
@@ -187,7 +211,7 @@ def make_loader(ds: ImageSet, batch_size: int = 256, shuffle: bool = False, seed
                 idx = order[start:start + batch_size]
                 x = ds.images[idx].float().div_(255.0)
                 if augment:
-                    x = _random_shift(x, seed + self.epoch * 100003 + start)
+                    x = _random_shift(x, seed + self.epoch * 100003 + start, shift, hflip)
                 yield x, ds.labels[idx]
 
         epoch = 0
@@ -195,14 +219,15 @@ def make_loader(ds: ImageSet, batch_size: int = 256, shuffle: bool = False, seed
     return _Loader()
 
 
-def _random_shift(x: torch.Tensor, seed: int, max_shift: int = 2) -> torch.Tensor:
-    """Shift each image by up to `max_shift` pixels (zero fill) and flip half of them horizontally."""
+def _random_shift(x: torch.Tensor, seed: int, max_shift: int, hflip: bool) -> torch.Tensor:
+    """Shift each image by up to `max_shift` pixels (zero fill) and, with hflip, mirror half of them."""
     g = torch.Generator().manual_seed(seed)
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (max_shift,) * 4)
     dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
     dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
     out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-    flip = torch.rand(n, generator=g) < 0.5
-    out[flip] = out[flip].flip(-1)
+    flip = torch.rand(n, generator=g) < 0.5  # drawn either way: the shifts stay the same with or without flips
+    if hflip:
+        out[flip] = out[flip].flip(-1)
     return out

@@ -11,10 +11,13 @@ from torch import nn
 
 class CNVLike(nn.Module):
     def __init__(self, in_channels: int = 1, classes: int = 10, input_size: int = 28,
-                 widths: tuple[int, ...] = (16, 32, 32, 64, 64), strides: tuple[int, ...] = (1, 2, 1, 2, 1)):
+                 widths: tuple[int, ...] = (16, 32, 32, 64, 64), strides: tuple[int, ...] = (1, 2, 1, 2, 1),
+                 head: str = "flatten"):
         super().__init__()
         if len(widths) != len(strides):
             raise ValueError(f"widths {widths} and strides {strides} must have the same length")
+        if head not in ("flatten", "gap"):
+            raise ValueError("head must be 'flatten' (Flatten + Linear) or 'gap' (global average pool + Linear)")
         layers: list[nn.Module] = []
         ch, size = in_channels, input_size
         for i, (w, s) in enumerate(zip(widths, strides)):
@@ -22,8 +25,13 @@ class CNVLike(nn.Module):
             ch = w
             size = (size + 2 - 3) // s + 1
         self.features = nn.Sequential(*layers)
+        # gap: fewer classifier weights and any input size, but FINN maps it to its HLS-only GlobalAccPool
+        self.pool = nn.AdaptiveAvgPool2d(1) if head == "gap" else None
         self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(ch * size * size, classes)
+        self.classifier = nn.Linear(ch * (1 if head == "gap" else size * size), classes)
 
     def forward(self, x):
-        return self.classifier(self.flatten(self.features(x)))
+        x = self.features(x)
+        if self.pool is not None:
+            x = self.pool(x)
+        return self.classifier(self.flatten(x))

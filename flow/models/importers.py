@@ -26,6 +26,7 @@ import importlib.util
 import math
 import os
 import tempfile
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ def import_model(cfg: ImportConfig, out: str | os.PathLike) -> dict[str, Any]:
             raise FlowError(f"import: TorchScript {source} needs input_shape (C, H, W) or a dataset to take it "
                             "from")
         model, arch, diff = _import_torchscript(source, shape)
+    check_structure(model, f"import: {source}")
     if shape is None:
         shape = tuple(arch["kwargs"]["spec"]["input_shape"]) if arch["name"] == "graph" else None
     if shape is None:
@@ -147,13 +149,21 @@ def _dataset_spec(name: str | None):
 
 
 # -- PyTorch class + state_dict --------------------------------------------------------------------------------
-def build_module(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Instantiate `target` ("package.module:ClassName" or "path/to/file.py:ClassName") with `kwargs`."""
+def build_module(target: str, kwargs: dict[str, Any] | None = None, source: str | None = None) -> nn.Module:
+    """Instantiate `target` ("package.module:ClassName" or "path/to/file.py:ClassName") with `kwargs`.
+
+    `source`: the code of the class's file, as `trimflow import --class file.py:Class` stores it in the checkpoint;
+    the class is then built from it, wherever the file is now.
+    """
     mod_name, sep, cls_name = target.rpartition(":")
     if not sep or not mod_name or not cls_name:
         raise FlowError(f"model class {target!r} must look like 'package.module:ClassName'")
     try:
-        if mod_name.endswith(".py"):
+        if source is not None:
+            module = types.ModuleType(f"trimflow_user_{Path(mod_name).stem}")
+            module.__file__ = f"<checkpoint copy of {mod_name}>"
+            exec(compile(source, module.__file__, "exec"), module.__dict__)  # the user's own code, from their import
+        elif mod_name.endswith(".py"):
             path = Path(mod_name)
             if not path.is_file():
                 raise FlowError(f"model class {target!r}: file {path} does not exist")
@@ -165,8 +175,9 @@ def build_module(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module
     except FlowError:
         raise
     except Exception as e:
-        raise FlowError(f"model class {target!r}: cannot import {mod_name} ({type(e).__name__}: {e}); is it on "
-                        "PYTHONPATH?") from None
+        raise FlowError(f"model class {target!r}: cannot import {mod_name} ({type(e).__name__}: {e}); put the "
+                        f"folder that holds {mod_name.split('.')[0]} on PYTHONPATH, or import the model again with "
+                        "`trimflow import --class path/to/file.py:Class` so the checkpoint carries the code") from None
     cls = getattr(module, cls_name, None)
     if cls is None:
         raise FlowError(f"model class {target!r}: {mod_name} has no attribute {cls_name!r}")
@@ -177,6 +188,14 @@ def build_module(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module
     if not isinstance(model, nn.Module):
         raise FlowError(f"model class {target!r} did not build an nn.Module (got {type(model).__name__})")
     return model
+
+
+def _portable_target(class_path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's record of a user class: a module path as given, or a file's code (never its location)."""
+    mod_name, _, cls_name = class_path.rpartition(":")
+    if not mod_name.endswith(".py"):
+        return {"target": class_path, "kwargs": kwargs}  # resolved on PYTHONPATH when the checkpoint is loaded
+    return {"target": f"{Path(mod_name).name}:{cls_name}", "kwargs": kwargs, "source": Path(mod_name).read_text()}
 
 
 def _import_pytorch(cfg: ImportConfig, source: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -197,7 +216,7 @@ def _import_pytorch(cfg: ImportConfig, source: Path) -> tuple[nn.Module, dict[st
         raise FlowError(f"import: {source} does not hold a state_dict (a mapping of names to tensors)")
     load_state_strict(model, state, source=str(source))
     model.eval()
-    return model, {"name": "module", "kwargs": {"target": cfg.class_path, "kwargs": dict(cfg.model_kwargs)}}
+    return model, {"name": "module", "kwargs": _portable_target(cfg.class_path, dict(cfg.model_kwargs))}
 
 
 # -- ONNX and TorchScript ---------------------------------------------------------------------------------------
@@ -262,13 +281,63 @@ def _import_torchscript(source: Path, shape: tuple[int, ...]) -> tuple[nn.Module
         except Exception as e:
             raise FlowError(f"import: TorchScript {source} cannot be exported to ONNX for conversion "
                             f"({type(e).__name__}: {e})") from None
-        model, spec = onnx_to_torch(onnx_path)
+        try:
+            model, spec = onnx_to_torch(onnx_path)
+        except FlowError as e:  # name the user's file, not our temporary export of it
+            raise FlowError(str(e).replace(str(onnx_path), f"TorchScript {source} (exported to ONNX)")) from None
     x = _probe_inputs(shape)
     with torch.no_grad():
         ref = scripted(torch.from_numpy(x)).numpy()
         ours = model(torch.from_numpy(x)).numpy()
     diff = _check_close(ref, ours, f"TorchScript {source}")
     return model, {"name": "graph", "kwargs": {"spec": spec}}, diff
+
+
+def check_structure(model: nn.Module, where: str) -> None:
+    """FlowError naming the first layer the flow cannot carry to FINN (recurrent, attention, ... layers), or the
+    first non-finite weight; `where` starts the message (the user's file). The quantize stage applies the same
+    layer rule, so a model refused here would only have failed later."""
+    from trimflow.quantize import _check_supported
+    try:
+        _check_supported(model)
+    except FlowError as e:
+        raise FlowError(f"{where}: {str(e).removeprefix('model: ')}") from None
+    check_finite(model.state_dict(), where)
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise FlowError(f"{where}: tensor {name!r} holds {bad} NaN/Inf value(s) of {t.numel()}; the weights are "
+                            "broken (a diverged training run?): re-export them from a good training checkpoint")
+
+
+def check_model_file(path: str | os.PathLike) -> None:
+    """FlowError unless `path` (the flow's `model:`) is a trimflow checkpoint with finite weights. A user's own
+    model file (ONNX, TorchScript, a state_dict) gets the `trimflow import` command that converts it."""
+    from trimflow.models.io import read_checkpoint
+
+    path = Path(path)
+    fix = (f"convert it first with `trimflow import {path} --out checkpoints/mine.pt` (add --class module:Class for "
+           "a state_dict) and set model: checkpoints/mine.pt")
+    if path.suffix.lower() == ".onnx":
+        raise FlowError(f"model {path} is an ONNX file, not a trimflow checkpoint; {fix}")
+    try:
+        payload = read_checkpoint(path)
+    except FlowError as e:
+        raise FlowError(f"model {path} is not a trimflow checkpoint ({str(e).splitlines()[0]}); if it is your own "
+                        f"model, {fix}") from None
+    check_finite(payload["state_dict"], f"model {path}")
+
+
+def import_summary(info: dict[str, Any], out: str | os.PathLike) -> str:
+    """The line `trimflow import` prints: what it wrote and what the model is."""
+    shape = "x".join(str(v) for v in info["input_shape"])
+    acc = (f", test accuracy {info['test_accuracy']:.4f} on {info['test_images']} {info['dataset']} images"
+           if "test_accuracy" in info else "")
+    return (f"imported {info['source']} ({info['kind']}) → {out} (+ {Path(out).with_suffix('.json')}): "
+            f"{info['classes']} classes, input {shape}{acc}")
 
 
 def _check_traceable(model: nn.Module, where: str) -> None:

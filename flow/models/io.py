@@ -7,6 +7,7 @@ an error that names the tensors).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,12 @@ def write_payload(path: str | os.PathLike, payload: dict[str, Any], model: nn.Mo
     refuses any class of ours."""
     payload = {k: to_jsonable(v) for k, v in payload.items()}
     payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # Through a buffer: torch.save names the zip's top folder after the file it writes to, which here would be
+    # the random temporary name; a buffer gets a fixed one, so the same payload gives the same bytes.
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def read_payload(path: str | os.PathLike, fmt: str, what: str, hint: str) -> dict[str, Any]:

@@ -40,18 +40,20 @@ class BasicBlock(nn.Module):
 
 class ResNet8(nn.Module):
     def __init__(self, in_channels: int = 1, classes: int = 10, input_size: int = 28,
-                 widths: tuple[int, ...] = (16, 32, 64), strides: tuple[int, ...] = (1, 2, 2), stem: int = 16):
+                 widths: tuple[int, ...] = (16, 32, 64), strides: tuple[int, ...] = (1, 2, 2), stem: int = 16,
+                 blocks: int = 1):
         super().__init__()
         if len(widths) != len(strides):
             raise ValueError(f"widths {widths} and strides {strides} must have the same length")
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
                                   nn.ReLU())
-        blocks, ch, size = [], stem, input_size
+        stages, ch, size = [], stem, input_size
         for w, s in zip(widths, strides):
-            blocks.append(BasicBlock(ch, w, s))
-            ch = w
+            for i in range(blocks):  # blocks per stage: 1 = ResNet-8, 2 = ResNet-14, 3 = ResNet-20
+                stages.append(BasicBlock(ch, w, s if i == 0 else 1))
+                ch = w
             size = (size - 1) // s + 1  # 3x3 pad 1 and 1x1 pad 0 agree on this size for any stride
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.Sequential(*stages)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(ch * size * size, classes)
 

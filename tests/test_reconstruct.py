@@ -1,0 +1,110 @@
+"""Label-free least-squares reconstruction after trimming (trimflow.reconstruct) through trim_model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from trimflow import FlowError
+from trimflow.data import ImageSet
+from trimflow.models import build_model
+from trimflow.reconstruct import ReconstructConfig
+from trimflow.relevance import RelevanceScores
+from trimflow.trim import TrimConfig, trim_model
+from tests.test_relevance import _images
+
+
+def _scores(model: torch.nn.Module, shape, low: dict[str, list[int]] | None = None) -> RelevanceScores:
+    """Descending scores per layer (kernel 0 most relevant), with the kernels in `low` made the least relevant."""
+    layers = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Conv2d) and name != "classifier":
+            s = [float(mod.out_channels - i) for i in range(mod.out_channels)]
+            for i in (low or {}).get(name, []):
+                s[i] = -1.0
+            layers[name] = s
+    return RelevanceScores("test", {}, tuple(shape), 0, layers)
+
+
+def _duplicated_net() -> torch.nn.Module:
+    """A small CNV whose first layer's kernel 7 is an exact copy of kernel 0 (same conv weights and BN)."""
+    torch.manual_seed(0)
+    net = build_model("cnv", widths=(8, 8, 16), strides=(1, 2, 2)).eval()
+    conv, bn = net.features[0], net.features[1]
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.bias.fill_(1.0)  # every first-layer kernel active on most pixels: no dead input, a well-posed refit
+        for t in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            t[7] = t[0]
+        net.features[3].weight[:, 7] *= 10  # the next layer leans on the copy: dropping it must matter
+    return net
+
+
+def test_redundant_kernel_is_recovered_by_the_refit():
+    # Kernel 7 duplicates kernel 0, so the next layer can read kernel 0 twice: the least-squares refit must find
+    # that; the trimmed weights alone (no refit) cannot. (Not bit-exact: random 3x3 features of noise images are
+    # nearly collinear, so the refit's ill-conditioned systems get the fallback ridge, which pulls towards the old
+    # weights.)
+    net = _duplicated_net()
+    data = _images(96, shape=(1, 28, 28))
+    scores = _scores(net, data.shape, {"features.0": [7]})
+    # one threshold over all 32 kernels: only the least relevant one (features.0's kernel 7) goes
+    cfg = TrimConfig(policy="global", keep=31 / 32, normalize="none", compensation="reconstruct",
+                     reconstruct=ReconstructConfig(positions=64))
+    trimmed, report = trim_model(net, scores, cfg, data)
+    assert [layer["kept"] for layer in report.layers] == [7, 8, 16]
+    x = _images(32, shape=(1, 28, 28), seed=5).float_images()  # images the refit did not see
+    with torch.no_grad():
+        ref, out = net(x), trimmed(x)
+        plain, _ = trim_model(net, scores, dataclasses.replace(cfg, compensation="none"), data)
+        plain_out = plain(x)
+    assert (out - ref).abs().max() < 0.1 * (plain_out - ref).abs().max()
+    first = report.reconstruction[0]
+    assert first["layer"] == "features.3" and first["error_after"] < 0.03 * first["error_before"]
+
+
+def test_refit_reduces_every_layer_error_and_needs_no_labels():
+    torch.manual_seed(1)
+    net = build_model("cnv").eval()
+    data = _images(128, shape=(1, 28, 28))
+    scores = _scores(net, data.shape)
+    cfg = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct")
+    trimmed, report = trim_model(net, scores, cfg, data)
+    assert [r["layer"] for r in report.reconstruction] == ["features.3", "features.6", "features.9", "features.12",
+                                                           "classifier"]
+    for r in report.reconstruction:
+        assert r["error_after"] <= r["error_before"] + 1e-9, r
+    # labels are never read: the same images with other labels give bit-identical weights
+    shuffled = ImageSet(data.name, data.images, data.labels[torch.randperm(len(data))], data.classes)
+    again, _ = trim_model(net, scores, cfg, shuffled)
+    for (k, a), (_, b) in zip(trimmed.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_few_samples_get_the_fallback_ridge_or_an_error():
+    torch.manual_seed(2)
+    net = build_model("cnv").eval()
+    data = _images(40, shape=(1, 28, 28))  # 40 images < the classifier's 32 x 7 x 7 + 1 unknowns
+    scores = _scores(net, data.shape)
+    cfg = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct", calib_images=40)
+    _, report = trim_model(net, scores, cfg, data)
+    fallback = {r["layer"]: r for r in report.reconstruction if "fallback" in r}
+    assert "classifier" in fallback
+    assert fallback["classifier"]["fallback"] == "fewer samples than unknowns"
+    assert fallback["classifier"]["ridge"] == cfg.reconstruct.fallback_ridge
+    assert fallback["classifier"]["samples"] == 40 and fallback["classifier"]["unknowns"] == 32 * 49 + 1
+    strict = dataclasses.replace(cfg, reconstruct=ReconstructConfig(on_few_samples="error"))
+    with pytest.raises(FlowError, match=r"layer classifier: 40 samples for 1569 unknowns.*at least 1569"):
+        trim_model(net, scores, strict, data)
+
+
+def test_reconstruct_needs_images():
+    net = build_model("cnv").eval()
+    scores = _scores(net, (1, 28, 28))
+    with pytest.raises(FlowError, match="compensation=reconstruct needs a calibration set"):
+        trim_model(net, scores, TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct"))
+    with pytest.raises(FlowError, match="compensation 'lsq' unknown"):
+        TrimConfig(compensation="lsq")
