@@ -307,7 +307,7 @@ def compensate(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, kee
             continue
         if use.name not in means or len(means[use.name]) != full_in:
             raise FlowError(f"compensation: no mean input for layer {use.name} ({full_in} values expected); "
-                            "pass a calibration set, recompute the scores on this model, or set compensate=false")
+                            "pass a calibration set, recompute the scores on this model, or set compensation=none")
         removed = torch.ones(full_in, dtype=torch.bool)
         removed[kept] = False
         w = original.get_submodule(use.name).weight.detach()
