@@ -38,7 +38,8 @@ def test_build_log_has_the_console_output_and_stage_times(tmp_path, capsys):
     start = next(line for line in lines if "▶ relevance" in line)
     end = next(line for line in lines if "✓ relevance" in line)
     assert start[:8].count(":") == 2 and end.rstrip().endswith(" s")  # clock time, then the stage's seconds
-    assert "relevance: 100%" in log  # the bar's last state, as a line of its own
+    # the bar as lines of their own (which states appear depends on timing: at most one line every 30 s)
+    assert any(line.split(" ", 1)[-1].startswith("relevance:") for line in lines)
     assert "\r" not in log
 
     # -q: warnings (and the result) only on the console; the log still gets every line. Cached this time.
