@@ -319,6 +319,69 @@ def bench_hwtrim(board_name: str, target_fps: float, scores_path: Path) -> dict:
     return out
 
 
+def bench_rounding(boards: tuple[str, ...], budgets: tuple[float, ...], roundings: tuple[int, ...],
+                   scores_path: Path) -> list[dict]:
+    """Kept channel counts rounded to multiples of `round_to` (trim.round_to): what folding-friendly counts buy.
+
+    The default checkpoint and flow settings (relevance scores of the default build, sensitivity allocation, refit),
+    at each MAC budget and rounding: quick PTQ on held-out training images, then the optimiser's fastest folding
+    within each board's caps (hwtrim's candidate, estimates only). A count with more small divisors lets the
+    optimiser pick the PE/SIMD it wants instead of the next divisor down."""
+    import torch
+
+    from trimflow.build import _Data
+    from trimflow.config import FlowConfig
+    from trimflow.data import subset
+    from trimflow.hwtrim import _candidate
+    from trimflow.models import load_checkpoint
+    from trimflow.relevance import RelevanceScores
+    from trimflow.trim import cached_sensitivity
+
+    torch.set_num_threads(1)
+    cfg = FlowConfig()
+    data = _Data(cfg)
+    model, _ = load_checkpoint(ROOT / cfg.model)
+    scores = RelevanceScores.load(scores_path)
+    calib = subset(data.train, cfg.trim.calib_images, cfg.trim.seed)
+    val = subset(data.val, cfg.hwtrim.val_images, seed=4)
+    rows = []
+    for r in roundings:
+        tcfg = dataclasses.replace(cfg.trim, round_to=r)
+        sens, _ = cached_sensitivity(WORK / ".cache", model, scores, calib, tcfg, progress=False)
+        for budget in budgets:
+            for board in boards:
+                out = WORK / f"rounding-{board}-{budget:g}-{r}"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                it, _, _ = _candidate(model, scores, budget, tcfg, cfg.quantize, cfg.compile, load_board(board),
+                                      1.0, calib, val, cfg.hwtrim.calib_batches, out, sensitivity=sens)
+                shutil.rmtree(out, ignore_errors=True)
+                row = {"board": board, "budget": budget, "round_to": r, **dataclasses.asdict(it),
+                       "cycles": load_board(board).clock_mhz * 1e6 / it.fps if it.fps else None}
+                rows.append(row)
+                print(f"  {board} budget {budget:g} round_to {r}: {it.fps:,.0f} fps, LUT {it.resources['LUT']:,.0f}, "
+                      f"PTQ {100 * it.ptq_accuracy:.2f} %, kept {' '.join(v.split('/')[0] for v in it.kept.values())}",
+                      flush=True)
+    return rows
+
+
+def _rounding_md(rows: list[dict]) -> list[str]:
+    out = ["## Channel counts that suit the folding (trim.round_to)", "",
+           "Default checkpoint and trim settings (sensitivity allocation, refit), kept counts rounded up to multiples "
+           "of round_to; quick PTQ accuracy on 1,000 held-out training images; the optimiser's fastest folding "
+           "within the caps (estimates, LUT/FF/BRAM18/DSP incl. FIFOs, width converters and shell). `bench/folding.py "
+           "--part rounding --scores build-default/pynq-z2/relevance/relevance.json`.", "",
+           "| board | budget | round_to | kernels kept | MACs kept | PTQ acc | fps | cycles / image | LUT | BRAM18 | DSP | "
+           "limited by |", "|" + "---|" * 12]
+    for r in rows:
+        out.append("| " + " | ".join([
+            r["board"], f"{r['budget']:g}", str(r["round_to"]), " ".join(v.split("/")[0] for v in r["kept"].values()),
+            f"{r['macs_fraction']:.3f}", f"{100 * r['ptq_accuracy']:.2f} %", f"{r['fps']:,.0f}",
+            f"{r['cycles']:,.0f}" if r["cycles"] else "n/a", f"{r['resources']['LUT']:,.0f}",
+            f"{r['resources']['BRAM18']:,.0f}", f"{r['resources']['DSP']:,.0f}", r["limited_by"]]) + " |")
+    return out + [""]
+
+
 def bench_pareto(qonnx: Path, net: str, board: str = "pynq-z2", points: int = 8, prefer: str = "rtl") -> dict:
     """The Pareto set of `qonnx` on `board` from the fully folded HW model, `points` optimiser runs between the
     fully folded design and the build's plan (planned here exactly as the compile stage plans it)."""
@@ -443,6 +506,8 @@ def markdown(data: dict) -> str:
                       "completed estimate): "
                       + "; ".join(f"{b} {o:,.0f} / {f:,.0f} = {o / f:.2f}x" for b, o, f in goal),
                       ""]
+    if data.get("rounding"):
+        lines += _rounding_md(data["rounding"])
     for c in data.get("pareto", []):
         lines += _pareto_md(c)
     return "\n".join(lines)
@@ -450,7 +515,9 @@ def markdown(data: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("cnv", "boards", "hwtrim", "pareto", "all"), default="all")
+    ap.add_argument("--part", choices=("cnv", "boards", "hwtrim", "pareto", "rounding", "all"), default="all")
+    ap.add_argument("--round-to", nargs="+", type=int, default=[1, 4, 8, 16], help="--part rounding")
+    ap.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.4], help="--part rounding")
     ap.add_argument("--pareto-points", type=int, default=8, help="optimiser runs per Pareto set (--part pareto)")
     ap.add_argument("--scores", type=Path, help="relevance.json of the default flow (--part hwtrim)")
     ap.add_argument("--hw-board", default="zybo-z7-10")
@@ -478,6 +545,10 @@ def main() -> None:
                 **{k: v for k, v in (("trimflow default net, trimmed (0.5 MACs)", args.trimmed),
                                      ("trimflow default net, untrimmed", args.untrimmed)) if v}}
         new["pareto"] = [bench_pareto(q, net, points=args.pareto_points) for net, q in nets.items()]
+    if args.part == "rounding":
+        if not args.scores:
+            raise SystemExit("--part rounding needs --scores (build/<board>/relevance/relevance.json)")
+        new["rounding"] = bench_rounding(tuple(args.boards), tuple(args.budgets), tuple(args.round_to), args.scores)
     if args.part == "hwtrim":
         if not args.scores:
             raise SystemExit("--part hwtrim needs --scores (build/<board>/relevance/relevance.json)")

@@ -193,8 +193,9 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
 
     def synth(ctx: StageContext, scfg) -> dict:
         from trimflow.data.meta import class_names, preprocessing
-        from trimflow.finn.synth import make_package, synthesis_enabled, synthesize
+        from trimflow.finn.synth import make_package, resolve_fifo_sizing, synthesis_enabled, synthesize
         compile_dir = relocate_compile_dir(ctx.inputs["compile"] / "finn")
+        scfg = resolve_fifo_sizing(scfg, ctx.inputs["simulate"])
         # the board prints class names (the dataset's unless synth.classes names them) and preprocesses frames
         # as training did
         scfg = dataclasses.replace(scfg, classes=scfg.classes or tuple(class_names(cfg.dataset)))
@@ -232,7 +233,8 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
               salt={**board_salt, "vivado": vivado_available()},  # XSim joins the checks once Vivado is here
               code_exclude=not_stage_code),
         # The salt records whether Vivado is present, so a cached "skipped" result reruns once it is.
-        Stage("synth", synth, cfg.synth, deps=("compile",), salt={**board_salt, "vivado": vivado_available()},
+        # simulate: its Verilator-sized FIFO depths (synth.fifo_sizing auto)
+        Stage("synth", synth, cfg.synth, deps=("compile", "simulate"), salt={**board_salt, "vivado": vivado_available()},
               code_exclude=not_stage_code),
         Stage("report", report, None, deps=("relevance", "trim", "quantize", "export", "compile", "simulate",
                                             "synth"), salt=board_salt),
@@ -294,7 +296,16 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
         "sim_cycles_per_s": result.cycles_per_s, "sim_images_per_s": result.images_per_s,
     }
     if sizing:
-        summary["fifo_sizing"] = record_sized_fifos(hw_model, sizing, load_board(compiled["board"]), out_dir)
+        board = load_board(compiled["board"])
+        summary["fifo_sizing"] = record_sized_fifos(hw_model, sizing, board, out_dir)
+        if compiled.get("fits") and not summary["fifo_sizing"]["fits_sized"]:
+            # the compile stage's fit charged every FIFO at an assumed depth; the depths this design needs are the
+            # ones that count: a design that fits only with too-shallow FIFOs does not fit
+            raise FlowError(
+                f"{board.name}: the design fits with the compile stage's assumed FIFO depths but not with the depths "
+                f"its simulation needs ({', '.join(summary['fifo_sizing']['deeper_than_charged'])}):\n"
+                f"{summary['fifo_sizing']['fit_sized_table']}\nLower compile.target_fps, trim more (trim.budget) "
+                "or choose a larger board.")
     if not summary["bit_exact_vs_finn_python"]:
         raise FlowError(f"RTL simulation differs from FINN's python model on {summary['mismatching_images_vs_finn']}"
                         f" of {len(raw)} images; the simulation build is in {out_dir / 'verilator'}")

@@ -18,6 +18,7 @@ the larger `fallback_ridge` instead, and the report names every such layer (noth
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -44,6 +45,8 @@ class ReconstructConfig:
     on_few_samples: str = "ridge"  # fewer samples than unknowns: ridge (fallback_ridge, named in the report) | error
     batch_size: int = 250
     seed: int = 0
+    # memory for the untrimmed net's sampled outputs; layers beyond it get another pass of the untrimmed net
+    cache_mb: float = 512.0
 
     def __post_init__(self):
         if self.positions < 1:
@@ -58,26 +61,23 @@ class ReconstructConfig:
                             f"{', '.join(ON_FEW_SAMPLES)}")
         if self.batch_size < 1:
             raise FlowError(f"trim.reconstruct.batch_size must be >= 1, got {self.batch_size}")
+        if self.cache_mb <= 0:
+            raise FlowError(f"trim.reconstruct.cache_mb must be > 0, got {self.cache_mb}")
 
 
 class _Stop(Exception):
-    """Raised from a hook once the layer of interest has been seen: the rest of the forward pass is not needed."""
+    """Raised from a hook once the layers of interest have been seen: the rest of the forward pass is not needed."""
 
 
-def _capture(model: nn.Module, name: str, x: torch.Tensor, want: str) -> torch.Tensor:
-    """Run `model` on x only up to module `name`; return that module's input (want="in") or output ("out")."""
+def _capture(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Run `model` on x only up to module `name`; return that module's input."""
     box: list[torch.Tensor] = []
-    mod = model.get_submodule(name)
 
     def pre(module, args):
         box.append(args[0].detach())
         raise _Stop
 
-    def post(module, args, out):
-        box.append(out.detach())
-        raise _Stop
-
-    handle = mod.register_forward_pre_hook(pre) if want == "in" else mod.register_forward_hook(post)
+    handle = model.get_submodule(name).register_forward_pre_hook(pre)
     try:
         model(x)
     except _Stop:
@@ -89,24 +89,85 @@ def _capture(model: nn.Module, name: str, x: torch.Tensor, want: str) -> torch.T
     return box[0]
 
 
-def _samples(mod: nn.Module, x: torch.Tensor, y: torch.Tensor, positions: int, gen: torch.Generator
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Regression rows (inputs with a trailing 1, targets) of one batch: per image a few output positions."""
+def _pick(positions: int, n: int, p: int, gen: torch.Generator) -> torch.Tensor | None:
+    """Output positions sampled per image (N, positions), or None: the map is small enough to take every one."""
+    if p <= positions:
+        return None
+    return torch.stack([torch.randperm(p, generator=gen)[:positions] for _ in range(n)])
+
+
+def _targets(original: nn.Module, uses: list, out_keep: dict[str, torch.Tensor | None], images: ImageSet,
+             cfg: ReconstructConfig) -> dict[str, list[tuple[torch.Tensor | None, torch.Tensor]]]:
+    """The untrimmed net's outputs of `uses`, at the sampled positions, per batch: one forward pass for them all.
+
+    Capturing them layer by layer would cost one partial forward of the untrimmed net per layer and batch
+    (quadratic in depth); here each batch runs once, up to the last of these layers. Positions are drawn from one
+    generator per layer, seeded with cfg.seed, so a layer's samples do not depend on which other layers share the
+    pass. Returns per layer a list over batches of (positions or None, targets (rows, kept outputs)).
+    """
+    gens = {u.name: torch.Generator().manual_seed(cfg.seed) for u in uses}
+    out: dict[str, list] = {u.name: [] for u in uses}
+    dtype = next(original.parameters()).dtype
+    seen: set[str] = set()
+
+    def hook(name):
+        def post(module, args, y):
+            if name in seen:  # a module called twice: its first call is the layer (as the refit's input capture)
+                return
+            seen.add(name)
+            y = y.detach()
+            if out_keep[name] is not None:
+                y = y[:, out_keep[name]]
+            if isinstance(module, nn.Linear):
+                out[name].append((None, y.flatten(1).float()))
+            else:
+                yf = y.flatten(2)  # (N, out, P)
+                idx = _pick(cfg.positions, yf.shape[0], yf.shape[2], gens[name])
+                if idx is not None:
+                    yf = yf.gather(2, idx[:, None, :].expand(-1, yf.shape[1], -1))
+                out[name].append((idx, yf.transpose(1, 2).reshape(-1, yf.shape[1]).float()))
+            if len(seen) == len(uses):
+                raise _Stop
+        return post
+
+    handles = [original.get_submodule(u.name).register_forward_hook(hook(u.name)) for u in uses]
+    try:
+        with torch.no_grad():
+            for x, _ in make_loader(images, cfg.batch_size):
+                seen.clear()
+                try:
+                    original(x.to(dtype))
+                except _Stop:
+                    pass
+                missing = [u.name for u in uses if u.name not in seen]
+                if missing:
+                    raise FlowError(f"reconstruction: layer {missing[0]} is not reached by the model's forward pass")
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def _patches(mod: nn.Module, x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """Regression inputs (rows, in x taps) of a batch at the given output positions, in unfold's (C, kh, kw) order.
+
+    Only the sampled positions' patches are gathered: unfolding the whole map first would cost memory of
+    N x C*k*k x P (hundreds of MB for one batch of a 32x32 layer) to keep 32 positions of it.
+    """
     if isinstance(mod, nn.Linear):
-        xs = x.flatten(1)
-        ys = y.flatten(1)
-    else:
+        return x.flatten(1)
+    if idx is None:
         cols = nn.functional.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # (N, C*k*k, P)
-        n, _, p = cols.shape
-        yf = y.flatten(2)  # (N, out, P)
-        if p > positions:
-            idx = torch.stack([torch.randperm(p, generator=gen)[:positions] for _ in range(n)])  # (N, positions)
-            cols = cols.gather(2, idx[:, None, :].expand(-1, cols.shape[1], -1))
-            yf = yf.gather(2, idx[:, None, :].expand(-1, yf.shape[1], -1))
-        xs = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        ys = yf.transpose(1, 2).reshape(-1, yf.shape[1])
-    ones = torch.ones(xs.shape[0], 1, dtype=xs.dtype)
-    return torch.cat([xs, ones], 1).float(), ys.float()
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    (kh, kw), (dh, dw), (sh, sw), (ph, pw) = mod.kernel_size, mod.dilation, mod.stride, mod.padding
+    xp = nn.functional.pad(x, (pw, pw, ph, ph))
+    wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    rows = (idx // wo * sh)[:, :, None] + torch.arange(kh)[None, None, :] * dh  # (N, positions, kh)
+    cols = (idx % wo * sw)[:, :, None] + torch.arange(kw)[None, None, :] * dw  # (N, positions, kw)
+    n = torch.arange(x.shape[0])[:, None, None, None]
+    # advanced indices around a slice: the result is (N, positions, kh, kw, C)
+    patch = xp[n, :, rows[:, :, :, None], cols[:, :, None, :]]
+    return patch.permute(0, 1, 4, 2, 3).reshape(-1, x.shape[1] * kh * kw)
 
 
 def _solve(xtx: torch.Tensor, xty: torch.Tensor, prior: torch.Tensor, samples: int, name: str,
@@ -173,7 +234,7 @@ def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, ke
     trimmed.eval()
     changed = _changed_layers(graph, keep)
     todo = [u for u in graph.uses.values() if u.name in changed and (layers is None or u.name in layers)]
-    records = []
+    records, fit = [], []
     for use in todo:
         mod = trimmed.get_submodule(use.name)
         if isinstance(mod, nn.modules.conv._ConvNd) and (mod.groups != 1 or mod.padding_mode != "zeros"
@@ -181,33 +242,70 @@ def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, ke
             why = (f"grouped convolution (groups={mod.groups})" if mod.groups != 1 else
                    f"padding_mode={mod.padding_mode!r}" if isinstance(mod, nn.Conv2d) else type(mod).__name__)
             records.append({"layer": use.name, "skipped": why})  # named in the report: never a silent fallback
-            continue
-        out_keep = keep.get(graph.find(use.out_group)) if use.out_group is not None else None
-        gen = torch.Generator().manual_seed(cfg.seed)
-        d = mod.weight[0].numel()
-        xtx = torch.zeros(d + 1, d + 1, dtype=torch.float64)
-        xty = torch.zeros(d + 1, mod.weight.shape[0], dtype=torch.float64)
-        yty = torch.zeros(mod.weight.shape[0], dtype=torch.float64)
-        ysum = torch.zeros(mod.weight.shape[0], dtype=torch.float64)
-        samples = 0
-        old = torch.cat([mod.weight.detach().flatten(1).T.double(),
-                         (mod.bias.detach() if mod.bias is not None else torch.zeros(mod.weight.shape[0]))
-                         .double()[None]])
+        else:
+            fit.append(use)
+    out_keep = {u.name: keep.get(graph.find(u.out_group)) if u.out_group is not None else None for u in fit}
+    for chunk in _chunks(original, fit, images, cfg):
+        targets = _targets(original, chunk, out_keep, images, cfg)
+        for use in chunk:
+            records.append(_refit(trimmed, use, targets.pop(use.name), images, cfg, dtype))
+    order = {u.name: i for i, u in enumerate(todo)}
+    return sorted(records, key=lambda r: order[r["layer"]])
+
+
+def _chunks(original: nn.Module, uses: list, images: ImageSet, cfg: ReconstructConfig) -> list[list]:
+    """Split the layers so that one chunk's cached targets stay under cfg.cache_mb (one untrimmed pass per chunk)."""
+    shapes: dict[str, tuple] = {}
+
+    def shape_of(name):
+        def post(module, args, y):  # returns None: a forward hook's return value would replace the output
+            shapes.setdefault(name, tuple(y.shape[1:]))
+        return post
+    hooks = [original.get_submodule(u.name).register_forward_hook(shape_of(u.name)) for u in uses]
+    try:
         with torch.no_grad():
-            for x, _ in make_loader(images, cfg.batch_size):
-                x = x.to(dtype)
-                y = _capture(original, use.name, x, "out")
-                if out_keep is not None:
-                    y = y[:, out_keep]
-                xin = _capture(trimmed, use.name, x, "in")
-                xs, ys = _samples(mod, xin, y, cfg.positions, gen)
-                # one batch's products in float32 (a few thousand rows: ~1e-6 relative error, 4x faster than
-                # float64), summed over batches in float64
-                xtx += (xs.T @ xs).double()
-                xty += (xs.T @ ys).double()
-                yty += ys.square().sum(0).double()
-                ysum += ys.sum(0).double()
-                samples += xs.shape[0]
+            original(next(iter(make_loader(images, 1)))[0].to(next(original.parameters()).dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    chunks: list[list] = [[]]
+    used = 0.0
+    for u in uses:
+        shape = shapes.get(u.name, (1,))
+        rows = 1 if len(shape) == 1 else min(cfg.positions, math.prod(shape[1:]))
+        mb = len(images) * rows * shape[0] * 4 / 2**20
+        if chunks[-1] and used + mb > cfg.cache_mb:
+            chunks.append([])
+            used = 0.0
+        chunks[-1].append(u)
+        used += mb
+    return [c for c in chunks if c]
+
+
+def _refit(trimmed: nn.Module, use, targets: list, images: ImageSet, cfg: ReconstructConfig,
+           dtype: torch.dtype) -> dict[str, Any]:
+    """Refit one layer of `trimmed` to the cached untrimmed targets, from the trimmed net's actual inputs."""
+    mod = trimmed.get_submodule(use.name)
+    d = mod.weight[0].numel()
+    xtx = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+    xty = torch.zeros(d + 1, mod.weight.shape[0], dtype=torch.float64)
+    yty = torch.zeros(mod.weight.shape[0], dtype=torch.float64)
+    ysum = torch.zeros(mod.weight.shape[0], dtype=torch.float64)
+    samples = 0
+    old = torch.cat([mod.weight.detach().flatten(1).T.double(),
+                     (mod.bias.detach() if mod.bias is not None else torch.zeros(mod.weight.shape[0]))
+                     .double()[None]])
+    with torch.no_grad():
+        for (x, _), (idx, ys) in zip(make_loader(images, cfg.batch_size), targets):
+            xs = _patches(mod, _capture(trimmed, use.name, x.to(dtype)), idx).float()
+            xs = torch.cat([xs, torch.ones(xs.shape[0], 1)], 1)
+            # one batch's products in float32 (a few thousand rows: ~1e-6 relative error, 4x faster than
+            # float64), summed over batches in float64
+            xtx += (xs.T @ xs).double()
+            xty += (xs.T @ ys).double()
+            yty += ys.square().sum(0).double()
+            ysum += ys.sum(0).double()
+            samples += xs.shape[0]
         if not (torch.isfinite(xtx).all() and torch.isfinite(xty).all()):
             raise FlowError(f"reconstruction of layer {use.name}: NaN/Inf activations on the calibration images; "
                             "check the checkpoint and that images are scaled to [0, 1]")
@@ -222,8 +320,7 @@ def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, ke
         old_fit[-1] = (ysum - (xtx[-1, :-1] @ old[:-1])) / samples
         info.update(layer=use.name, error_before=round(residual(old_fit), 6), error_after=round(residual(sol), 6))
         _assign(trimmed, use, sol)
-        records.append(info)
-    return records
+    return info
 
 
 def _changed_layers(graph: ChannelGraph, keep: dict[int, torch.Tensor]) -> set[str]:

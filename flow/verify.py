@@ -9,7 +9,9 @@ image then differs visibly. That is rare, and more frequent the finer the grid (
 1,000 test images between FINN's streamlined model and QONNX; W8A8, 1-2 of 100 between Brevitas and QONNX and
 between QONNX and FINN). An export or streamlining bug (a wrong scale, padding or threshold) shows on most images,
 so at most MAX_BOUNDARY_SHARE of the images may differ past the tolerance, and the predicted classes must agree on
-MIN_TOP1_AGREEMENT of them. Where both sides are integer (Verilator vs FINN's python model) the comparison is exact
+MIN_TOP1_AGREEMENT of them. On a small sample a share is not a meaningful limit (3 boundary images of 50 are 6 %,
+and happen by chance at the measured rate), so the allowed count is never below what a BOUNDARY_RATE of boundary
+images produces with probability 1 - FALSE_ALARM (binomial tail): a check on 50 images allows 5, on 1,000 still 50. Where both sides are integer (Verilator vs FINN's python model) the comparison is exact
 equality instead.
 """
 
@@ -22,6 +24,20 @@ import numpy as np
 REL_TOLERANCE = 1e-4
 MAX_BOUNDARY_SHARE = 0.05
 MIN_TOP1_AGREEMENT = 0.99
+BOUNDARY_RATE = 0.02  # the worst rate of rounding-boundary images measured (W8A8, see above)
+FALSE_ALARM = 1e-3  # chance that an export without a bug fails the check at that rate
+
+
+def allowed_boundary_images(n: int) -> int:
+    """Images that may differ past the tolerance out of n: MAX_BOUNDARY_SHARE, or the binomial bound if larger."""
+    k, tail = 0, 1.0  # tail = P(X >= k+1) for X ~ Binomial(n, BOUNDARY_RATE), updated as k grows
+    pmf = (1 - BOUNDARY_RATE) ** n
+    tail -= pmf
+    while tail >= FALSE_ALARM and k < n:
+        k += 1
+        pmf *= (n - k + 1) / k * BOUNDARY_RATE / (1 - BOUNDARY_RATE)
+        tail -= pmf
+    return max(int(MAX_BOUNDARY_SHARE * n), k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +50,12 @@ class Agreement:
 
     @property
     def ok(self) -> bool:
-        return self.top1_agreement >= MIN_TOP1_AGREEMENT and self.beyond <= MAX_BOUNDARY_SHARE * self.images
+        return self.top1_agreement >= MIN_TOP1_AGREEMENT and self.beyond <= allowed_boundary_images(self.images)
 
     def describe(self) -> str:
         return (f"{self.beyond}/{self.images} images differ by more than {REL_TOLERANCE:g} x logit range "
-                f"(allowed: {MAX_BOUNDARY_SHARE:.0%} of the images; max abs diff {self.max_abs_diff:.4g}), top-1 "
+                f"(allowed: {allowed_boundary_images(self.images)}, {MAX_BOUNDARY_SHARE:.0%} of the images or the "
+                f"chance count on a small sample; max abs diff {self.max_abs_diff:.4g}), top-1 "
                 f"agreement {self.top1_agreement:.3f} (need >= {MIN_TOP1_AGREEMENT})")
 
 

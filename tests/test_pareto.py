@@ -119,3 +119,34 @@ def test_report_plots_the_front_and_links_it(compiled, tmp_path):
     assert tmp_path / "pareto.png" in written and (tmp_path / "pareto.png").stat().st_size > 1000
     assert "](report/pareto.png)" in md and "Pareto set" in md
     assert ("**build**" in md) == result.folding_plan["pareto"]["chosen_on_front"]
+
+
+def test_report_verdict_is_the_sized_designs_when_fifos_were_sized(compiled, tmp_path):
+    # The compile stage charges every FIFO an assumed depth; once the simulation has sized them, the sized
+    # design's fit is the verdict (a design that fits only with too-shallow FIFOs does not fit).
+    import copy
+
+    from trimflow.config import FlowConfig
+    from trimflow.report import write_report
+
+    result, _, board = compiled
+    comp = dataclasses.asdict(result)
+    assert comp["fits"]
+    over = copy.deepcopy(comp["fit"])
+    over["rows"][0].update(ok=False, estimate=over["rows"][0]["cap"] + 1)
+    totals = {"LUT": 1.0, "FF": 1.0, "BRAM18": 0.0, "URAM": 0.0, "DSP": 0.0}
+    sizing = {"fifos": [{"depth": 300}], "ii_sized": 10, "ii_deep": 10, "bit_exact": True,
+              "fifo_config": "fifo_depths.json", "estimate_charged": {"totals": totals},
+              "estimate_sized": {"totals": totals}, "fits_sized": False, "fit_sized": over,
+              "deeper_than_charged": ["A -> B: 511 > 64"]}
+    sim = {"images": 8, "bit_exact_vs_finn_python": True, "mismatching_images_vs_finn": 0,
+           "max_abs_diff_vs_qonnx": 0.0, "top1_agreement_vs_qonnx": 1.0, "accuracy": 0.5, "qonnx_accuracy": 0.5,
+           "ii_cycles": 10, "estimated_ii_cycles": 10, "ii_ratio": 1.0, "ii_flagged": False, "measured_fps": 1e7,
+           "latency_cycles": 30, "sim_cycles_per_s": 1e5, "sim_images_per_s": 1.0}
+    write_report({"compile": comp, "simulate": {**sim, "fifo_sizing": sizing}}, board, FlowConfig(), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "**does NOT fit** (FIFO depths sized by simulation)" in md and "**over**" in md
+    write_report({"compile": comp, "simulate": {**sim, "fifo_sizing": {**sizing, "fits_sized": True,
+                                                                       "fit_sized": comp["fit"]}}},
+                 board, FlowConfig(), tmp_path)
+    assert "**fits** (FIFO depths sized by simulation)" in (tmp_path / "report.md").read_text()

@@ -108,3 +108,34 @@ def test_reconstruct_needs_images():
         trim_model(net, scores, TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct"))
     with pytest.raises(FlowError, match="compensation 'lsq' unknown"):
         TrimConfig(compensation="lsq")
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (2, 0, 1), (1, 2, 2), ((2, 1), (1, 0), 1)])
+def test_sampled_patches_are_unfolds_columns(stride, padding, dilation):
+    # The refit gathers only the sampled positions' patches; they must be exactly unfold's columns at those
+    # positions, in unfold's (channel, row, column) order, for every stride / padding / dilation.
+    from trimflow.reconstruct import _patches, _pick
+    conv = torch.nn.Conv2d(3, 4, 3, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(5, 3, 11, 9)
+    cols = torch.nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    idx = _pick(7, 5, cols.shape[2], torch.Generator().manual_seed(0))
+    want = cols.gather(2, idx[:, None, :].expand(-1, cols.shape[1], -1)).transpose(1, 2).reshape(-1, cols.shape[1])
+    assert torch.equal(_patches(conv, x, idx), want)
+    assert torch.equal(_patches(conv, x, None), cols.transpose(1, 2).reshape(-1, cols.shape[1]))
+
+
+def test_one_untrimmed_pass_or_one_per_layer_gives_the_same_refit():
+    # The untrimmed net's targets are cached for as many layers as cache_mb allows; a tiny cache forces one pass
+    # per layer. The sampled positions are per layer, so the refit must not depend on how the layers were grouped.
+    net = _duplicated_net()
+    data = _images(64, shape=(1, 28, 28))
+    scores = _scores(net, data.shape)
+    base = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct")
+    results = []
+    for cache_mb in (512.0, 1e-6):
+        cfg = dataclasses.replace(base, reconstruct=ReconstructConfig(positions=16, cache_mb=cache_mb))
+        trimmed, report = trim_model(net, scores, cfg, data)
+        results.append((trimmed.state_dict(), [(r["layer"], r["error_after"]) for r in report.reconstruction]))
+    assert results[0][1] == results[1][1] and len(results[0][1]) >= 3
+    for k, v in results[0][0].items():
+        assert torch.equal(v, results[1][0][k]), k

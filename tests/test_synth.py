@@ -64,6 +64,8 @@ def test_plan_follows_the_config_and_the_board(tmp_path):
     assert "bitfile" not in ip.outputs and "deployment_package" not in ip.outputs
     assert "step_create_stitched_ip" in ip.steps and "ip_only" in ip.notes[0]
 
+    assert ip.fifo_sizing == "simulation"  # auto with nothing sized: FINN's own sizing
+
     no_perf = plan_synthesis(SynthConfig(rtlsim_performance=False, package=False), load_board("pynq-z2"), RTL)
     assert "step_measure_rtlsim_performance" not in no_perf.steps
     assert "step_deployment_package" not in no_perf.steps and "step_make_driver" in no_perf.steps
@@ -165,3 +167,16 @@ def test_full_synthesis_gives_a_runnable_deployment_package(tmp_path):
     import trimflow_runtime as rt
 
     assert rt.load_package(deploy, board="pynq-z2").backends()[0] == "pynq"
+
+
+def test_auto_fifo_sizing_takes_the_simulate_stages_depths(tmp_path):
+    # the simulate stage's Verilator-sized depths when it wrote them; FINN's XSim sizing otherwise; a user's choice
+    # is never overridden
+    from trimflow.finn.synth import resolve_fifo_sizing
+    sim = tmp_path / "simulate"
+    sim.mkdir()
+    assert resolve_fifo_sizing(SynthConfig(), sim).fifo_sizing == "simulation"
+    (sim / "fifo_depths.json").write_text("{}")
+    assert resolve_fifo_sizing(SynthConfig(), sim).fifo_sizing == str(sim / "fifo_depths.json")
+    assert resolve_fifo_sizing(SynthConfig(fifo_sizing="minimal"), sim).fifo_sizing == "minimal"
+    assert resolve_fifo_sizing(SynthConfig(), None).fifo_sizing == "simulation"

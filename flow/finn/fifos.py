@@ -162,5 +162,6 @@ def record_sized_fifos(hw_model_path: Any, sizing: Any, board: Any, out_dir: Any
         **to_jsonable(sizing), "fifo_config": FIFO_CONFIG, "sized_model": SIZED_MODEL,
         "estimate_charged": {"fifos": charged.fifos, "totals": charged.totals},
         "estimate_sized": {"fifos": sized.fifos, "totals": sized.totals},
-        "fits_sized": fit.ok, "fit_sized": to_jsonable(fit), "deeper_than_charged": deeper,
+        "fits_sized": fit.ok, "fit_sized": to_jsonable(fit), "fit_sized_table": fit.table(),
+        "deeper_than_charged": deeper,
     }

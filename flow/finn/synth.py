@@ -29,6 +29,7 @@ from trimflow.artifacts import atomic_dir, read_json, write_json
 from trimflow.boards import Board, load_board
 from trimflow.finn.adapter import finn_session, vivado_available
 from trimflow.finn.compile import dataflow_config
+from trimflow.finn.fifos import FIFO_CONFIG
 from trimflow.resources import HW_DIR
 
 RUNTIME_SRC = HW_DIR / "runtime" / "trimflow_runtime"
@@ -44,7 +45,8 @@ PARTITION_MODEL = "finn/intermediate_models/step_create_dataflow_partition.onnx"
 # Node attributes that hold paths of generated code. The compile stage's paths are cleared so FINN regenerates
 # everything under this stage's own build dir instead of writing into the compile stage's (cached) artifacts.
 _CODEGEN_ATTRS = ("code_gen_dir_ipgen", "ipgen_path", "ip_path", "code_gen_dir_cppsim", "executable_path")
-FIFO_SIZING = ("simulation", "minimal")  # or the path of a FINN FIFO-depth JSON (a previous run's final_hw_config)
+# or the path of a FINN FIFO-depth JSON (a previous run's final_hw_config, or the simulate stage's fifo_depths.json)
+FIFO_SIZING = ("auto", "simulation", "minimal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,9 @@ class SynthConfig:
     bitfile: bool = True  # the Zynq shell + bitfile (boards with shell_flow vivado_zynq only)
     driver: bool = True  # FINN's PYNQ driver settings (finn-plus-driver reads them on the board)
     package: bool = True  # deploy/: bitfile + driver + manifest + runtime
-    fifo_sizing: str = "simulation"  # simulation (FINN's XSim-based sizing) | minimal | path/to/fifo_depths.json
+    # auto: the depths the simulate stage sized in Verilator (simulate/fifo_depths.json) when it sized them, else
+    # FINN's XSim-based sizing | simulation (FINN's XSim-based sizing) | minimal | path/to/fifo_depths.json
+    fifo_sizing: str = "auto"
     classes: tuple[str, ...] = ()  # class names written into the manifest (printed by the runtime)
 
     def __post_init__(self) -> None:
@@ -88,9 +92,23 @@ class SynthPlan:
     notes: tuple[str, ...] = ()  # products skipped and why
 
 
+def resolve_fifo_sizing(cfg: SynthConfig, simulate_dir: str | os.PathLike | None) -> SynthConfig:
+    """fifo_sizing auto → the simulate stage's FIFO-depth file if it wrote one, else FINN's own sizing.
+
+    The simulate stage sizes every FIFO by Verilator simulation of this very design (trimflow.sim.fifo_sizing) and
+    checks the sized design bit-exact; using its depths lets Vivado skip FINN's XSim sizing run and builds the FIFOs
+    the estimate charged. Without a simulate stage (or with its sizing off) FINN sizes them as it always does.
+    """
+    if cfg.fifo_sizing != "auto":
+        return cfg
+    sized = Path(simulate_dir) / FIFO_CONFIG if simulate_dir is not None else None
+    return dataclasses.replace(cfg, fifo_sizing=str(sized) if sized is not None and sized.is_file() else "simulation")
+
+
 def plan_synthesis(cfg: SynthConfig, board: Board, node_types: list[str]) -> SynthPlan:
     """Which FINN steps and output products a synthesis of a design with `node_types` on `board` runs."""
     notes: list[str] = []
+    cfg = resolve_fifo_sizing(cfg, None)  # still auto here: nothing was sized for this design
     want_bitfile, want_driver = cfg.bitfile, cfg.driver
     if board.shell_flow != "vivado_zynq" and (want_bitfile or want_driver):
         notes.append(f"board {board.name} has shell_flow {board.shell_flow}: FINN builds no shell or bitfile for "
@@ -394,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--package-only", action="store_true",
                    help="no Vivado: write only a host-emulation deployment package to <out>/deploy")
     p.add_argument("--ooc", action="store_true", help="also run out-of-context synthesis")
-    p.add_argument("--fifo-sizing", default="simulation", help="simulation | minimal | path/to/fifo_depths.json")
+    p.add_argument("--fifo-sizing", default="auto", help="auto (the build's simulate/fifo_depths.json if there, else "
+                   "simulation) | simulation | minimal | path/to/fifo_depths.json")
     p.add_argument("--classes", default="", help="comma-separated class names for the runtime's output")
     args = p.parse_args(argv)
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
@@ -405,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.package_only:
             print(make_package(compile_dir, board, out / DEPLOY_DIR, classes=classes))
             return 0
-        cfg = SynthConfig(ooc_synth=args.ooc, fifo_sizing=args.fifo_sizing, classes=classes)
+        cfg = resolve_fifo_sizing(SynthConfig(ooc_synth=args.ooc, fifo_sizing=args.fifo_sizing, classes=classes),
+                                  compile_dir.parent.parent / "simulate")
         res = synthesize(compile_dir, board, cfg, out)
         print(f"synthesis for {res.board} done in {res.wall_s:.0f} s; deployment package: {out / DEPLOY_DIR}")
         return 0

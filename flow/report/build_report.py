@@ -138,8 +138,8 @@ def _fifo_rows(f: dict | None) -> list[tuple[str, str]]:
     return [
         ("FIFO depths, sized by simulation", f"{len(depths)} FIFOs, depths {min(depths)}–{max(depths)}; II "
          f"{num(f['ii_sized'])} cycles sized vs {num(f['ii_deep'])} with deep FIFOs, outputs "
-         f"{'identical' if f['bit_exact'] else 'DIFFERENT'}; FINN FIFO config `simulate/{f['fifo_config']}` "
-         "(synth.fifo_sizing)"),
+         f"{'identical' if f['bit_exact'] else 'DIFFERENT'}; FINN FIFO config `simulate/{f['fifo_config']}`, "
+         "which the synth stage builds (synth.fifo_sizing auto) instead of FINN's XSim sizing"),
         ("estimate with the sized FIFOs (design, no shell)", f"LUT {num(a['LUT'])} → {num(b['LUT'])}, FF "
          f"{num(a['FF'])} → {num(b['FF'])}, BRAM18 {num(a['BRAM18'])} → {num(b['BRAM18'])} (compile stage: depth "
          f"64 per stream); {'fits' if f['fits_sized'] else '**does NOT fit**'}"
@@ -169,9 +169,12 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
     rep = trim.get("report", {})
     written: list[Path] = []
     md: list[str] = [f"# trimflow build report — {board.name}", ""]
-    fits = comp.get("fits")
+    sized = sim.get("fifo_sizing") or {}
+    # with FIFOs sized by simulation the verdict is the sized design's: the compile stage charged assumed depths
+    fits = sized["fits_sized"] if sized else comp.get("fits")
     md += [f"**Board** {board.name} ({board.part}, {1000.0 / board.clock_period_ns:.0f} MHz) — "
-           f"**{'fits' if fits else 'does NOT fit'}**; estimated **{num(comp.get('fps'))} fps**, latency "
+           f"**{'fits' if fits else 'does NOT fit'}**"
+           f"{' (FIFO depths sized by simulation)' if sized else ''}; estimated **{num(comp.get('fps'))} fps**, latency "
            f"{_latency(comp, sim, board)} at the board clock.", ""]
     md += _synthesis_section(s.get("synth", {}), provenance or {})
 
@@ -228,13 +231,15 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
                f"Bottleneck: `{comp.get('bottleneck')}` with {num(comp.get('max_cycles'))} cycles per image.", ""]
         written.append(plots.layer_resources_plot(comp["layers"], out_dir / "layers.png"))
         md += [f"![per-layer resources]({link_prefix}layers.png)", ""]
-    fit = comp.get("fit") or {}
+    fit = sized.get("fit_sized") or comp.get("fit") or {}
     if fit.get("rows"):
         md += ["## Resources vs the board", "",
                table(("resource", "dataflow (FINN)", "shell", "estimate", "cap", "device", "use", ""),
                      _fit_rows(fit)), "",
                "The dataflow figures are FINN's per-layer estimates completed for what FINN leaves out (how: below); "
-               "the shell column is the board file's estimate of the DMA/interconnect around the accelerator.", ""]
+               "the shell column is the board file's estimate of the DMA/interconnect around the accelerator."
+               + (" FIFOs at the depths the simulation sized (the compile stage's estimate, with every FIFO at its "
+                  "assumed depth, is in the simulation section)." if sized else ""), ""]
         md += [f"- {n}" for n in (comp.get("estimates") or {}).get("notes", [])] + [""]
         written.append(plots.resources_plot(fit["rows"], out_dir / "resources.png"))
         md += [f"![resources vs caps]({link_prefix}resources.png)", ""]
