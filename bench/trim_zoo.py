@@ -74,6 +74,7 @@ PEERS_GLOBAL = {"bn_gamma": "none", "taylor": "l2", "l1": "max"}  # criterion ->
 METHODS = (tuple(OURS) + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
            + ("tp-l1group-uniform", "tp-l1group-global"))
 OUT = ROOT / "bench" / "results" / "trim-zoo"
+COST = OUT.with_name("trim-zoo-cost.jsonl")  # --cost: trimflow's trim timed with the current code, no fine-tune
 
 
 def peer_family(method: str) -> str:
@@ -212,11 +213,15 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
                 if d:
                     lines.append(f"- at {1 / budget:.0f}x: trimflow minus the best peer, mean over {len(d)} nets: "
                                  f"{100 * statistics.mean(d):+.2f} pt")
+    measured = COST.exists()
     cost = {}
-    for r in rows:
+    for r in ([json.loads(line) for line in COST.read_text().splitlines()] if measured else rows):
         if r["method"] == "trimflow":
             cost.setdefault(r["net"], []).append((r.get("trim_cpu_seconds"), r["trim_seconds"]))
     if cost:
+        if measured:  # the rows above span code versions; this table is one run of the current code
+            lines += ["", f"Cost measured by `.venv/bin/python bench/trim_zoo.py --cost` (one process, every net at "
+                          f"2x/4x/16x, seed 0; `{COST.relative_to(ROOT)}`)."]
         lines += ["", "## Cost of trimflow's trim (scoring + reconstruction, 2,000 images, one thread)", "",
                   "| net | CPU s (mean, max) | wall s on the shared machine (mean) |", "|---|---|---|"]
         for net, v in cost.items():
@@ -297,8 +302,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="K/N: run every N-th row starting at K")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--cost", action="store_true", help="time trimflow's trim (scoring + refit) on every net and "
+                   "budget with the current code, seed 0, no fine-tune; rewrites trim-zoo-cost.jsonl")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cost:
+        measure_cost(args)
+        write_report(OUT.with_suffix(".jsonl"), args.test_images)
+        return
     OUT.parent.mkdir(parents=True, exist_ok=True)
     jsonl = OUT.with_suffix(".jsonl")
     done = set()
@@ -329,6 +340,22 @@ def main() -> None:
                   f"{row.get('trimmed', row.get('error'))} -> {row.get('finetuned')} "
                   f"({row.get('trim_seconds')} s trim)", flush=True)
     write_report(jsonl, args.test_images)
+
+
+def measure_cost(args) -> None:
+    """trimflow's trim (relevance scores + allocation + refit) timed on each net and budget, in one process."""
+    rows = []
+    for net in args.nets:
+        model, _ = load_checkpoint(ensure(net))
+        calib = subset(load_dataset(NETS[net]["dataset"], "train"), args.calib_images, 0)
+        for budget in args.budgets:
+            start, cpu = time.perf_counter(), time.process_time()
+            trim_one(model.eval(), "trimflow", budget, calib, 0, args)
+            rows.append({"net": net, "method": "trimflow", "budget": budget,
+                         "trim_seconds": round(time.perf_counter() - start, 2),
+                         "trim_cpu_seconds": round(time.process_time() - cpu, 2)})
+            print(f"{net} {budget}: {rows[-1]['trim_cpu_seconds']} CPU-s", flush=True)
+    COST.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_report(jsonl: Path, test_images: int | None) -> None:

@@ -39,12 +39,18 @@ class HwTrimConfig:
     accuracy_floor: float = 0.80  # PTQ accuracy (before fine-tune and QAT) below this stops the search
     val_images: int = 1000  # validation images (held-out training images) for each candidate's PTQ accuracy
     calib_batches: int = 2  # activation-calibration batches per candidate
+    # bisection steps between the first budget that meets the target and the larger one before it: the ladder is
+    # coarse (0.5 -> 0.4 loses about 1 pt of accuracy on the default net), and a budget in between often still
+    # meets the target (0 = take the ladder's budget)
+    refine: int = 2
 
     def __post_init__(self):
         if not self.budgets or not all(isinstance(b, (int, float)) and 0.0 < b <= 1.0 for b in self.budgets):
             raise FlowError(f"hwtrim.budgets must be fractions in (0, 1], got {self.budgets!r}")
         if not 0.0 <= self.accuracy_floor < 1.0:
             raise FlowError(f"hwtrim.accuracy_floor is a fraction in [0, 1), got {self.accuracy_floor!r}")
+        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
+            raise FlowError(f"hwtrim.refine is a number of bisection steps >= 0, got {self.refine!r}")
         if self.val_images < 1 or self.calib_batches < 1:
             raise FlowError(f"hwtrim.val_images and hwtrim.calib_batches must be >= 1, got {self.val_images}, "
                             f"{self.calib_batches}")
@@ -151,14 +157,17 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
                     trim_cfg: TrimConfig, quant_cfg: Any, compile_cfg: Any, calib: ImageSet, val: ImageSet,
                     accuracy_floor: float, work_dir: str | Path, budgets: tuple[float, ...] = BUDGETS,
                     calib_batches: int = 2, keep_work: bool = False,
-                    sensitivity: dict[str, Any] | None = None) -> HwTrimResult:
+                    sensitivity: dict[str, Any] | None = None, refine: int = 0) -> HwTrimResult:
     """Trim `float_model` by `scores` to the largest budget in `budgets` whose quick-PTQ design fits `board` at
     >= target_fps. `val` (held-out training images, never the test split) gives the PTQ accuracy (keep it small:
     it runs once per budget); `accuracy_floor` is a
     fraction (0.8 = 80 %). Raises FlowError when the target is out of reach of any folding, or when accuracy drops
     below the floor or the budgets run out before a design fits (the message holds the iteration table and the
     budget that would be needed). `sensitivity`: a table already measured for this model (allocation=sensitivity);
-    otherwise the first candidate measures it and the others reuse it."""
+    otherwise the first candidate measures it and the others reuse it. `refine`: bisection steps between the first
+    budget that meets the target and the larger budget tried before it; the largest budget found that meets the
+    target wins (it trims least). fps is a step function of the kept counts, not monotonic, so this finds a
+    larger budget that meets the target, not necessarily the largest one."""
     if not (isinstance(target_fps, (int, float)) and target_fps > 0 and math.isfinite(target_fps)):
         raise FlowError(f"hardware-aware trimming needs a positive target fps, got {target_fps!r}")
     if not 0.0 <= accuracy_floor < 1.0:
@@ -177,17 +186,21 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
             f"{its[-1].budget:g}). Lower --target-fps, lower the accuracy floor, pick a larger board, or make the "
             "net smaller.")
 
+    def run(budget: float) -> tuple[HwTrimIteration, nn.Module, TrimReport]:
+        nonlocal sensitivity
+        out = work / f"budget-{budget:g}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        # the sensitivity table depends on the model and the calibration set, not on the budget: measure once
+        it, trimmed, report = _candidate(float_model, scores, budget, trim_cfg, quant_cfg, compile_cfg, board,
+                                         target_fps, calib, val, calib_batches, out, sensitivity=sensitivity)
+        sensitivity = sensitivity or report.sensitivity
+        its.append(it)
+        return it, trimmed, report
+
     try:
-        for budget in budgets:
-            out = work / f"budget-{budget:g}"
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
-            # the sensitivity table depends on the model and the calibration set, not on the budget: measure once
-            it, trimmed, report = _candidate(float_model, scores, budget, trim_cfg, quant_cfg, compile_cfg, board,
-                                             target_fps, calib, val, calib_batches, out,
-                                             sensitivity=sensitivity)
-            sensitivity = sensitivity or report.sensitivity
-            its.append(it)
+        for i, budget in enumerate(budgets):
+            it, trimmed, report = run(budget)
             if len(its) == 1 and it.max_possible_fps and target_fps > it.max_possible_fps * (1 + 1e-9):
                 # Trimming removes channels, not pixels: the fully parallel cycle count per image is set by the
                 # feature-map sizes, so no budget makes the net faster than this.
@@ -200,7 +213,18 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
                 raise fail(f"PTQ accuracy {100 * it.ptq_accuracy:.2f} % at budget {budget:g} is below the floor "
                            f"{100 * accuracy_floor:.2f} % before any design fit")
             if it.meets_target:
-                return HwTrimResult(board.name, float(target_fps), accuracy_floor, budget, its, report, trimmed)
+                best = (budget, report, trimmed)
+                above = budgets[i - 1] if i else None  # the larger budget that missed the target
+                for _ in range(refine if above is not None else 0):
+                    mid = round((best[0] + above) / 2, 4)
+                    if mid in (best[0], above):
+                        break
+                    m_it, m_trimmed, m_report = run(mid)
+                    if m_it.meets_target and m_it.ptq_accuracy >= accuracy_floor:
+                        best = (mid, m_report, m_trimmed)
+                    else:
+                        above = mid
+                return HwTrimResult(board.name, float(target_fps), accuracy_floor, best[0], its, best[1], best[2])
         last = its[-1]
         why = ("even the most folded design is over the board's caps at the smallest budget" if not last.fits
                else f"the smallest budget {last.budget:g} reaches only {last.fps:,.0f} fps within the caps")

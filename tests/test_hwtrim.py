@@ -38,7 +38,7 @@ def setup():
     return model, compute_relevance(model, train, RelevanceConfig(images=128)), train, test
 
 
-def _run(setup, tmp_path, target_fps, budgets=(1.0, 0.5), floor=0.0, board=None):
+def _run(setup, tmp_path, target_fps, budgets=(1.0, 0.5), floor=0.0, board=None, refine=0):
     from trimflow.finn.compile import CompileConfig
     from trimflow.hwtrim import fit_by_trimming
     from trimflow.quantize import QuantConfig
@@ -47,7 +47,7 @@ def _run(setup, tmp_path, target_fps, budgets=(1.0, 0.5), floor=0.0, board=None)
     model, scores, train, test = setup
     return fit_by_trimming(model, scores, board or _board(), target_fps, TrimConfig(round_to=4, calib_images=128),
                            QuantConfig(calibration_batch_size=32), CompileConfig(), train, test, floor,
-                           tmp_path / "work", budgets=budgets)
+                           tmp_path / "work", budgets=budgets, refine=refine)
 
 
 def test_untrimmed_misses_target_trimmed_meets_it(setup, tmp_path):
@@ -105,6 +105,23 @@ def test_stops_at_first_budget_that_meets_the_target(fake, setup, tmp_path):
                  0.25: _fake_iteration(0.25, 3000, True)})
     res = _run(setup, tmp_path, 1000, budgets=(0.25, 1.0, 0.5))  # order does not matter: largest first
     assert res.budget == 0.5 and [i.budget for i in res.iterations] == [1.0, 0.5]
+
+
+def test_refine_bisects_towards_the_larger_budget_that_missed(fake, setup, tmp_path):
+    # 1.0 misses, 0.5 meets: 0.75 misses, 0.625 meets -> 0.625 (trims least of those that meet); the table keeps
+    # every candidate in the order tried
+    fake.update({1.0: _fake_iteration(1.0, 400, True), 0.5: _fake_iteration(0.5, 1200, True),
+                 0.75: _fake_iteration(0.75, 900, True), 0.625: _fake_iteration(0.625, 1000, True)})
+    res = _run(setup, tmp_path, 1000, refine=2)
+    assert res.budget == 0.625 and [i.budget for i in res.iterations] == [1.0, 0.5, 0.75, 0.625]
+    # a candidate under the accuracy floor is not taken even when it is fast enough
+    fake[0.75] = _fake_iteration(0.75, 2000, True, acc=0.5)
+    res = _run(setup, tmp_path, 1000, refine=1, floor=0.8)
+    assert res.budget == 0.5
+    # the first budget of the ladder meets the target: nothing larger to try
+    fake[1.0] = _fake_iteration(1.0, 1500, True)
+    res = _run(setup, tmp_path, 1000, refine=2)
+    assert res.budget == 1.0 and len(res.iterations) == 1
 
 
 def test_accuracy_floor_before_a_fit_raises_with_table(fake, setup, tmp_path):

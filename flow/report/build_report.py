@@ -206,7 +206,8 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
     if hw:
         md += [f"### Trim budget chosen for {num(hw['target_fps'])} fps on {hw['board']}", "",
                f"Each budget: trim by relevance, quick PTQ (no QAT), FINN estimate with the fastest folding within the "
-               f"caps. Chosen: **{hw['budget']:g}** of the MACs (first that fits at the target; PTQ accuracy floor "
+               f"caps. Chosen: **{hw['budget']:g}** of the MACs (the largest budget tried that fits at the target: "
+               "the ladder, then hwtrim.refine bisection steps towards the larger budget before it; PTQ accuracy floor "
                f"{pct(hw['accuracy_floor'])} on {num(trim.get('validation', {}).get('images'))} validation images held "
                f"out of the training split, seed {trim.get('validation', {}).get('seed')}; never the test split).",
                "", hw["table"], ""]
