@@ -382,6 +382,65 @@ def _rounding_md(rows: list[dict]) -> list[str]:
     return out + [""]
 
 
+def bench_goal(builds: list[Path]) -> list[dict]:
+    """The goal rows from finished `make build BOARD=<b> TARGET_FPS=<f>` builds (read, nothing rebuilt): accuracy
+    against the float net, the compile estimate, the simulated II, the fit with the FIFO depths the simulation
+    sized, and the speed-up over FINN's fairly searched best fitting folding of the untrimmed net (--part boards)."""
+    rows = []
+    for root in builds:
+        stage = {n: read_stage(root, n) for n in ("relevance", "trim", "quantize", "compile", "simulate")}
+        comp, sim = stage["compile"], stage["simulate"]
+        sized = sim.get("fifo_sizing") or {}
+        rows.append({
+            "build": str(root), "board": comp["board"], "command": f"make build BOARD={comp['board']} TARGET_FPS="
+            f"{stage['trim']['hwtrim']['target_fps']:g} BUILD_DIR={root.parent}",
+            "target_fps": stage["trim"]["hwtrim"]["target_fps"], "budget": stage["trim"]["hwtrim"]["budget"],
+            "hwtrim_table": stage["trim"]["hwtrim"]["table"],
+            "macs_fraction": stage["trim"]["report"]["macs_after"] / stage["trim"]["report"]["macs_before"],
+            "float_accuracy": stage["relevance"]["float_accuracy"], "finetuned": stage["trim"]["accuracy"],
+            "quantized": stage["quantize"]["accuracy"], "fps_estimate": comp["fps"], "fits_charged": comp["fits"],
+            "fits_sized": sized.get("fits_sized"), "fit_sized_table": sized.get("fit_sized_table"),
+            "ii": sim.get("ii_cycles"), "ii_estimate": sim.get("estimated_ii_cycles"), "ii_ratio": sim.get("ii_ratio"),
+            "measured_fps": sim.get("measured_fps"), "bit_exact": sim.get("bit_exact_vs_finn_python"),
+            "sim_images": sim.get("images"), "sim_accuracy": sim.get("accuracy"),
+            "qonnx_accuracy": sim.get("qonnx_accuracy"), "latency_us": sim.get("latency_us")})
+    return rows
+
+
+def read_stage(root: Path, name: str) -> dict:
+    return json.loads((root / name / "stage.json").read_text())["summary"]
+
+
+def _goal_md(rows: list[dict], boards: list[dict]) -> list[str]:
+    base = {r["board"]: r["finn_target_fps_best"] for r in boards if r["net"] == "untrimmed"
+            and r["finn_target_fps_best"].get("best")}
+    out = ["## The goal: trimming + optimiser vs FINN's fairly searched best of the untrimmed net", "",
+           "Default checkpoint and settings; `TARGET_FPS` = 3x FINN's best fitting folding of the untrimmed net "
+           "(completed estimate, (b) above). The trim stage's hardware-aware search (hwtrim) picks the MAC budget; "
+           "accuracies on the whole Fashion-MNIST test split, simulation on 1,000 test images. Rows: "
+           "`bench/folding.py --part goal --goal-builds <build>/<board> ...` reading the finished builds.", "",
+           "| board | command | budget | W4A4 (float 92.72 %) | fps estimate | simulated II / estimate | fits (FIFOs sized by "
+           "simulation) | FINN best, untrimmed: completed / FINN's own estimate | speed-up (completed / FINN's own) |",
+           "|" + "---|" * 9]
+    for r in rows:
+        b = base.get(r["board"])
+        fb = (b["best"]["fps"], b["best_finn_yardstick"]["fps"]) if b else (None, None)
+        out.append("| " + " | ".join([
+            r["board"], f"`{r['command']}`", f"{r['budget']:g} ({r['macs_fraction']:.3f} of the MACs)",
+            f"{100 * r['quantized']:.2f} % ({100 * (r['quantized'] - r['float_accuracy']):+.2f} pt)",
+            f"{r['fps_estimate']:,.0f}",
+            f"{r['ii']:,.0f} / {r['ii_estimate']:,.0f} = {r['ii_ratio']:.3f}; bit-exact {r['bit_exact']}"
+            if r["ii"] else "not simulated",
+            "yes" if r["fits_sized"] else "NO" if r["fits_sized"] is not None else "n/a",
+            f"{fb[0]:,.0f} / {fb[1]:,.0f}" if b else "n/a",
+            f"**{r['fps_estimate'] / fb[0]:.2f}x** / {r['fps_estimate'] / fb[1]:.2f}x" if b else "n/a"]) + " |")
+    out.append("")
+    for r in rows:
+        out += [f"{r['board']}: the budget search (PTQ accuracy on held-out training images, estimates only):", "",
+                r["hwtrim_table"], ""]
+    return out
+
+
 def bench_pareto(qonnx: Path, net: str, board: str = "pynq-z2", points: int = 8, prefer: str = "rtl") -> dict:
     """The Pareto set of `qonnx` on `board` from the fully folded HW model, `points` optimiser runs between the
     fully folded design and the build's plan (planned here exactly as the compile stage plans it)."""
@@ -506,6 +565,8 @@ def markdown(data: dict) -> str:
                       "completed estimate): "
                       + "; ".join(f"{b} {o:,.0f} / {f:,.0f} = {o / f:.2f}x" for b, o, f in goal),
                       ""]
+    if data.get("goal"):
+        lines += _goal_md(data["goal"], data.get("boards", []))
     if data.get("rounding"):
         lines += _rounding_md(data["rounding"])
     for c in data.get("pareto", []):
@@ -515,9 +576,11 @@ def markdown(data: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("cnv", "boards", "hwtrim", "pareto", "rounding", "all"), default="all")
+    ap.add_argument("--part", choices=("cnv", "boards", "hwtrim", "pareto", "rounding", "goal", "all"),
+                    default="all")
     ap.add_argument("--round-to", nargs="+", type=int, default=[1, 4, 8, 16], help="--part rounding")
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.4], help="--part rounding")
+    ap.add_argument("--goal-builds", nargs="+", type=Path, default=[], help="--part goal: <build-dir>/<board> folders")
     ap.add_argument("--pareto-points", type=int, default=8, help="optimiser runs per Pareto set (--part pareto)")
     ap.add_argument("--scores", type=Path, help="relevance.json of the default flow (--part hwtrim)")
     ap.add_argument("--hw-board", default="zybo-z7-10")
@@ -545,6 +608,8 @@ def main() -> None:
                 **{k: v for k, v in (("trimflow default net, trimmed (0.5 MACs)", args.trimmed),
                                      ("trimflow default net, untrimmed", args.untrimmed)) if v}}
         new["pareto"] = [bench_pareto(q, net, points=args.pareto_points) for net, q in nets.items()]
+    if args.part == "goal":
+        new["goal"] = bench_goal(args.goal_builds)
     if args.part == "rounding":
         if not args.scores:
             raise SystemExit("--part rounding needs --scores (build/<board>/relevance/relevance.json)")

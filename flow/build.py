@@ -135,7 +135,7 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
             found = fit_by_trimming(model, scores, board, ccfg.target_fps, tcfg, qcfg, ccfg, calib,
                                     subset(data.val, hcfg.val_images, seed=4), hcfg.accuracy_floor,
                                     ctx.out_dir / "hwtrim", budgets=hcfg.budgets, calib_batches=hcfg.calib_batches,
-                                    sensitivity=sensitivity, refine=hcfg.refine)
+                                    sensitivity=sensitivity, refine=hcfg.refine, log=ctx.console.print)
             trimmed, report, hwtrim = found.model, found.trim_report, found.to_json()
         else:
             trimmed, report = trim_model(model, scores, tcfg, calib=calib, sensitivity=sensitivity)

@@ -16,7 +16,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -157,7 +157,8 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
                     trim_cfg: TrimConfig, quant_cfg: Any, compile_cfg: Any, calib: ImageSet, val: ImageSet,
                     accuracy_floor: float, work_dir: str | Path, budgets: tuple[float, ...] = BUDGETS,
                     calib_batches: int = 2, keep_work: bool = False,
-                    sensitivity: dict[str, Any] | None = None, refine: int = 0) -> HwTrimResult:
+                    sensitivity: dict[str, Any] | None = None, refine: int = 0,
+                    log: Callable[[str], None] | None = None) -> HwTrimResult:
     """Trim `float_model` by `scores` to the largest budget in `budgets` whose quick-PTQ design fits `board` at
     >= target_fps. `val` (held-out training images, never the test split) gives the PTQ accuracy (keep it small:
     it runs once per budget); `accuracy_floor` is a
@@ -196,6 +197,10 @@ def fit_by_trimming(float_model: nn.Module, scores: RelevanceScores, board: Boar
                                          target_fps, calib, val, calib_batches, out, sensitivity=sensitivity)
         sensitivity = sensitivity or report.sensitivity
         its.append(it)
+        if log:  # one line per candidate: the search takes minutes
+            log(f"hwtrim: budget {budget:g} ({it.macs_fraction:.3f} of the MACs): {it.fps:,.0f} fps within the caps"
+                f"{'' if it.fits else ' (does NOT fit)'}, PTQ {100 * it.ptq_accuracy:.2f} %, "
+                f"{'meets' if it.meets_target else 'misses'} {target_fps:,.0f} fps")
         return it, trimmed, report
 
     try:

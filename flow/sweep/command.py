@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="join a running Ray cluster (host:port); default: start a local one")
     p.add_argument("--workers", type=int, help="CPUs of the local cluster (default: every core)")
     p.add_argument("--synth", type=int, metavar="K", help="then synthesise the front's K best designs (Vivado)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run the trials recorded as failed again (the stored successful ones are kept)")
 
 
 def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
     if args.synth is not None and args.synth < 1:
         raise FlowError(f"--synth {args.synth}: the number of front designs to synthesise must be >= 1")
     spec = load_spec(args.spec, spec_overrides(args))
-    result = run_sweep(spec, Path(args.out), address=args.address, workers=args.workers, console=console)
+    result = run_sweep(spec, Path(args.out), address=args.address, workers=args.workers, console=console,
+                       retry_failed=args.retry_failed)
     data = write_results(result.out, result.records, extra={"wall_s": result.wall_s, "cpus": result.cpus,
                                                             "reused": result.reused})
     console.print(f"[bold]sweep:[/bold] {len(data['front'])} of {len(result.records)} trials on the front → "

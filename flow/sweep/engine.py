@@ -61,9 +61,11 @@ def plan(spec: SweepSpec, out: Path) -> list[dict]:
 
 
 def run_sweep(spec: SweepSpec, out: str | Path, address: str | None = None, workers: int | None = None,
-              console: Console | None = None) -> SweepRun:
+              console: Console | None = None, retry_failed: bool = False) -> SweepRun:
     """Run every trial of `spec` that `out` holds no record of, on the cluster at `address` or a local one with
-    `workers` CPUs; returns all the grid's records (this run's and the stored ones)."""
+    `workers` CPUs; returns all the grid's records (this run's and the stored ones). `retry_failed`: trials
+    recorded as failed run again too (after fixing what made them fail); their trial folders are rebuilt through
+    the stage cache, so only what changed reruns."""
     console = console or Console(stderr=True)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, address: str | None = None, work
             with atomic_path(Path(p["dir"]) / "config.yaml") as tmp:
                 tmp.write_text(p.pop("config_yaml"))
         write_json(out / "sweep.json", {"spec": to_jsonable(spec), "trials": [p["id"] for p in plans]})
-        done = {p["id"]: r for p in plans if (r := T.stored_record(p)) is not None}
+        done = {p["id"]: r for p in plans if (r := T.stored_record(p)) is not None
+                and not (retry_failed and r.get("status") != "ok")}
         todo = [p for p in plans if p["id"] not in done]
         console.print(f"sweep: {len(plans)} trials, {len(done)} stored, {len(todo)} to run → {out}")
         start = time.perf_counter()
