@@ -43,11 +43,12 @@ GRID_AXES = {"budget": [1.0, 0.65, 0.5, 0.35, 0.25], "bits": ["W8A8", "W4A4", "W
              "board": ["pynq-z2", "zybo-z7-10"]}
 
 
-def _sweep(axes: dict, sets: list[str], out: Path, cpus: int) -> dict:
+def _sweep(axes: dict, sets: list[str], out: Path, cpus: int, retry_failed: bool = False) -> dict:
     from trimflow.sweep import load_spec, run_sweep, write_results
     spec = load_spec(None, {"axes": axes, "set": sets})
     start = time.perf_counter()
-    run = run_sweep(spec, out, workers=cpus)  # a local cluster of `cpus` CPUs, started and stopped inside
+    # a local cluster of `cpus` CPUs, started and stopped inside
+    run = run_sweep(spec, out, workers=cpus, retry_failed=retry_failed)
     wall = time.perf_counter() - start
     data = write_results(out, run.records, extra={"wall_s": wall, "cpus": cpus})
     ok = sum(r["status"] == "ok" for r in run.records)
@@ -89,10 +90,11 @@ def _stored(axes: dict, sets: list[str], out: Path) -> dict:
             "stage_s": sum(s["seconds"] for r in records for s in (r.get("stages") or {}).values() if not s["cached"])}
 
 
-def part_grid(work: Path, full: bool, cpus: int, axes: dict, stored_only: bool = False) -> dict:
+def part_grid(work: Path, full: bool, cpus: int, axes: dict, stored_only: bool = False,
+              retry_failed: bool = False) -> dict:
     sets = [] if full else GRID_REDUCED
     out = work / ("grid-full" if full else "grid-reduced")  # trials of a sub-grid are reused by the whole one
-    res = _stored(axes, sets, out) if stored_only else _sweep(axes, sets, out, cpus)
+    res = _stored(axes, sets, out) if stored_only else _sweep(axes, sets, out, cpus, retry_failed)
     for name in ("front-fps.png", "front-lut.png"):
         shutil.copyfile(out / name, RESULTS / f"sweep-{name}")
     records = read_json(out / "results.json")["trials"]
@@ -133,7 +135,7 @@ def markdown(data: dict) -> str:
                   f"of stage time (**{g['sharing']['saved_s']:.0f} s saved**, "
                   f"{pct(g['sharing']['saved_s'] / max(g['stage_s'] + g['sharing']['saved_s'], 1e-9), 0)} of the "
                   "sweep's stage time).", "",
-                  "### Pareto front (top-1 ↑, fps ↑, binding resource's share of its cap ↓)", "",
+                  "### Pareto front of each board (top-1 ↑, fps ↑, binding resource's share of its cap ↓)", "",
                   table(["trial", "top-1", "fps", "binding", "LUT", "MACs kept"],
                         [[r["id"], pct(r["accuracy"]), num(r["fps"]),
                           f"{r['binding_resource']} {pct(r['binding_share'], 1)}", num(r["lut"]),
@@ -171,6 +173,7 @@ def main() -> int:
     ap.add_argument("--work", default="build/bench-sweep", help="sweep folders")
     ap.add_argument("--out", default=str(RESULTS / "sweep"), help="results prefix (.json, .md)")
     ap.add_argument("--stored-only", action="store_true", help="grid: summarise the stored trials, run nothing")
+    ap.add_argument("--retry-failed", action="store_true", help="grid: run the trials stored as failed again")
     ap.add_argument("--snapshot", help="run on a copy of the package made in this folder (see _run_from_snapshot)")
     args = ap.parse_args()
     if args.snapshot:
@@ -186,7 +189,7 @@ def main() -> int:
         write_json(out.with_suffix(".json"), data)  # each part is kept as soon as it is done
     if args.part in ("grid", "all"):
         data["grid"] = part_grid(work, args.full, args.cpus, {**GRID_AXES, "budget": args.budgets, "bits": args.bits},
-                                 args.stored_only)
+                                 args.stored_only, args.retry_failed)
     data["loadavg"] = os.getloadavg()
     write_json(out.with_suffix(".json"), data)
     with atomic_path(out.with_suffix(".md")) as tmp:

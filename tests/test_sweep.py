@@ -60,8 +60,8 @@ def _sweep_cli(*args: str, env: dict | None = None, timeout: float = 900) -> sub
 def _brute_force_front(records: list[dict]) -> set[str]:
     ok = [r for r in records if r["status"] == "ok"]
 
-    def beaten(r):
-        return any(o is not r and o["accuracy"] >= r["accuracy"] and o["fps"] >= r["fps"]
+    def beaten(r):  # by a trial of the same board: each board has its own front
+        return any(o is not r and o.get("board") == r.get("board") and o["accuracy"] >= r["accuracy"] and o["fps"] >= r["fps"]
                    and o["binding_share"] <= r["binding_share"]
                    and (o["accuracy"], o["fps"], o["binding_share"]) != (r["accuracy"], r["fps"], r["binding_share"])
                    for o in ok)
@@ -111,6 +111,11 @@ def test_front_is_the_non_dominated_set():
     front = pareto_front(records)
     assert [r["id"] for r in front] == ["t3", "t0", "t6", "t2"]  # best accuracy first
     assert {r["id"] for r in front} == _brute_force_front(records)
+    # each board has its own front: a small board's design beaten by a larger board's stays on its front
+    small = {**rec(7, 0.90, 500, 0.9), "board": "small"}
+    front = pareto_front([*({**r, "board": "big"} for r in records), small])
+    assert "t7" in {r["id"] for r in front} and len(front) == 5
+    assert {r["id"] for r in front} == _brute_force_front([*({**r, "board": "big"} for r in records), small])
 
 
 def test_stage_sharing_counts_each_shared_build_once():
@@ -132,6 +137,30 @@ def test_a_second_sweep_on_the_same_folder_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ a real local cluster
+
+
+def test_one_trial_on_a_local_cluster_resumes_and_retries_failures(tmp_path, tiny_model):
+    # The quick one of the real-cluster tests (a local Ray cluster of 1 CPU started by the command itself, one
+    # trial of the tiny net); the two-trial and the killed-worker ones below are slow.
+    spec = _spec_file(tmp_path, tiny_model, {"budget": [0.5], "bits": ["W4A4"], "board": ["pynq-z2"]})
+    out = tmp_path / "sweep"
+    run = _sweep_cli(str(spec), "--out", str(out), "--workers", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    record_path = out / "trials" / "pynq-z2-b0.50-W4A4" / "trial.json"
+    first = json.loads(record_path.read_text())
+    assert first["status"] == "ok" and first["fps"] > 0 and 0 < first["binding_share"] <= 1
+    # stored: nothing runs, even with --retry-failed (the trial did not fail)
+    again = _sweep_cli(str(spec), "--out", str(out), "--workers", "1", "--retry-failed")
+    assert again.returncode == 0 and "1 stored, 0 to run" in again.stderr
+    # a trial stored as failed runs again with --retry-failed (its stages come from the cache)
+    record_path.write_text(json.dumps({**first, "status": "failed", "reason": "made up by the test"}))
+    plain = _sweep_cli(str(spec), "--out", str(out), "--workers", "1")
+    assert "1 stored, 0 to run" in plain.stderr
+    retried = _sweep_cli(str(spec), "--out", str(out), "--workers", "1", "--retry-failed")
+    assert retried.returncode == 0 and "0 stored, 1 to run" in retried.stderr, retried.stderr[-3000:]
+    second = json.loads(record_path.read_text())
+    assert second["status"] == "ok" and second["attempt"] != first["attempt"]
+    assert all(st["cached"] for st in second["stages"].values())
 
 
 # slow: 105-197 s on the shared 2-core machine (load 10-17), and under load above ~20 Ray's fixed 30 s raylet start-up

@@ -1,5 +1,9 @@
-"""The sweep's result: every trial's record, the Pareto front over (quantized top-1 ↑, fps ↑, binding resource's
-share of its cap ↓), a markdown table, and plots of accuracy vs fps and vs LUT with one colour per board."""
+"""The sweep's result: every trial's record, the Pareto front of each board over (quantized top-1 ↑, fps ↑, binding
+resource's share of its cap ↓), a markdown table, and plots of accuracy vs fps and vs LUT with one colour per board.
+
+The front is per board: a design is built for one board, so a zybo-z7-10 design is not worse because a pynq-z2
+design (a larger, dearer device) is faster at the same accuracy. One front over all boards would only ever show the
+largest board."""
 
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ def dominates(a: dict, b: dict) -> bool:
 
 
 def pareto_front(records: list[dict]) -> list[dict]:
-    """The successful trials no other successful trial dominates, best accuracy first."""
+    """The successful trials no other successful trial of the same board dominates, best accuracy first."""
     ok = [r for r in records if r.get("status") == "ok"]
-    front = [r for r in ok if not any(dominates(o, r) for o in ok if o is not r)]
+    front = [r for r in ok if not any(dominates(o, r) for o in ok
+                                      if o is not r and o.get("board") == r.get("board"))]
     return sorted(front, key=lambda r: (-r["accuracy"], -r["fps"]))
 
 
@@ -60,9 +65,9 @@ def markdown(out: Path, records: list[dict], front: list[dict], sharing: dict, p
     ok = [r for r in records if r["status"] == "ok"]
     failed = [r for r in records if r["status"] != "ok"]
     lines = [f"# {title}", "",
-             f"{len(records)} trials: {len(ok)} built, {len(failed)} failed; {len(front)} on the Pareto front of "
-             "(quantized top-1 ↑, fps within the board's caps ↑, binding resource's share of its cap ↓).", "",
-             "## Pareto front", "",
+             f"{len(records)} trials: {len(ok)} built, {len(failed)} failed; {len(front)} on their board's Pareto "
+             "front of (quantized top-1 ↑, fps within the board's caps ↑, binding resource's share of its cap ↓).",
+             "", "## Pareto front of each board", "",
              table(["trial", "top-1", "fps", "binding", "LUT", "MACs kept", "`make synth`"],
                    [[r["id"], pct(r["accuracy"]), num(r["fps"]),
                      f"{r['binding_resource']} {pct(r['binding_share'], 1)}", num(r["lut"]),
