@@ -77,12 +77,13 @@ def part_scaling(work: Path) -> dict:
 
 
 def _stored(axes: dict, sets: list[str], out: Path) -> dict:
-    """The grid's trials stored so far (an interrupted run), summarised without running anything."""
+    """The grid's trials stored so far, summarised (front, plots, tables with the current code) without running
+    anything. The records are read as stored, whatever code version made them: a resume (stored_record) would
+    rerun a trial whose effective config changed, e.g. when a newer version adds a config key."""
     from trimflow.sweep import load_spec, write_results
     from trimflow.sweep.engine import plan
-    from trimflow.sweep.trials import stored_record
     plans = plan(load_spec(None, {"axes": axes, "set": sets}), out)
-    records = [r for p in plans if (r := stored_record(p)) is not None]
+    records = [read_json(f) for p in plans if (f := Path(p["dir"]) / "trial.json").is_file()]
     data = write_results(out, records, extra={"planned": len(plans)})
     ok = sum(r["status"] == "ok" for r in records)
     return {"cpus": None, "trials": len(records), "planned": len(plans), "ok": ok, "reused": len(records),
@@ -126,6 +127,9 @@ def markdown(data: dict) -> str:
                "interrupted run)" if g["wall_s"] is not None else
                f"INCOMPLETE: {g['trials']} of the {g['planned']} trials had finished when the run was stopped (the "
                "deadline); the table is of those, and rerunning the command resumes the rest")
+        if g.get("summarised_by_newer_code"):
+            run += ("; the front, plots and tables were recomputed from the stored trial records by the code named "
+                    f"above (`--stored-only`); the trials ran on source digest `{g['run_code']['digest']}`")
         lines += [f"## Default net: {len(g['records'])}-trial grid ({label})", "",
                   f"Axes {g['axes']}; {g['ok']} built, {g['trials'] - g['ok']} failed; {run}. Sweep folder: "
                   f"`{g['out']}` (`sweep.md` there lists every trial and the `make synth` command of each front "
@@ -181,6 +185,7 @@ def main() -> int:
     work = Path(args.work).resolve()
     out = Path(args.out)
     data = read_json(out.with_suffix(".json")) if out.with_suffix(".json").is_file() else {}
+    run_code = data.get("code")  # the code of the run that made the stored results
     data["machine"] = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     from trimflow.sources import code_digest
     data["code"] = {"package": str(Path(sys.modules["trimflow"].__file__).parent), "digest": code_digest()}
@@ -188,8 +193,13 @@ def main() -> int:
         data["scaling"] = part_scaling(work)
         write_json(out.with_suffix(".json"), data)  # each part is kept as soon as it is done
     if args.part in ("grid", "all"):
+        previous = data.get("grid") or {}
         data["grid"] = part_grid(work, args.full, args.cpus, {**GRID_AXES, "budget": args.budgets, "bits": args.bits},
                                  args.stored_only, args.retry_failed)
+        if args.stored_only and previous.get("wall_s") and previous.get("trials") == data["grid"]["trials"]:
+            # re-summarised (e.g. the front computed by newer code): the run that made the trials keeps its timing
+            data["grid"].update({k: previous[k] for k in ("wall_s", "cpus", "reused")},
+                                summarised_by_newer_code=True, run_code=previous.get("run_code") or run_code)
     data["loadavg"] = os.getloadavg()
     write_json(out.with_suffix(".json"), data)
     with atomic_path(out.with_suffix(".md")) as tmp:
