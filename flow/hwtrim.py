@@ -102,10 +102,10 @@ def needed_budget(it: HwTrimIteration, board: Board, target_fps: float) -> float
     and the fps within given resources both scale about linearly with the MACs (FINN folds MACs onto PE·SIMD)."""
     scale = 1.0
     for r in RESOURCES:
-        room = board.limit(r) - board.shell_overhead[r]
+        # it.resources is the fit check's estimate, shell included: the design's own use is that less the shell
         used = it.resources[r] - board.shell_overhead[r]
         if used > 0:
-            scale = min(scale, max(room, 0) / used)
+            scale = min(scale, max(board.room(r), 0) / used)
     if it.fits:
         scale = min(scale, it.fps / target_fps)
     return it.macs_fraction * scale

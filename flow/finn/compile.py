@@ -582,15 +582,14 @@ def _result(
     fit = check_fit(design.totals, board, layers=design.layers)
     node_types = [n.op_type for n in hw.graph.node]
     hls = [n.name for n in hw.graph.node if n.op_type.endswith("_hls")]
-    clock_hz = 1e9 / board.clock_period_ns
     times_file = finn_out / "report" / "time_per_step.json"
     step_times = read_json(times_file) if times_file.exists() else {}
     return CompileResult(
         board=board.name,
         part=board.part,
         clock_period_ns=board.clock_period_ns,
-        fps=clock_hz / est.max_cycles,
-        latency_us=est.critical_path_cycles * board.clock_period_ns / 1000.0,
+        fps=board.fps(est.max_cycles),
+        latency_us=board.latency_us(est.critical_path_cycles),
         max_cycles=est.max_cycles,
         bottleneck=est.bottleneck,
         layers=[{**dataclasses.asdict(r)} for r in est.layers],

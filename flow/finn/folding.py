@@ -117,10 +117,12 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
     max_simd = max_simd or {}
     reserve = {r: float((reserve or {}).get(r, 0.0)) for r in _ESTIMATES}
     model = hw_model_path if isinstance(hw_model_path, ModelWrapper) else ModelWrapper(str(hw_model_path))
-    caps = {r: board.limit(r) - board.shell_overhead[r] - reserve[r] for r in _ESTIMATES}
-    if any(board.limit(r) - board.shell_overhead[r] < 0 for r in _ESTIMATES):
+    # the search's own caps: the board's room for the design, less the reserve held for FIFOs and width converters
+    # (the search cannot see them; plan_within_caps sizes the reserve)
+    caps = {r: board.room(r) - reserve[r] for r in _ESTIMATES}
+    if any(board.room(r) < 0 for r in _ESTIMATES):
         raise FlowError(f"board {board.name}: the shell overhead alone exceeds the caps; nothing left for layers")
-    target_cycles = None if not target_fps else 1e9 / board.clock_period_ns / target_fps
+    target_cycles = None if not target_fps else board.cycles_for(target_fps)
 
     def _resources(inst: Any, part: str) -> dict[str, float]:
         # the FIFO on a node's output is as wide as its (folding-dependent) output stream: charge it to the node
@@ -188,7 +190,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
             _tie_window_generator(swg, cands[0][0]["PE"])
 
     fastest = max([c for c, _ in fixed.values()] + [min(c[1] for c in o) for o in options.values()])
-    max_possible_fps = 1e9 / board.clock_period_ns / fastest
+    max_possible_fps = board.fps(fastest)
 
     choice = {n: 0 for n in options}  # start fully folded (slowest, smallest)
 
@@ -257,7 +259,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
         cycles=cycles,
         totals=totals(),
         max_cycles=max_cycles,
-        fps=1e9 / board.clock_period_ns / max_cycles,
+        fps=board.fps(max_cycles),
         limited_by=limited_by,
         max_possible_fps=max_possible_fps,
         reserve=reserve,
@@ -285,10 +287,10 @@ def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Pat
     nothing does."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from trimflow.finn.estimates import estimate_design, fits
+    from trimflow.finn.estimates import estimate_design
 
     base = ModelWrapper(str(hw_model_path))
-    room = {r: max(0.0, board.limit(r) - board.shell_overhead[r]) for r in _ESTIMATES}
+    room = {r: max(0.0, board.room(r)) for r in _ESTIMATES}
     tried = 0
 
     def attempt(reserve: dict[str, float]) -> tuple[FoldingPlan, bool, list[str]]:
@@ -297,8 +299,8 @@ def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Pat
         plan = optimize_folding(ModelWrapper(str(hw_model_path)), board, max_simd, target_fps, reserve)
         est = estimate_design(apply_folding(ModelWrapper(copy.deepcopy(base.model)), plan), board.part,
                               Path(scratch) / f"r{tried}")
-        over = [r for r in _ESTIMATES if est.totals[r] + board.shell_overhead[r] > board.limit(r)]
-        return dataclasses.replace(plan, design_totals=est.totals), fits(est.totals, board), over
+        over = board.over(est.totals, _ESTIMATES)
+        return dataclasses.replace(plan, design_totals=est.totals), not over, over
 
     plan, ok, over = attempt({})
     if ok or plan.limited_by == "does not fit even fully folded":
@@ -322,7 +324,7 @@ def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Pat
                               Path(scratch) / "slowest")
         best = dataclasses.replace(slowest, design_totals=est.totals,
                                    limited_by="resources: only the fully folded design fits with its FIFOs/DWCs"
-                                   if fits(est.totals, board) else "does not fit with its FIFOs/DWCs")
+                                   if board.fits(est.totals) else "does not fit with its FIFOs/DWCs")
     return best
 
 
