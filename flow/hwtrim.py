@@ -21,14 +21,13 @@ from typing import Any
 from torch import nn
 
 from trimflow import FlowError
-from trimflow.boards import Board
+from trimflow.boards import RESOURCES, Board
 from trimflow.data import ImageSet
 from trimflow.relevance import RelevanceScores
 from trimflow.trim import TrimConfig, TrimReport
 
 # Fractions of the original MACs tried, largest first. Below 0.2 a CNV-sized net loses most of its accuracy.
 BUDGETS = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.25, 0.2)
-RESOURCES = ("LUT", "FF", "BRAM18", "DSP", "URAM")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,9 +25,10 @@ from typing import Any
 
 from trimflow.boards import Board
 from trimflow.finn.folding import FOLDABLE
+from trimflow.finn.reports import LAYER_RESOURCES
 
 # The resources FINN estimates (no FF model): its yardstick checks only these.
-FINN_RESOURCES = ("LUT", "BRAM18", "URAM", "DSP")
+FINN_RESOURCES = LAYER_RESOURCES
 
 
 @dataclasses.dataclass(frozen=True)

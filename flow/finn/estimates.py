@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-RESOURCES = ("LUT", "FF", "BRAM18", "URAM", "DSP")
+from trimflow.boards import RESOURCES
 _FINN_ESTIMATORS = {"LUT": "lut_estimation", "BRAM18": "bram_estimation", "URAM": "uram_estimation",
                     "DSP": "dsp_estimation"}
 
