@@ -88,8 +88,8 @@ def bench_design(name: str, compile_dir: Path, config: str | None, n_images: int
     print(f"{name}: {compile_dir} ({board.name}, {compiled['fps']:,.0f} fps estimated)", flush=True)
     t0 = time.perf_counter()
     # -O0: the C++ builds several times faster, and a few hundred images simulate in seconds either way
-    sim = build_simulator(hw, work / "sim", SimConfig(fifo_depth=SIZING_DEPTH, fpga_part=board.part,
-                                                      clk_ns=board.clock_period_ns, optimize=False))
+    sim = build_simulator(hw, work / "sim", SimConfig(fifo_depth=SIZING_DEPTH, optimize=False),
+                          fpga_part=board.part, clk_ns=board.clock_period_ns)
     print(f"  simulator built in {time.perf_counter() - t0:.0f} s", flush=True)
     images = _images(load_flow_config(config), max(n_images, SIZING_IMAGES))
     sizing = size_fifos(sim, images[:SIZING_IMAGES])

@@ -80,7 +80,7 @@ def finn_check(qonnx_path: Path, images, out: Path) -> dict:
 
     from trimflow.finn.compile import CompileConfig, compile_model
 
-    cfg = CompileConfig(verify_images=len(images), verify_dataset="fashion-mnist", generate_code=False)
+    cfg = CompileConfig(verify_images=len(images), generate_code=False)
     try:
         # the largest board, so the verdict is about FINN's conversion, not about fitting
         res = compile_model(qonnx_path, load_board("kv260"), cfg, out / "compile", verify_images=images)

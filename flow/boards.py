@@ -78,6 +78,41 @@ class Board:
         """The largest usable count of `resource` under the utilisation cap."""
         return math.floor(self.capacity[resource] * self.caps[resource])
 
+    # The board arithmetic every fit check, folding search and throughput figure uses, in one place. A "design"
+    # below is the dataflow partition alone: the shell overhead is the board's, added here.
+
+    def room(self, resource: str) -> int:
+        """What the design may use of `resource`: the cap less the shell overhead (negative when the shell alone
+        is over the cap)."""
+        return self.limit(resource) - self.shell_overhead[resource]
+
+    def over(self, design: Mapping[str, float], resources: Iterable[str] = RESOURCES) -> list[str]:
+        """The resources (of `resources`, in that order) where the design plus the shell overhead is above the cap;
+        a resource the design does not name counts as 0 (not estimated: the shell alone is checked)."""
+        # `not <=`: an estimate that is NaN (a broken cost model) is over, never a fit
+        return [r for r in resources if not design.get(r, 0.0) + self.shell_overhead[r] <= self.limit(r)]
+
+    def fits(self, design: Mapping[str, float], resources: Iterable[str] = RESOURCES) -> bool:
+        """Whether the design plus the shell overhead stays within the cap of every one of `resources`."""
+        return not self.over(design, resources)
+
+    @property
+    def clock_hz(self) -> float:
+        return 1e9 / self.clock_period_ns
+
+    def fps(self, cycles: float) -> float:
+        """Frames per second at the board clock when a frame takes `cycles` (the slowest layer's cycles, or an
+        initiation interval)."""
+        return self.clock_hz / cycles
+
+    def cycles_for(self, fps: float) -> float:
+        """The cycles per frame that give `fps` at the board clock (the inverse of fps())."""
+        return self.clock_hz / fps
+
+    def latency_us(self, cycles: float) -> float:
+        """`cycles` at the board clock, in microseconds."""
+        return cycles * self.clock_period_ns / 1000.0
+
 
 # No FPGA has more than this of a resource (the largest Versal / UltraScale+ parts have ~4.5 M LUTs, ~7,400 DSPs,
 # ~10,800 BRAM18, ~1,300 URAM); a capacity above it is a typo, not a board.
@@ -291,17 +326,18 @@ def check_fit(
     unknown = sorted(set(resources) - set(RESOURCES))
     if unknown:
         raise FlowError(f"check_fit: unknown resource(s) {unknown}; expected some of {list(RESOURCES)}")
+    over_cap = board.over({r: float(v) for r, v in resources.items()})
     rows = []
     for r in RESOURCES:
         dataflow = float(resources[r]) if r in resources else None
         shell = board.shell_overhead[r]
-        est = (dataflow or 0.0) + shell
+        est = (dataflow or 0.0) + shell  # the figure shown; the verdict is board.over's
         cap, capacity = board.limit(r), board.capacity[r]
         pct = 100.0 * est / capacity if capacity else (0.0 if est == 0 else math.inf)
-        rows.append(ResourceFit(r, dataflow, shell, est, cap, capacity, pct, est <= cap))
+        rows.append(ResourceFit(r, dataflow, shell, est, cap, capacity, pct, r not in over_cap))
     largest: list[tuple[str, dict[str, float]]] = []
     if layers:
-        over = [row.resource for row in rows if not row.ok] or ["LUT"]
+        over = over_cap or ["LUT"]
 
         def share(item: tuple[str, Mapping[str, float]]) -> float:
             # rank by the largest fraction of capacity the layer takes among the overflowing resources

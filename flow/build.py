@@ -187,9 +187,8 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
             return {"skipped": "simulate.images is 0"}
         return simulate_compiled(ctx.inputs["compile"] / "finn", ctx.summaries["compile"],
                                  ctx.input("export", "model.qonnx.onnx"), subset(data.test, scfg.images, seed=3),
-                                 dataclasses.replace(scfg.sim, fpga_part=board.part,
-                                                     clk_ns=board.clock_period_ns), ctx.out_dir,
-                                 xsim_images=scfg.xsim_images if vivado_available() else 0)
+                                 scfg.sim, ctx.out_dir, xsim_images=scfg.xsim_images if vivado_available() else 0,
+                                 board=board)
 
     def synth(ctx: StageContext, scfg) -> dict:
         from trimflow.data.meta import class_names, preprocessing
@@ -243,11 +242,14 @@ def make_pipeline(cfg: FlowConfig, board: Board, root: Path, console: Console | 
 
 
 def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, images: ImageSet, sim_cfg,
-                      out_dir: Path, xsim_images: int = 0) -> dict:
+                      out_dir: Path, xsim_images: int = 0, board: Board | None = None) -> dict:
     """Run the Verilator simulation of a compile stage's design on real images and check it three ways:
     bit-exact against FINN's python model of the same HW graph, against the QONNX execution (after the host-side
     tail), and the resulting accuracy; plus measured vs estimated cycles. With `xsim_images` > 0 (needs Vivado) the
-    first images also run through FINN's XSim simulation, which must agree bit for bit."""
+    first images also run through FINN's XSim simulation, which must agree bit for bit.
+
+    `board`: the one the design was compiled for (its part and clock: generated RTL, fps, latency, the sized FIFOs'
+    fit); default: the shipped board the compile result names."""
     from trimflow.export import run_qonnx
     from trimflow.finn.adapter import finn_session
     from trimflow.finn.compile import apply_host_ops
@@ -256,11 +258,13 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
     from trimflow.sim import build_simulator
     from trimflow.sim.fifo_sizing import SIZING_DEPTH, SIZING_IMAGES, size_fifos
 
+    board = board or load_board(compiled["board"])
     compile_dir = relocate_compile_dir(compile_dir)  # FINN wrote absolute paths before the stage was renamed
     hw_model = compile_dir / "hw_model.onnx"
     if sim_cfg.size_fifos:  # built deep; the runs below cap each FIFO at its sized depth
         sim_cfg = dataclasses.replace(sim_cfg, fifo_depth=max(sim_cfg.fifo_depth, SIZING_DEPTH))
-    simulator = build_simulator(hw_model, out_dir / "verilator", sim_cfg)
+    simulator = build_simulator(hw_model, out_dir / "verilator", sim_cfg, fpga_part=board.part,
+                                clk_ns=board.clock_period_ns)
     raw = images.images.numpy()
     sizing = None
     if sim_cfg.size_fifos:
@@ -290,13 +294,12 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
         "qonnx_accuracy": float((qonnx_logits.argmax(1) == images.labels.numpy()).mean()),
         "cycles_per_image": result.cycles_per_image, "ii_cycles": result.ii, "latency_cycles": result.latency,
         "estimated_ii_cycles": result.est_ii, "ii_ratio": result.ii_ratio, "ii_flagged": result.ii_flagged,
-        "measured_fps": 1e9 / (result.ii * sim_cfg.clk_ns) if result.ii else None,
-        "latency_us": result.latency * sim_cfg.clk_ns / 1000.0,
-        "estimated_latency_us": result.est_latency * sim_cfg.clk_ns / 1000.0,
+        "measured_fps": board.fps(result.ii) if result.ii else None,
+        "latency_us": board.latency_us(result.latency),
+        "estimated_latency_us": board.latency_us(result.est_latency),
         "sim_cycles_per_s": result.cycles_per_s, "sim_images_per_s": result.images_per_s,
     }
     if sizing:
-        board = load_board(compiled["board"])
         summary["fifo_sizing"] = record_sized_fifos(hw_model, sizing, board, out_dir)
         if compiled.get("fits") and not summary["fifo_sizing"]["fits_sized"]:
             # the compile stage's fit charged every FIFO at an assumed depth; the depths this design needs are the
@@ -316,8 +319,8 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
         shutil.copytree(compile_dir, design)
         with finn_session(out_dir / "xsim-build"):
             xsim_out = execute_hw_model(relocate_compile_dir(design) / "hw_model.onnx",
-                                        raw[:n].transpose(0, 2, 3, 1), mode="xsim", fpga_part=sim_cfg.fpga_part,
-                                        clk_ns=sim_cfg.clk_ns)
+                                        raw[:n].transpose(0, 2, 3, 1), mode="xsim", fpga_part=board.part,
+                                        clk_ns=board.clock_period_ns)
         summary["xsim_images"] = n
         summary["bit_exact_vs_xsim"] = bool(np.array_equal(sim_out[:n], xsim_out.reshape(sim_out[:n].shape)))
         if not summary["bit_exact_vs_xsim"]:

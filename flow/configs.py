@@ -1,7 +1,8 @@
 """Turn nested dicts (from YAML or the command line) into the stages' frozen config dataclasses, and back.
 
 Unknown keys and wrong types are errors that name the full key path, so a typo in a YAML file never silently
-falls back to a default.
+falls back to a default. A config class may name keys that are deliberately not settings, because something else
+decides their value (a class attribute DECIDED_ELSEWHERE: key → who decides); setting one is an error that says so.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
         raise FlowError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    elsewhere = getattr(cls, "DECIDED_ELSEWHERE", {})
+    decided = sorted(set(data) & set(elsewhere))
+    if decided:
+        raise FlowError(f"{where}: {decided[0]} is not a setting: {elsewhere[decided[0]]}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise FlowError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")

@@ -21,14 +21,13 @@ from typing import Any, Callable
 from torch import nn
 
 from trimflow import FlowError
-from trimflow.boards import Board
+from trimflow.boards import RESOURCES, Board
 from trimflow.data import ImageSet
 from trimflow.relevance import RelevanceScores
 from trimflow.trim import TrimConfig, TrimReport
 
 # Fractions of the original MACs tried, largest first. Below 0.2 a CNV-sized net loses most of its accuracy.
 BUDGETS = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.25, 0.2)
-RESOURCES = ("LUT", "FF", "BRAM18", "DSP", "URAM")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +107,10 @@ def needed_budget(it: HwTrimIteration, board: Board, target_fps: float) -> float
     and the fps within given resources both scale about linearly with the MACs (FINN folds MACs onto PE·SIMD)."""
     scale = 1.0
     for r in RESOURCES:
-        room = board.limit(r) - board.shell_overhead[r]
+        # it.resources is the fit check's estimate, shell included: the design's own use is that less the shell
         used = it.resources[r] - board.shell_overhead[r]
         if used > 0:
-            scale = min(scale, max(room, 0) / used)
+            scale = min(scale, max(board.room(r), 0) / used)
     if it.fits:
         scale = min(scale, it.fps / target_fps)
     return it.macs_fraction * scale

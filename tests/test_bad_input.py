@@ -321,6 +321,13 @@ ROWS = [
     Row("config-unknown-key", lambda e: ["relevance", "--config", str(cfg_file(e, "trimm: {budget: 0.4}\n")),
                                          "--build-dir", str(e.build)], (r"unknown key\(s\) trimm", r"allowed:")),
     Row("set-unknown-nested-key", lambda e: flow(e, "trim.kep=0.3"), (r"unknown key\(s\) kep", r"allowed:")),
+    # keys the board file or the top-level dataset decide: setting one is an error, not silently overwritten
+    Row("set-board-decided-part", lambda e: flow(e, "simulate.sim.fpga_part=xc7z020clg400-1"),
+        (r"simulate\.sim: fpga_part is not a setting: the board file decides it", r"boards/<board>\.yaml: part")),
+    Row("set-board-decided-clock", lambda e: flow(e, "simulate.sim.clk_ns=5"),
+        (r"clk_ns is not a setting: the board file decides it", r"clock_period_ns")),
+    Row("set-verify-dataset", lambda e: flow(e, "compile.verify_dataset=mnist"),
+        (r"compile: verify_dataset is not a setting: the top-level `dataset` decides it",)),
     Row("set-without-equals", lambda e: flow(e, "trim.budget"), (r"--set 'trim\.budget'", r"KEY\.PATH=VALUE")),
     Row("set-wrong-type", lambda e: flow(e, "eval_images=lots"), (r"eval_images", r"expected int|not a valid")),
     Row("eval-images-zero", lambda e: flow(e, "eval_images=0"), (r"eval_images must be >= 1", r"null")),

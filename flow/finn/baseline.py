@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trimflow.boards import RESOURCES, Board
+from trimflow.boards import Board
 from trimflow.finn.folding import FOLDABLE
+from trimflow.finn.reports import LAYER_RESOURCES
 
 # The resources FINN estimates (no FF model): its yardstick checks only these.
-FINN_RESOURCES = ("LUT", "BRAM18", "URAM", "DSP")
+FINN_RESOURCES = LAYER_RESOURCES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,6 @@ def enumerate_finn_foldings(hw_model: Any, board: Board, mvau_wwidth_max: int = 
     first, each with its folded model. Call inside trimflow.finn.adapter.finn_session."""
     import logging
 
-    clock_hz = 1e9 / board.clock_period_ns
     logging.getLogger("finn").setLevel(logging.ERROR)  # one "target missed" warning per node and step otherwise
     out: list[tuple[FinnFolding, Any]] = []
     budget = 1 << 62  # everything fully folded meets it
@@ -94,8 +94,8 @@ def enumerate_finn_foldings(hw_model: Any, board: Board, mvau_wwidth_max: int = 
         if out and cycles >= out[-1][0].max_cycles:
             break  # the target is missed: the relaxed second pass gives back the fastest folding already found
         # int(clock / (clock / (budget + 0.5))) == budget: a target_fps that FINN turns into this budget
-        target = clock_hz / (min(budget, cycles) + 0.5)
-        out.append((FinnFolding(min(budget, 1 << 40), target, cycles, clock_hz / cycles, _folding_of(model)), model))
+        target = board.fps(min(budget, cycles) + 0.5)
+        out.append((FinnFolding(min(budget, 1 << 40), target, cycles, board.fps(cycles), _folding_of(model)), model))
         if cycles > budget:
             break
         budget = cycles - 1
@@ -115,11 +115,7 @@ def finn_baseline(hw_model_path: str | Path, board: Board, scratch: str | Path, 
 
     t0 = time.perf_counter()
     scratch = Path(scratch)
-    shell, limit = board.shell_overhead, board.limit
-
-    def over(totals: dict[str, float], resources: tuple[str, ...]) -> bool:
-        return any(totals.get(r, 0.0) + shell[r] > limit(r) for r in resources)
-
+    shell = board.shell_overhead  # for the log lines, which show the design with the shell
     with finn_session(scratch / "codegen"):
         base = ModelWrapper(str(hw_model_path))
         found = enumerate_finn_foldings(base, board, mvau_wwidth_max)
@@ -134,7 +130,7 @@ def finn_baseline(hw_model_path: str | Path, board: Board, scratch: str | Path, 
             evaluated += 1
             finn = {r: sum(v[r] for v in est.finn_layers.values()) + est.width_converters[r] for r in FINN_RESOURCES}
             f = dataclasses.replace(f, finn=finn, completed=dict(est.totals),
-                                    fits_finn=not over(finn, FINN_RESOURCES), fits=not over(est.totals, RESOURCES))
+                                    fits_finn=board.fits(finn, FINN_RESOURCES), fits=board.fits(est.totals))
             results[i] = f
             if f.fits_finn and best_finn is None:
                 best_finn = f

@@ -28,7 +28,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -55,6 +55,12 @@ _LAYOUT_OPS = ("Transpose", "Reshape")
 
 @dataclasses.dataclass(frozen=True)
 class CompileConfig:
+    # Not a field: the verification images are the flow's dataset's (compile_model's verify_images / verify_dataset
+    # arguments), so the config cannot name a second dataset that the build would not use.
+    DECIDED_ELSEWHERE: ClassVar[dict[str, str]] = {
+        "verify_dataset": "the top-level `dataset` decides it (the compile stage verifies on its test split)",
+    }
+
     target_fps: float | None = None  # FINN's folding heuristic aims for this; None → fully folded (PE=SIMD=1)
     # "auto": FINN's heuristic for target_fps; "optimize": the fastest folding within the board's caps
     # (trimflow.finn.folding); or a path to a FINN folding-config JSON
@@ -67,7 +73,6 @@ class CompileConfig:
     generate_code: bool = True  # PrepareIP: RTL of _rtl nodes, C++ of _hls nodes (no Vivado needed)
     verify: bool = True  # compare FINN's python execution with QONNX execution on real images
     verify_images: int = 16
-    verify_dataset: str = "fashion-mnist"  # test split, used when compile_model gets no images
     fail_if_not_fit: bool = True  # raise BoardFitError (after writing compile.json) when over the board's caps
     # "optimize" only: optimiser runs sampling the fps-vs-LUT trade-off for pareto.json (trimflow.finn.pareto), a
     # few seconds each; 0 = off
@@ -452,11 +457,12 @@ def compile_model(
     cfg: CompileConfig,
     out_dir: str | os.PathLike,
     verify_images: Any = None,
+    verify_dataset: str = "fashion-mnist",
 ) -> CompileResult:
     """Compile `qonnx_path` for `board` into `out_dir` (written atomically) and return the result.
 
     `verify_images`: an ImageSet or uint8 images (N, C, H, W) for the verification (the first cfg.verify_images
-    are used); default: cfg.verify_images test images of cfg.verify_dataset.
+    are used); default: cfg.verify_images test images of `verify_dataset`.
     Raises BoardFitError (with `.result`) after writing out_dir when the design does not fit.
     """
     from qonnx.core.modelwrapper import ModelWrapper
@@ -495,7 +501,7 @@ def compile_model(
 
         verification = None
         if cfg.verify:
-            arr = _verify_images(verify_images, cfg)
+            arr = _verify_images(verify_images, cfg, verify_dataset)
             try:
                 verification = verify_streamlined(qonnx_path, finn_out, arr, cfg.input_divisor, tail)
             except Exception as e:
@@ -537,11 +543,11 @@ def _plan_folding(qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path,
     return plan
 
 
-def _verify_images(images: Any, cfg: CompileConfig) -> np.ndarray:
+def _verify_images(images: Any, cfg: CompileConfig, dataset: str) -> np.ndarray:
     if images is None:
         from trimflow.data import load_dataset, subset
 
-        images = subset(load_dataset(cfg.verify_dataset, "test"), cfg.verify_images, seed=0).images
+        images = subset(load_dataset(dataset, "test"), cfg.verify_images, seed=0).images
     images = getattr(images, "images", images)  # an ImageSet
     arr = np.asarray(images)[: cfg.verify_images]
     if arr.dtype != np.uint8 or arr.ndim != 4:
@@ -582,15 +588,14 @@ def _result(
     fit = check_fit(design.totals, board, layers=design.layers)
     node_types = [n.op_type for n in hw.graph.node]
     hls = [n.name for n in hw.graph.node if n.op_type.endswith("_hls")]
-    clock_hz = 1e9 / board.clock_period_ns
     times_file = finn_out / "report" / "time_per_step.json"
     step_times = read_json(times_file) if times_file.exists() else {}
     return CompileResult(
         board=board.name,
         part=board.part,
         clock_period_ns=board.clock_period_ns,
-        fps=clock_hz / est.max_cycles,
-        latency_us=est.critical_path_cycles * board.clock_period_ns / 1000.0,
+        fps=board.fps(est.max_cycles),
+        latency_us=board.latency_us(est.critical_path_cycles),
         max_cycles=est.max_cycles,
         bottleneck=est.bottleneck,
         layers=[{**dataclasses.asdict(r)} for r in est.layers],

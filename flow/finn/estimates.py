@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-RESOURCES = ("LUT", "FF", "BRAM18", "URAM", "DSP")
+from trimflow.boards import RESOURCES
 _FINN_ESTIMATORS = {"LUT": "lut_estimation", "BRAM18": "bram_estimation", "URAM": "uram_estimation",
                     "DSP": "dsp_estimation"}
 
@@ -246,16 +246,11 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
     return DesignEstimate(layers, finn_layers, fifos, dwcs, totals, fifo_depth, notes, output_fifos)
 
 
-def fits(totals: dict[str, float], board: Any) -> bool:
-    """Whether totals plus the board's shell overhead stay within every cap."""
-    return all(totals.get(r, 0.0) + board.shell_overhead[r] <= board.limit(r) for r in RESOURCES)
-
-
 def needed_scale(totals: dict[str, float], board: Any) -> float:
     """By how much the design's resources would have to shrink to fit (1.0 = fits as is; inf: shell alone over)."""
     scale = 1.0
     for r in RESOURCES:
-        room = board.limit(r) - board.shell_overhead[r]
+        room = board.room(r)
         if totals.get(r, 0.0) > 0:
             scale = min(scale, room / totals[r]) if room > 0 else 0.0
     return scale if scale > 0 else math.nan

@@ -19,7 +19,7 @@ from typing import Any
 
 from trimflow import FlowError
 from trimflow.artifacts import atomic_path
-from trimflow.boards import Board
+from trimflow.boards import RESOURCES, Board
 
 # op type prefix → ((folding attribute, node attribute whose divisors it may take), ...)
 FOLDABLE = {
@@ -34,7 +34,6 @@ FOLDABLE = {
     "VVAU": (("PE", "Channels"),),
     "ElementwiseAdd": (("PE", "out_shape"),),  # a list attribute: its last entry (the channels) is folded
 }
-_ESTIMATES = ("LUT", "FF", "BRAM18", "URAM", "DSP")
 
 
 def pool_window_generators(model: Any) -> dict[str, str]:
@@ -115,17 +114,19 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
     from trimflow.finn.estimates import node_resources, output_fifo_resources
 
     max_simd = max_simd or {}
-    reserve = {r: float((reserve or {}).get(r, 0.0)) for r in _ESTIMATES}
+    reserve = {r: float((reserve or {}).get(r, 0.0)) for r in RESOURCES}
     model = hw_model_path if isinstance(hw_model_path, ModelWrapper) else ModelWrapper(str(hw_model_path))
-    caps = {r: board.limit(r) - board.shell_overhead[r] - reserve[r] for r in _ESTIMATES}
-    if any(board.limit(r) - board.shell_overhead[r] < 0 for r in _ESTIMATES):
+    # the search's own caps: the board's room for the design, less the reserve held for FIFOs and width converters
+    # (the search cannot see them; plan_within_caps sizes the reserve)
+    caps = {r: board.room(r) - reserve[r] for r in RESOURCES}
+    if any(board.room(r) < 0 for r in RESOURCES):
         raise FlowError(f"board {board.name}: the shell overhead alone exceeds the caps; nothing left for layers")
-    target_cycles = None if not target_fps else 1e9 / board.clock_period_ns / target_fps
+    target_cycles = None if not target_fps else board.cycles_for(target_fps)
 
     def _resources(inst: Any, part: str) -> dict[str, float]:
         # the FIFO on a node's output is as wide as its (folding-dependent) output stream: charge it to the node
         own, fifo = node_resources(inst, part), output_fifo_resources(inst, part)
-        return {r: own[r] + fifo[r] for r in _ESTIMATES}
+        return {r: own[r] + fifo[r] for r in RESOURCES}
 
     # Per node: candidate foldings sorted from slowest to fastest, each with (cycles, resources).
     options: dict[str, list[tuple[dict[str, int], int, dict[str, float]]]] = {}
@@ -170,7 +171,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
                     _tie_window_generator(swg, combo["PE"])
                     swg_res = _resources(swg, board.part)
                     cycles = max(cycles, int(swg.get_exp_cycles()))
-                    res = {r: res[r] + swg_res[r] for r in _ESTIMATES}
+                    res = {r: res[r] + swg_res[r] for r in RESOURCES}
                 # stream widths of this option, for the width-ratio check at the end (a tied pair's input is its
                 # window generator's)
                 ins = {0: swg.get_instream_width(0)} if swg is not None else _stream_input_widths(model, node, inst)
@@ -188,7 +189,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
             _tie_window_generator(swg, cands[0][0]["PE"])
 
     fastest = max([c for c, _ in fixed.values()] + [min(c[1] for c in o) for o in options.values()])
-    max_possible_fps = 1e9 / board.clock_period_ns / fastest
+    max_possible_fps = board.fps(fastest)
 
     choice = {n: 0 for n in options}  # start fully folded (slowest, smallest)
 
@@ -196,7 +197,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
         return fixed[n] if n in fixed else options[n][choice[n]][1:]  # type: ignore[return-value]
 
     def totals() -> dict[str, float]:
-        return {r: sum(state(n)[1][r] for n in list(fixed) + list(options)) for r in _ESTIMATES}
+        return {r: sum(state(n)[1][r] for n in list(fixed) + list(options)) for r in RESOURCES}
 
     if not _fits(totals(), caps):
         limited_by = "does not fit even fully folded"
@@ -219,7 +220,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
         best = None
         for i in faster:
             res = options[bottleneck][i][2]
-            new = {r: base[r] - cur_res[r] + res[r] for r in _ESTIMATES}
+            new = {r: base[r] - cur_res[r] + res[r] for r in RESOURCES}
             if _fits(new, caps):
                 key = (_weight(res, caps), options[bottleneck][i][1])
                 if best is None or key < best[0]:
@@ -257,7 +258,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
         cycles=cycles,
         totals=totals(),
         max_cycles=max_cycles,
-        fps=1e9 / board.clock_period_ns / max_cycles,
+        fps=board.fps(max_cycles),
         limited_by=limited_by,
         max_possible_fps=max_possible_fps,
         reserve=reserve,
@@ -285,10 +286,10 @@ def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Pat
     nothing does."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from trimflow.finn.estimates import estimate_design, fits
+    from trimflow.finn.estimates import estimate_design
 
     base = ModelWrapper(str(hw_model_path))
-    room = {r: max(0.0, board.limit(r) - board.shell_overhead[r]) for r in _ESTIMATES}
+    room = {r: max(0.0, board.room(r)) for r in RESOURCES}
     tried = 0
 
     def attempt(reserve: dict[str, float]) -> tuple[FoldingPlan, bool, list[str]]:
@@ -297,8 +298,8 @@ def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Pat
         plan = optimize_folding(ModelWrapper(str(hw_model_path)), board, max_simd, target_fps, reserve)
         est = estimate_design(apply_folding(ModelWrapper(copy.deepcopy(base.model)), plan), board.part,
                               Path(scratch) / f"r{tried}")
-        over = [r for r in _ESTIMATES if est.totals[r] + board.shell_overhead[r] > board.limit(r)]
-        return dataclasses.replace(plan, design_totals=est.totals), fits(est.totals, board), over
+        over = board.over(est.totals)
+        return dataclasses.replace(plan, design_totals=est.totals), not over, over
 
     plan, ok, over = attempt({})
     if ok or plan.limited_by == "does not fit even fully folded":
@@ -322,27 +323,27 @@ def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Pat
                               Path(scratch) / "slowest")
         best = dataclasses.replace(slowest, design_totals=est.totals,
                                    limited_by="resources: only the fully folded design fits with its FIFOs/DWCs"
-                                   if fits(est.totals, board) else "does not fit with its FIFOs/DWCs")
+                                   if board.fits(est.totals) else "does not fit with its FIFOs/DWCs")
     return best
 
 
 def _budget_search(options: dict[str, list], fixed: dict[str, tuple[int, dict[str, float]]],
                    caps: dict[str, float], beat: int) -> dict[str, int] | None:
     """Choices (node → option index) for the smallest cycle budget below `beat` whose cheapest design fits."""
-    base = {r: 1.0 / caps[r] if caps[r] > 0 else 1e9 for r in _ESTIMATES}
-    prices = [base] + [{**base, r: base[r] * 8} for r in _ESTIMATES if caps[r] > 0]
+    base = {r: 1.0 / caps[r] if caps[r] > 0 else 1e9 for r in RESOURCES}
+    prices = [base] + [{**base, r: base[r] * 8} for r in RESOURCES if caps[r] > 0]
     floor = max([c for c, _ in fixed.values()] + [min(o[1] for o in opts) for opts in options.values()])
     budgets = sorted({c[1] for opts in options.values() for c in opts if floor <= c[1] < beat})
-    fixed_res = {r: sum(res[r] for _, res in fixed.values()) for r in _ESTIMATES}
+    fixed_res = {r: sum(res[r] for _, res in fixed.values()) for r in RESOURCES}
 
     def design(budget: int) -> dict[str, int] | None:
         for price in prices:
             choice, tot = {}, dict(fixed_res)
             for n, opts in options.items():
                 i = min((i for i, c in enumerate(opts) if c[1] <= budget),
-                        key=lambda i: (sum(price[r] * opts[i][2][r] for r in _ESTIMATES), opts[i][1]))
+                        key=lambda i: (sum(price[r] * opts[i][2][r] for r in RESOURCES), opts[i][1]))
                 choice[n] = i
-                for r in _ESTIMATES:
+                for r in RESOURCES:
                     tot[r] += opts[i][2][r]
             if _fits(tot, caps):
                 return choice

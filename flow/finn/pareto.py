@@ -110,9 +110,12 @@ def _sweep(hw_model_path: Path, board: Board, scratch: Path, points: int, chosen
            max_simd: dict[str, int] | None, rounds: int) -> ParetoSet:
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from trimflow.finn.estimates import estimate_design, fits
+    from trimflow.finn.estimates import estimate_design
     from trimflow.finn.folding import apply_folding, optimize_folding, plan_within_caps
 
+    # The LUT budgets swept below are caps (design + shell, as board.limit), so the points' LUTs are put on that
+    # scale with the shell added; each budget is a board with its LUT cap lowered (_lut_capped), whose fits() and
+    # limit() then judge the point.
     shell_lut = board.shell_overhead["LUT"]
     cap = board.limit("LUT")
     runs = 0
@@ -127,7 +130,7 @@ def _sweep(hw_model_path: Path, board: Board, scratch: Path, points: int, chosen
         return ParetoPoint(fps=float(plan.fps), max_cycles=int(plan.max_cycles),
                            resources={r: float(totals[r]) for r in RESOURCES}, lut_budget=budget_board.limit("LUT"),
                            source=source, limited_by=plan.limited_by, folding=dict(plan.folding),
-                           fits=fits(totals, budget_board))
+                           fits=budget_board.fits(totals))
 
     def planned(source: str, budget_board: Board, target_fps: float | None = None) -> ParetoPoint:
         nonlocal runs

@@ -154,7 +154,8 @@ def join_fifo_resources(model: Any, part: str, default_depth: int) -> dict[str, 
     (trimflow.finn.estimates' FIFO model): "count" plus the resource keys. Call inside a finn_session."""
     from qonnx.custom_op.registry import getCustomOp
 
-    from trimflow.finn.estimates import RESOURCES, output_fifo_resources
+    from trimflow.boards import RESOURCES
+    from trimflow.finn.estimates import output_fifo_resources
 
     extra = {"count": 0.0, **{r: 0.0 for r in RESOURCES}}
     by_name = {n.name: n for n in model.graph.node}

@@ -153,7 +153,7 @@ def _latency(comp: dict, sim: dict, board: Any) -> str:
     est = f"{comp.get('latency_us', 0):.1f} µs"
     if not sim.get("latency_cycles"):
         return f"{est} (FINN's estimate: sum of the layers' cycles)"
-    measured = sim["latency_cycles"] * board.clock_period_ns / 1000.0
+    measured = board.latency_us(sim["latency_cycles"])
     return f"**{measured:,.1f} µs** simulated (first image; FINN's estimate {est})"
 
 
@@ -172,7 +172,7 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
     sized = sim.get("fifo_sizing") or {}
     # with FIFOs sized by simulation the verdict is the sized design's: the compile stage charged assumed depths
     fits = sized["fits_sized"] if sized else comp.get("fits")
-    md += [f"**Board** {board.name} ({board.part}, {1000.0 / board.clock_period_ns:.0f} MHz) — "
+    md += [f"**Board** {board.name} ({board.part}, {board.clock_mhz:.0f} MHz) — "
            f"**{'fits' if fits else 'does NOT fit'}**"
            f"{' (FIFO depths sized by simulation)' if sized else ''}; estimated **{num(comp.get('fps'))} fps**, latency "
            f"{_latency(comp, sim, board)} at the board clock.", ""]

