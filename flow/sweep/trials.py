@@ -80,8 +80,10 @@ def run_trial(plan: dict, prefix: dict | None = None) -> dict:
     """Run one trial up to plan["until"] in its own folder and return its record (also written to trial.json)."""
     trial_dir = Path(plan["dir"])
     stored = stored_record(plan)
-    if stored is not None:
-        return stored  # finished before the worker that ran it died: never run it twice
+    # finished before the worker that ran it died: never run it twice (a failed one is run again when the sweep
+    # was asked to retry failures)
+    if stored is not None and not (plan.get("retry_failed") and stored.get("status") != "ok"):
+        return stored
     attempt = uuid.uuid4().hex
     _log_attempt(trial_dir, "start", attempt)
     start = time.perf_counter()
