@@ -104,9 +104,8 @@ def part_grid(work: Path, full: bool, cpus: int, axes: dict, stored_only: bool =
 
 def markdown(data: dict) -> str:
     lines = ["# Design-space sweeps on Ray (`bench/sweep.py`)", "",
-             f"Machine: {data['machine']}; other jobs shared the 2 cores (load average at the end: "
-             f"{', '.join(f'{x:.1f}' for x in data.get('loadavg', []))}). Code: trimflow from "
-             f"`{data['code']['package']}`, source digest `{data['code']['digest']}`.", ""]
+             f"Machine: {data['machine']}. Code: trimflow from `{data['code']['package']}`, source digest "
+             f"`{data['code']['digest']}`.", ""]
     if "scaling" in data:
         s = data["scaling"]
         lines += ["## 8 tiny trials on 1 worker vs 2 workers", "",
@@ -115,7 +114,8 @@ def markdown(data: dict) -> str:
                   table(["CPUs", "trials ok", "wall", "stage time (not cached)", "shared-stage time saved"],
                         [[r["cpus"], f"{r['ok']} / {r['trials']}", f"{r['wall_s']:.0f} s", f"{r['stage_s']:.0f} s",
                           f"{r['sharing']['saved_s']:.0f} s"] for r in s["runs"]]), "",
-                  f"Speed-up 1 → 2 workers: **{s['ratio']:.2f}×**.", ""]
+                  f"Speed-up 1 → 2 workers: **{s['ratio']:.2f}×** (1-minute load average after the runs: "
+                  f"{s['loadavg_after'][0]:.1f}; other jobs on the 2 cores slow the 2-worker run most).", ""]
     if "grid" in data:
         g = data["grid"]
         label = "default config training" if g["full"] else \
