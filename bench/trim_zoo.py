@@ -219,11 +219,11 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
         if r["method"] == "trimflow":
             cost.setdefault(r["net"], []).append((r.get("trim_cpu_seconds"), r["trim_seconds"]))
     if cost:
+        lines += ["", "## Cost of trimflow's trim (scoring + reconstruction, 2,000 images, one thread)", ""]
         if measured:  # the rows above span code versions; this table is one run of the current code
-            lines += ["", f"Cost measured by `.venv/bin/python bench/trim_zoo.py --cost` (one process, every net at "
-                          f"2x/4x/16x, seed 0; `{COST.relative_to(ROOT)}`)."]
-        lines += ["", "## Cost of trimflow's trim (scoring + reconstruction, 2,000 images, one thread)", "",
-                  "| net | CPU s (mean, max) | wall s on the shared machine (mean) |", "|---|---|---|"]
+            lines += [f"Measured by `.venv/bin/python bench/trim_zoo.py --cost` (one process, every net at 2x/4x/16x, "
+                      f"seed 0; `{COST.relative_to(ROOT)}`).", ""]
+        lines += ["| net | CPU s (mean, max) | wall s on the shared machine (mean) |", "|---|---|---|"]
         for net, v in cost.items():
             cpu = [c for c, _ in v if c is not None]
             lines.append(f"| {net} | {f'{statistics.mean(cpu):.1f}, {max(cpu):.1f}' if cpu else '—'} | "
