@@ -68,8 +68,9 @@ class FlowConfig:
     # its measured sensitivity (each layer trimmed alone and refitted, KL divergence from the untrimmed net on 500
     # calibration images, no labels): at 2x it keeps more parameters for the same MACs than one fraction per
     # layer (61.8k vs 54.2k on CNV), which the long distilled fine-tune and QAT below turn into accuracy (W4A4
-    # 91.73 % with one fraction per layer). For extreme budgets (4x, 16x) set allocation=rank: one fraction per
-    # layer was better there without fine-tuning (bench/results/trim-zoo.md, label-free pilot on CNV).
+    # 91.73 % with one fraction per layer). It also holds at 4x and 16x: after the zoo bench's fine-tune it beat
+    # one fraction per layer (allocation=rank) on CNV (90.35 / 86.50 % vs 89.85 / 86.35 %) and ResNet-8 (85.45 /
+    # 81.55 % vs 85.08 / 79.93 %) (bench/results/trim-zoo.md, seed 0 against 3-seed means).
     trim: TrimConfig = TrimConfig(policy="budget", budget=0.5, budget_metric="macs", round_to=4,
                                   compensation="reconstruct", recalibrate_bn=False, allocation="sensitivity")
     # Float fine-tune right after trimming, distilled from the untrimmed net (+0.2–0.4 pt at 50 % MACs in bench/trim.py).
