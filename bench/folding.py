@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from trimflow.artifacts import read_json  # noqa: E402
 from trimflow.boards import load_board  # noqa: E402
 from trimflow.finn.compile import CompileConfig, compile_model  # noqa: E402
 
@@ -357,7 +358,7 @@ def bench_rounding(boards: tuple[str, ...], budgets: tuple[float, ...], rounding
                                       1.0, calib, val, cfg.hwtrim.calib_batches, out, sensitivity=sens)
                 shutil.rmtree(out, ignore_errors=True)
                 row = {"board": board, "budget": budget, "round_to": r, **dataclasses.asdict(it),
-                       "cycles": load_board(board).clock_mhz * 1e6 / it.fps if it.fps else None}
+                       "cycles": load_board(board).cycles_for(it.fps) if it.fps else None}
                 rows.append(row)
                 print(f"  {board} budget {budget:g} round_to {r}: {it.fps:,.0f} fps, LUT {it.resources['LUT']:,.0f}, "
                       f"PTQ {100 * it.ptq_accuracy:.2f} %, kept {' '.join(v.split('/')[0] for v in it.kept.values())}",
@@ -408,7 +409,9 @@ def bench_goal(builds: list[Path]) -> list[dict]:
 
 
 def read_stage(root: Path, name: str) -> dict:
-    return json.loads((root / name / "stage.json").read_text())["summary"]
+    from trimflow.pipeline import STAGE_FILE
+
+    return read_json(root / name / STAGE_FILE)["summary"]
 
 
 def _goal_md(rows: list[dict], boards: list[dict]) -> list[str]:

@@ -29,15 +29,11 @@ FALSE_ALARM = 1e-3  # chance that an export without a bug fails the check at tha
 
 
 def allowed_boundary_images(n: int) -> int:
-    """Images that may differ past the tolerance out of n: MAX_BOUNDARY_SHARE, or the binomial bound if larger."""
-    k, tail = 0, 1.0  # tail = P(X >= k+1) for X ~ Binomial(n, BOUNDARY_RATE), updated as k grows
-    pmf = (1 - BOUNDARY_RATE) ** n
-    tail -= pmf
-    while tail >= FALSE_ALARM and k < n:
-        k += 1
-        pmf *= (n - k + 1) / k * BOUNDARY_RATE / (1 - BOUNDARY_RATE)
-        tail -= pmf
-    return max(int(MAX_BOUNDARY_SHARE * n), k)
+    """Images that may differ past the tolerance out of n: MAX_BOUNDARY_SHARE, or the binomial bound if larger
+    (the fewest k with P(X > k) <= FALSE_ALARM for X ~ Binomial(n, BOUNDARY_RATE))."""
+    from scipy.stats import binom  # imported here: scipy.stats costs ~1.5 s, and only a check needs it
+
+    return max(int(MAX_BOUNDARY_SHARE * n), int(binom.isf(FALSE_ALARM, n, BOUNDARY_RATE)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,9 +77,9 @@ def run_sweep(spec: SweepSpec, out: str | Path, address: str | None = None, work
             with atomic_path(Path(p["dir"]) / "config.yaml") as tmp:
                 tmp.write_text(p.pop("config_yaml"))
         write_json(out / "sweep.json", {"spec": to_jsonable(spec), "trials": [p["id"] for p in plans]})
-        done = {p["id"]: r for p in plans if (r := T.stored_record(p)) is not None
-                and not (retry_failed and r.get("status") != "ok")}
-        todo = [{**p, "retry_failed": retry_failed} for p in plans if p["id"] not in done]
+        plans = [{**p, "retry_failed": retry_failed} for p in plans]
+        done = {p["id"]: r for p in plans if (r := T.stored_record(p)) is not None}
+        todo = [p for p in plans if p["id"] not in done]
         console.print(f"sweep: {len(plans)} trials, {len(done)} stored, {len(todo)} to run → {out}")
         start = time.perf_counter()
         records, cpus = dict(done), 0.0

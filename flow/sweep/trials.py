@@ -80,10 +80,8 @@ def run_trial(plan: dict, prefix: dict | None = None) -> dict:
     """Run one trial up to plan["until"] in its own folder and return its record (also written to trial.json)."""
     trial_dir = Path(plan["dir"])
     stored = stored_record(plan)
-    # finished before the worker that ran it died: never run it twice (a failed one is run again when the sweep
-    # was asked to retry failures)
-    if stored is not None and not (plan.get("retry_failed") and stored.get("status") != "ok"):
-        return stored
+    if stored is not None:
+        return stored  # finished before the worker that ran it died: never run it twice
     attempt = uuid.uuid4().hex
     _log_attempt(trial_dir, "start", attempt)
     start = time.perf_counter()
@@ -117,11 +115,13 @@ def run_trial(plan: dict, prefix: dict | None = None) -> dict:
 
 
 def stored_record(plan: dict) -> dict | None:
-    """The trial's record from an earlier run of the same config; a trial lost with its workers runs again."""
+    """The trial's record from an earlier run of the same config; a trial lost with its workers runs again, and so
+    does one stored as failed when the sweep retries failures (plan["retry_failed"])."""
     path = Path(plan["dir"]) / RECORD
     if path.is_file():
         record = read_json(path)
-        if record.get("config_digest") == plan["config_digest"] and not record.get("lost"):
+        if (record.get("config_digest") == plan["config_digest"] and not record.get("lost")
+                and not (plan.get("retry_failed") and record.get("status") != "ok")):
             return record
     return None
 
