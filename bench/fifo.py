@@ -72,7 +72,7 @@ def ptq_compile(name: str, config: str | None) -> tuple[Path, str]:
 def bench_design(name: str, compile_dir: Path, config: str | None, n_images: int) -> dict:
     from trimflow.config import load_flow_config
     from trimflow.finn.adapter import finn_session
-    from trimflow.finn.compile import relocate_compile_dir
+    from trimflow.finn.design import relocate_compile_dir
     from trimflow.finn.execute import execute_hw_model
     from trimflow.finn.fifos import record_sized_fifos
     from trimflow.finn.residual import join_fifo_depths

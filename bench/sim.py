@@ -6,7 +6,7 @@
 Reports the Verilator compile time, simulated cycles per wall second, images per second of the simulator and of
 FINN's python execution of the same HW model (`execute_hw_model`, the bit-exact reference), measured cycles per
 image and steady-state II against FINN's estimate (its slowest layer), and whether the outputs match the reference.
-The compile dir is copied into the work dir first (`relocate_compile_dir` rewrites paths in place, and other runs may
+The compile dir is copied into the work dir first (`trimflow.finn.design.relocate_compile_dir` rewrites paths in place, and other runs may
 share the original). Writes `<out>.json` and `<out>.md` (default bench/results/sim.*).
 """
 
@@ -44,7 +44,7 @@ def _folding(hw: Path) -> dict[str, dict[str, int]]:
 def run(args) -> dict:
     from trimflow.data import load_dataset
     from trimflow.finn.adapter import finn_session
-    from trimflow.finn.compile import relocate_compile_dir
+    from trimflow.finn.design import relocate_compile_dir
     from trimflow.finn.execute import execute_hw_model
     from trimflow.sim import SimConfig, build_simulator
 

@@ -23,7 +23,7 @@ from trimflow.boards import Board, load_board
 from trimflow.config import FlowConfig
 from trimflow.data import ImageSet, load_dataset, subset
 from trimflow.finn.adapter import vivado_available
-from trimflow.finn.compile import relocate_compile_dir
+from trimflow.finn.design import relocate_compile_dir
 from trimflow.logs import build_log, progress
 from trimflow.models import load_checkpoint, save_checkpoint
 from trimflow.pipeline import Pipeline, Stage, StageContext, stage_seconds
@@ -252,7 +252,7 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
     fit); default: the shipped board the compile result names."""
     from trimflow.export import run_qonnx
     from trimflow.finn.adapter import finn_session
-    from trimflow.finn.compile import apply_host_ops
+    from trimflow.finn.design import apply_host_ops
     from trimflow.finn.execute import execute_hw_model
     from trimflow.finn.fifos import record_sized_fifos
     from trimflow.sim import build_simulator

@@ -164,7 +164,7 @@ def test_moved_compile_dir_is_relocated(compiled, tmp_path):
 
     import onnx
 
-    from trimflow.finn.compile import relocate_compile_dir
+    from trimflow.finn.design import relocate_compile_dir
 
     _, out = compiled
     moved = tmp_path / "elsewhere" / "finn"
@@ -197,7 +197,7 @@ def test_finn_python_execution_equals_qonnx(compiled, qonnx_path):
 
     from trimflow.data import load_dataset, subset
     from trimflow.finn.adapter import finn_session
-    from trimflow.finn.compile import apply_host_ops
+    from trimflow.finn.design import apply_host_ops
 
     images = subset(load_dataset("fashion-mnist", "test"), 4, seed=3).images.numpy()
     parent = ModelWrapper(str(out / "dataflow_parent.onnx"))

@@ -184,7 +184,7 @@ def test_folding_ties_each_pool_to_its_window_generator(pool_net_qonnx, tmp_path
 
     from trimflow.boards import load_board
     from trimflow.finn.compile import CompileConfig, compile_model
-    from trimflow.finn.folding import pool_window_generators
+    from trimflow.finn.rules import pool_window_generators
 
     qonnx_path, test = pool_net_qonnx
     result = compile_model(qonnx_path, load_board("pynq-z2"), CompileConfig(folding="optimize", verify_images=2),

@@ -14,19 +14,17 @@ DuplicateStreams / ElementwiseAdd, HLS-only on non-Versal parts, so such a desig
 Outputs in out_dir: compile.json (CompileResult), hw_model.onnx (specialised HW layers with generated code under
 codegen/), dataflow_parent.onnx (host head + partition), finn/ (FINN's log, reports, intermediate models) and, for
 folding="optimize", folding.json (and pareto.json with compile.pareto_points). After moving out_dir, call
-relocate_compile_dir(out_dir) before using them.
+trimflow.finn.design.relocate_compile_dir(out_dir) before using them.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import math
 import os
 import shutil
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -36,16 +34,13 @@ from trimflow import FlowError
 from trimflow.artifacts import atomic_dir, write_json
 from trimflow.boards import Board, BoardFitError, FitReport, check_fit
 from trimflow.finn.adapter import finn_session
+from trimflow.finn.design import (CODEGEN_DIR, FINN_DIR, FOLDING_FILE, HW_MODEL, PARENT_MODEL, RESULT_FILE, HostOp,
+                                  TensorInfo, apply_host_ops)
 from trimflow.finn.pareto import PARETO_FILE, read_pareto_summary
 from trimflow.finn.reports import EstimateReport, parse_estimates
 from trimflow.finn.residual import streamline_residual
+from trimflow.finn.rules import StepTracker, rewrite_paths
 
-HW_MODEL = "hw_model.onnx"  # the specialised dataflow partition, code generated (for simulation)
-PARENT_MODEL = "dataflow_parent.onnx"  # host-side head + the partition node
-RESULT_FILE = "compile.json"
-FINN_DIR = "finn"  # FINN's own output_dir (log, report/, intermediate_models/)
-CODEGEN_DIR = "codegen"  # FINN_BUILD_DIR: generated code of each node
-FOLDING_FILE = "folding.json"  # the optimiser's plan (folding == "optimize")
 SEARCH_DIR = "folding_search"  # the fully folded build the optimiser starts from (removed afterwards)
 TAIL_OPS = ("Mul", "Add", "Sub", "Div")
 _COMMUTATIVE = ("Mul", "Add")
@@ -110,25 +105,6 @@ class CompileConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: list[int]
-    datatype: str  # FINN/QONNX datatype name, e.g. UINT8, INT12
-    layout: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class HostOp:
-    """One elementwise op the host applies: y = x <op> const (or const <op> x when const_first)."""
-
-    op: str
-    const: list  # nested lists, broadcast against x
-    const_first: bool = False
-    perm: list[int] | None = None  # for Transpose head ops
-    shape: list[int] | None = None  # for Reshape head ops
-
-
-@dataclasses.dataclass(frozen=True)
 class Verification:
     n_images: int
     streamlined_max_abs_diff: float  # FINN streamlined model vs QONNX
@@ -166,7 +142,7 @@ class CompileResult:
     verification: Verification | None
     folding_plan: dict[str, Any] | None  # the optimiser's plan when folding == "optimize"
     files: dict[str, str]  # relative to out_dir
-    built_in: str  # absolute out_dir the FINN paths inside point to; see relocate_compile_dir
+    built_in: str  # absolute out_dir the FINN paths inside point to; see design.relocate_compile_dir
     config: dict[str, Any]
     wall_s: float
     finn_step_s: dict[str, float]
@@ -227,22 +203,6 @@ def _detach_tail(model: Any) -> tuple[Any, list[HostOp]]:
     return model, tail
 
 
-def apply_host_ops(ops: Sequence[HostOp | dict], x: np.ndarray) -> np.ndarray:
-    """Apply recorded host-side ops (a CompileResult's host_head or host_tail) to `x`."""
-    for op in ops:
-        op = op if isinstance(op, HostOp) else HostOp(**op)
-        if op.op == "Transpose":
-            x = np.transpose(x, op.perm)
-            continue
-        if op.op == "Reshape":
-            x = np.reshape(x, op.shape)
-            continue
-        c = np.asarray(op.const, dtype=np.float32)
-        a, b = (c, x) if op.const_first else (x, c)
-        x = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}[op.op](a, b)
-    return np.asarray(x, dtype=np.float32)
-
-
 def _prefer_impl(model: Any, style: str) -> Any:
     from qonnx.custom_op.registry import getCustomOp
 
@@ -255,31 +215,6 @@ def _prefer_impl(model: Any, style: str) -> Any:
 
 
 # ---------------------------------------------------------------- build
-
-
-class _StepTracker:
-    """Wraps builder steps to learn which one failed and with what; FINN's builder only logs it."""
-
-    def __init__(self) -> None:
-        self.step: str | None = None
-        self.error: BaseException | None = None
-        self.trace: str = ""
-
-    def wrap(self, fn: Callable) -> Callable:
-        from finn.util.exception import FINNUserError
-
-        def step(model: Any, cfg: Any) -> Any:
-            self.step = fn.__name__
-            try:
-                return fn(model, cfg)
-            except Exception as e:
-                self.error, self.trace = e, traceback.format_exc()
-                logging.getLogger("build_dataflow").info("trimflow: step %s failed:\n%s", fn.__name__, self.trace)
-                # A FINNUserError makes the builder log one line instead of printing a traceback to the console.
-                raise FINNUserError(f"{fn.__name__}: {type(e).__name__}: {e}") from e
-
-        step.__name__ = fn.__name__
-        return step
 
 
 def _named(name: str, fn: Callable) -> Callable:
@@ -343,7 +278,7 @@ def _run_builder(
                 )
         if cfg.generate_code:
             steps.append(fb.steps.step_hw_codegen)
-        tracker = _StepTracker()
+        tracker = StepTracker()
         build_cfg = dataflow_config(
             fb, board, finn_out, [tracker.wrap(s) for s in steps], [fb.DataflowOutputType.ESTIMATE_REPORTS],
             target_fps=None if cfg.folding != "auto" or cfg.target_fps is None else int(cfg.target_fps),
@@ -354,14 +289,11 @@ def _run_builder(
         try:
             rc = fb.build_dataflow_cfg(str(input_model), build_cfg)
         except Exception as e:  # under pytest the builder re-raises instead of returning an exit code
-            if tracker.error is None:
-                tracker.error, tracker.trace = e, traceback.format_exc()
+            tracker.failed(e)
             rc = -1
         if rc != 0:
-            err = tracker.error
-            what = f"{type(err).__name__}: {err}" if err is not None else "see the log"
             raise FlowError(
-                f"FINN compile for board {board.name} failed in step {tracker.step or '?'}: {what}\n"
+                f"FINN compile for board {board.name} failed in step {tracker.step or '?'}: {tracker.what()}\n"
                 f"FINN log: {kept / log_path.relative_to(tmp)}"
             )
     return finn_out
@@ -370,57 +302,6 @@ def _run_builder(
 def _failed_dir(out_dir: Path) -> Path:
     """Where a failed build is kept (the error message points at its log)."""
     return out_dir.parent / f"{out_dir.name}.failed"
-
-
-def _rewrite_paths(root: Path, old: str, new: str) -> None:
-    """Rewrite absolute paths `old…` to `new…` in every file under `root` (FINN bakes them into node attributes
-    and generated sources, e.g. a memstream's INIT_FILE)."""
-    import onnx
-
-    for path in root.rglob("*"):
-        if not path.is_file() or path.stat().st_size > 64 << 20:
-            continue
-        data = path.read_bytes()
-        if old.encode() not in data:
-            continue
-        if path.suffix == ".onnx":  # protobuf strings are length-prefixed: edit them through onnx
-            model = onnx.load(str(path), load_external_data=False)
-            for node in _all_nodes(model.graph):
-                for a in node.attribute:
-                    if a.type == onnx.AttributeProto.STRING and old.encode() in a.s:
-                        a.s = a.s.replace(old.encode(), new.encode())
-            onnx.save(model, str(path))
-        else:
-            path.write_bytes(data.replace(old.encode(), new.encode()))
-
-
-def relocate_compile_dir(out_dir: str | os.PathLike) -> Path:
-    """Make a compile output dir usable where it is now, after it was moved (e.g. renamed into place by the
-    pipeline): FINN's absolute paths in hw_model.onnx and the generated code are rewritten to the current location.
-    Idempotent and cheap when nothing moved; call it before using hw_model.onnx. Returns the resolved dir."""
-    from trimflow.artifacts import read_json
-
-    out_dir = Path(out_dir).resolve()
-    result_file = out_dir / RESULT_FILE
-    if not result_file.is_file():
-        raise FlowError(f"{out_dir} is not a compile output ({RESULT_FILE} missing); run the compile stage")
-    data = read_json(result_file)
-    built_in = data.get("built_in", "")
-    if built_in and built_in != str(out_dir):
-        _rewrite_paths(out_dir, built_in, str(out_dir))
-        data["built_in"] = str(out_dir)
-        write_json(result_file, data)  # last, so an interrupted relocation is simply redone
-    return out_dir
-
-
-def _all_nodes(graph: Any) -> list:
-    nodes = []
-    for n in graph.node:
-        nodes.append(n)
-        for a in n.attribute:
-            if a.g is not None and len(a.g.node):
-                nodes.extend(_all_nodes(a.g))
-    return nodes
 
 
 def _tensor_info(model: Any, name: str, layout: str = "") -> TensorInfo:
@@ -511,7 +392,7 @@ def compile_model(
                 ) from e
         result = _result(board, cfg, est, hw, head, tail, verification, plan, t0, finn_out, out_dir)
         write_json(tmp / RESULT_FILE, result)
-        _rewrite_paths(tmp, str(tmp), str(out_dir.resolve()))
+        rewrite_paths(tmp, str(tmp), str(out_dir.resolve()))
     if not result.fits and cfg.fail_if_not_fit:
         err = BoardFitError(_fit_report_from(result))
         err.result = result  # type: ignore[attr-defined]

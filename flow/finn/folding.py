@@ -20,6 +20,7 @@ from typing import Any
 from trimflow import FlowError
 from trimflow.artifacts import atomic_path
 from trimflow.boards import RESOURCES, Board
+from trimflow.finn.rules import mvau_rtl_loses_outputs, pool_window_generators, tie_window_generator
 
 # op type prefix → ((folding attribute, node attribute whose divisors it may take), ...)
 FOLDABLE = {
@@ -34,34 +35,6 @@ FOLDABLE = {
     "VVAU": (("PE", "Channels"),),
     "ElementwiseAdd": (("PE", "out_shape"),),  # a list attribute: its last entry (the channels) is folded
 }
-
-
-def pool_window_generators(model: Any) -> dict[str, str]:
-    """Pool node → the sliding-window generator that feeds it alone (FINN's InferPool pairs them).
-
-    The generator emits each window as K beats of SIMD channels and the pool reads K beats of PE channels, so the
-    two must be folded alike (SIMD = PE, one window position per beat): with different widths FINN inserts a width
-    converter that regroups channels across window positions and the pool computes the wrong maxima, on hardware as
-    in our simulation, while FINN's python model (which works on whole tensors) does not notice.
-    """
-    pairs = {}
-    for node in model.graph.node:
-        if not node.op_type.startswith("Pool"):
-            continue
-        src = model.find_producer(node.input[0])
-        if (src is not None and src.op_type.startswith("ConvolutionInputGenerator")
-                and len(model.find_consumers(src.output[0]) or []) == 1):
-            pairs[node.name] = src.name
-    return pairs
-
-
-def _tie_window_generator(swg: Any, pe: int) -> dict[str, int]:
-    folding = {"SIMD": pe}
-    if "parallel_window" in swg.get_nodeattr_types():
-        folding["parallel_window"] = 0  # a whole window per beat is not the K-beat layout the pool reads
-    for a, v in folding.items():
-        swg.set_nodeattr(a, v)
-    return folding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,16 +132,17 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
         for combo in combos:
             if combo.get("SIMD", 1) > max_simd.get(kind, 1 << 30):
                 continue
-            # finn-rtllib's MVAU (mvu_vvu_axi.sv) loses outputs under back-pressure when SIMD == MW, i.e. one
-            # input beat per output (see trimflow.sim.stitch.mvau_rtl_folding_issue): keep SIMD a proper divisor of MW.
-            if node.op_type == "MVAU_rtl" and 1 < int(inst.get_nodeattr("MW")) == combo.get("SIMD", 1):
+            # keep SIMD a proper divisor of MW (trimflow.finn.rules); with MW = 1 there is no other choice, and the
+            # simulator's check reports that layer instead
+            mw = int(inst.get_nodeattr("MW")) if node.op_type == "MVAU_rtl" else 0
+            if mw > 1 and mvau_rtl_loses_outputs(node.op_type, mw, combo.get("SIMD", 1)):
                 continue
             for a, v in combo.items():
                 inst.set_nodeattr(a, v)
             try:
                 cycles, res = int(inst.get_exp_cycles()), _resources(inst, board.part)
                 if swg is not None:
-                    _tie_window_generator(swg, combo["PE"])
+                    tie_window_generator(swg, combo["PE"])
                     swg_res = _resources(swg, board.part)
                     cycles = max(cycles, int(swg.get_exp_cycles()))
                     res = {r: res[r] + swg_res[r] for r in RESOURCES}
@@ -186,7 +160,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
         for a, v in cands[0][0].items():  # leave the node fully folded, as the search starts
             inst.set_nodeattr(a, v)
         if swg is not None:
-            _tie_window_generator(swg, cands[0][0]["PE"])
+            tie_window_generator(swg, cands[0][0]["PE"])
 
     fastest = max([c for c, _ in fixed.values()] + [min(c[1] for c in o) for o in options.values()])
     max_possible_fps = board.fps(fastest)
@@ -250,7 +224,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
     for pool, swg_name in tied.items():
         if pool in folding:
             swg = getCustomOp(model.get_node_from_name(swg_name))
-            folding[swg_name] = _tie_window_generator(swg, folding[pool]["PE"])
+            folding[swg_name] = tie_window_generator(swg, folding[pool]["PE"])
             cycles[swg_name] = int(swg.get_exp_cycles())
     max_cycles = max(cycles.values())
     return FoldingPlan(

@@ -29,7 +29,9 @@ from trimflow.artifacts import atomic_dir, read_json, write_json
 from trimflow.boards import Board, load_board
 from trimflow.finn.adapter import finn_session, vivado_available
 from trimflow.finn.compile import dataflow_config
+from trimflow.finn.design import HW_MODEL, RESULT_FILE as COMPILE_RESULT
 from trimflow.finn.fifos import FIFO_CONFIG
+from trimflow.finn.rules import StepTracker
 from trimflow.resources import HW_DIR
 
 RUNTIME_SRC = HW_DIR / "runtime" / "trimflow_runtime"
@@ -38,9 +40,6 @@ RESULT_FILE = "synth.json"
 FINN_DIR = "finn"
 CODEGEN_DIR = "codegen"
 DEPLOY_DIR = "deploy"
-# The compile stage's output (trimflow.finn.compile) that synthesis starts from.
-COMPILE_RESULT = "compile.json"
-HW_MODEL = "hw_model.onnx"
 PARTITION_MODEL = "finn/intermediate_models/step_create_dataflow_partition.onnx"
 # Node attributes that hold paths of generated code. The compile stage's paths are cleared so FINN regenerates
 # everything under this stage's own build dir instead of writing into the compile stage's (cached) artifacts.
@@ -200,22 +199,8 @@ def _run_finn(compile_dir: Path, board: Board, plan: SynthPlan, tmp: Path) -> Pa
     start = tmp / "synth_input.onnx"
     _fresh_hw_model(compile_dir / HW_MODEL, start)
     compile_cfg = read_json(compile_dir / COMPILE_RESULT).get("config", {})
-    failed: dict[str, Any] = {}
+    tracker = StepTracker()
     with finn_session(tmp / CODEGEN_DIR) as fb:
-
-        def tracked(name: str) -> Callable:
-            fn = getattr(fb.steps, name)
-
-            def step(model: Any, cfg: Any) -> Any:
-                failed.update(step=name)
-                try:
-                    return fn(model, cfg)
-                except Exception as e:
-                    failed.update(error=f"{type(e).__name__}: {e}")
-                    raise
-
-            step.__name__ = name
-            return step
 
         if plan.fifo_sizing == "simulation":
             fifo: dict[str, Any] = dict(auto_fifo_depths=True)
@@ -224,18 +209,18 @@ def _run_finn(compile_dir: Path, board: Board, plan: SynthPlan, tmp: Path) -> Pa
         else:
             fifo = dict(auto_fifo_depths=False, fifo_config_file=str(Path(plan.fifo_sizing).resolve()))
         build_cfg = dataflow_config(
-            fb, board, finn_out, [tracked(s) for s in plan.steps], [fb.DataflowOutputType(o) for o in plan.outputs],
+            fb, board, finn_out, [tracker.wrap(getattr(fb.steps, s), s) for s in plan.steps], [fb.DataflowOutputType(o) for o in plan.outputs],
             mvau_wwidth_max=int(compile_cfg.get("mvau_wwidth_max", 36)),
             **fifo,
         )
         try:
             rc = fb.build_dataflow_cfg(str(start), build_cfg)
         except Exception as e:  # under pytest FINN re-raises instead of returning an exit code
-            failed.setdefault("error", f"{type(e).__name__}: {e}")
+            tracker.failed(e)
             rc = -1
     if rc != 0:
-        raise FlowError(f"FINN synthesis for board {board.name} failed in {failed.get('step', '?')}: "
-                        f"{failed.get('error', 'see the log')}\nFINN log: {finn_out / 'build_dataflow.log'}")
+        raise FlowError(f"FINN synthesis for board {board.name} failed in {tracker.step or '?'}: "
+                        f"{tracker.what()}\nFINN log: {finn_out / 'build_dataflow.log'}")
     return finn_out
 
 

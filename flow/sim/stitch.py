@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trimflow import FlowError
+from trimflow.finn.rules import mvau_rtl_folding_issue
 from trimflow.resources import HW_DIR
 from trimflow.sim import own_rtl
 from trimflow.sim.fixes import apply_source_patches, relocate_init_file
@@ -134,40 +135,6 @@ def _alternative(op_type: str) -> str:
     if not op_type.endswith("_hls"):
         return "run SpecializeLayers with preferred_impl_style='rtl' before simulating"
     return "set preferred_impl_style='rtl' for it, or replace it by a layer FINN implements in RTL"
-
-
-# finn-rtllib's MVAU_rtl (mvu_vvu_axi.sv, finn-plus 1.6.1) cannot take back-pressure when SIMD == MW.
-# Its output side is a queue that catches every result leaving the DSP pipeline; on back-pressure it locks the
-# compute input ("OLock") and relies on the queue to absorb what is still in flight. The queue holds
-# MAX_IN_FLIGHT + 1 entries with MAX_IN_FLIGHT = CORE_PIPELINE_DEPTH (3 + clog2(SIMD+1) for DSP48 cores), but
-# with MW/SIMD = 1 every input beat completes an output, so when the lock engages it has to take the entry it
-# already holds, the one arriving that cycle and one per pipeline stage: PIPELINE_DEPTH + 2 entries, where mvu.sv's
-# PIPELINE_DEPTH is 3 + clog2(SIMD) + 1 (one more than the wrapper assumes when SIMD is not a power of two).
-# A stall of about PIPELINE_DEPTH cycles therefore overflows it: Verilator stops on the RTL's own assertion
-# ("Overflowing output queue"), hardware silently drops outputs (the signed queue pointer wraps to "empty").
-# With MW/SIMD >= 2 at most ceil((PIPELINE_DEPTH + 1) / 2) + 1 entries are needed, always within the queue.
-# Measured with the module alone under Verilator (W8A8, MH=8, PE=4): SIMD=MW=9 and SIMD=MW=8 overflow once the
-# output stalls for 8 cycles; MW=18, SIMD=9 runs with 100-cycle stalls. This is the RTL, not a simulator artefact:
-# the pipeline-depth and queue logic are the same in mvu.sv's behavioural (Verilator) and DSP (Vivado) paths.
-# VVAU_rtl uses the same wrapper and very likely has the same limit; the simulator does not support it yet.
-
-
-def mvau_rtl_folding_issue(name: str, op_type: str, mw: int, simd: int) -> str | None:
-    """Why FINN's RTL matrix-vector unit cannot run with this folding (None if it can).
-
-    The constraint for a folding search: for MVAU_rtl, SIMD must be a proper divisor of MW (MW/SIMD >= 2).
-    """
-    if op_type != "MVAU_rtl" or simd != mw:
-        return None
-    depth = 3 + (simd - 1).bit_length() + (simd == 1) + 1  # mvu.sv PIPELINE_DEPTH (DSP48 cores)
-    fits = [d for d in range(1, mw // 2 + 1) if mw % d == 0]
-    hint = (f"Fold it with SIMD={fits[-1]} (a proper divisor of MW, so MW/SIMD >= 2) and raise PE instead for "
-            f"throughput" if fits else "MW=1 leaves no valid SIMD; implement this layer in HLS")
-    return (f"layer {name} ({op_type}) has SIMD={simd} equal to its input length MW={mw}; FINN's RTL MVU "
-            f"(finn-rtllib mvu_vvu_axi.sv) then finishes an output every cycle and overflows its output queue when "
-            f"the next layer stalls for about its pipeline depth ({depth} cycles) "
-            f"or longer: outputs are lost on hardware and the simulation stops with 'Overflowing output queue'. "
-            f"{hint}")
 
 
 def check_rtl_only(model) -> None:
