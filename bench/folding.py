@@ -330,7 +330,7 @@ def bench_rounding(boards: tuple[str, ...], budgets: tuple[float, ...], rounding
     optimiser pick the PE/SIMD it wants instead of the next divisor down."""
     import torch
 
-    from trimflow.build import _Data
+    from trimflow.stages.inputs import Datasets
     from trimflow.config import FlowConfig
     from trimflow.data import subset
     from trimflow.hwtrim import _candidate
@@ -340,7 +340,7 @@ def bench_rounding(boards: tuple[str, ...], budgets: tuple[float, ...], rounding
 
     torch.set_num_threads(1)
     cfg = FlowConfig()
-    data = _Data(cfg)
+    data = Datasets(cfg)
     model, _ = load_checkpoint(ROOT / cfg.model)
     scores = RelevanceScores.load(scores_path)
     calib = subset(data.train, cfg.trim.calib_images, cfg.trim.seed)
@@ -409,7 +409,7 @@ def bench_goal(builds: list[Path]) -> list[dict]:
 
 
 def read_stage(root: Path, name: str) -> dict:
-    from trimflow.pipeline import STAGE_FILE
+    from trimflow.stage_cache import STAGE_FILE
 
     return read_json(root / name / STAGE_FILE)["summary"]
 

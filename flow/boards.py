@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 
 from trimflow import FlowError
-from trimflow.configs import load_yaml
+from trimflow.config_parsing import load_yaml
 from trimflow.resources import BOARDS_DIR
 
 RESOURCES = ("LUT", "FF", "BRAM18", "URAM", "DSP")

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             from trimflow.boards import format_boards_table
             print(format_boards_table())
         elif args.command == "pretrain":
-            from trimflow.configs import from_dict, load_yaml, merge, parse_set
+            from trimflow.config_parsing import from_dict, load_yaml, merge, parse_set
             from trimflow.pretrain import PretrainConfig, pretrain
             data = merge(load_yaml(args.config) if args.config else {}, parse_set(args.set))
             info = pretrain(from_dict(PretrainConfig, data, "pretrain"), args.out, args.data_dir)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print(explain(args.explain))
         elif args.command == "config":
             import yaml
-            from trimflow.configs import to_dict
+            from trimflow.config_parsing import to_dict
             print(yaml.safe_dump(to_dict(_flow_config(args)), sort_keys=False))
         else:
             from trimflow.build import run_flow

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trimflow import FlowError
-from trimflow.configs import from_dict, load_yaml, merge, parse_set
+from trimflow.config_parsing import from_dict, load_yaml, merge, parse_set
 from trimflow.finn.compile import CompileConfig
 from trimflow.finn.synth import SynthConfig
 from trimflow.hwtrim import HwTrimConfig

@@ -179,7 +179,7 @@ def config_keys(cls: type | None = None, default: Any = None, prefix: str = "") 
 
 
 def _value(v: Any) -> str:
-    from trimflow.configs import to_dict
+    from trimflow.config_parsing import to_dict
     import yaml
     return yaml.safe_dump(to_dict(v), default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 

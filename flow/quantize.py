@@ -42,7 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from trimflow import FlowError
-from trimflow.configs import from_dict
+from trimflow.config_parsing import from_dict
 from trimflow.data import ImageSet, make_loader
 from trimflow.models import build_model
 from trimflow.models.io import read_payload, resize_to_state, write_payload

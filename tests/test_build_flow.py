@@ -41,7 +41,7 @@ def test_every_stage_ran_and_the_report_is_written(small_build):
 
 
 def test_report_provenance_next_command_classes_and_log(small_build):
-    from trimflow.configs import from_dict
+    from trimflow.config_parsing import from_dict
     from trimflow.config import FlowConfig
     from trimflow.data.meta import CLASS_NAMES
     from trimflow.logs import MAX_LINE

@@ -18,7 +18,7 @@ from rich.console import Console
 from trimflow import FlowError
 from trimflow.build_lock import HOLDER_FILE, LOCK_FILE
 from trimflow.cli import main
-from trimflow.pipeline import Pipeline, Stage
+from trimflow.stage_cache import Pipeline, StageSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def _slow_stages(tag: str, started: threading.Event | None = None, release: thre
         (ctx.out_dir / "who.txt").write_text(tag + "/" + (ctx.inputs["a"] / "who.txt").read_text())
         return {"tag": tag}
 
-    return [Stage("a", first, config=tag), Stage("b", second, config=tag, deps=("a",))]
+    return [StageSpec("a", first, config=tag), StageSpec("b", second, config=tag, deps=("a",))]
 
 
 def test_second_build_into_a_locked_directory_is_refused_and_nothing_interleaves(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from trimflow import FlowError
 from trimflow.config import FlowConfig
 from trimflow.config_docs import DOCS_PATH, config_keys, explain, render_markdown
-from trimflow.configs import to_dict
+from trimflow.config_parsing import to_dict
 
 
 def _leaves(d: dict, prefix: str = "") -> set[str]:

@@ -17,7 +17,7 @@ from trimflow.artifacts import file_digest
 from trimflow.build import run_flow
 from trimflow.config import load_flow_config
 from trimflow.data.idx import read_idx
-from trimflow.pipeline import STAGE_FILE, TIMING_FILE
+from trimflow.stage_cache import STAGE_FILE, TIMING_FILE
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SMALL = ["eval_images=100", "validation_images=200", "relevance.images=200", "trim.calib_images=100",

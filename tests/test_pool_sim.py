@@ -213,7 +213,7 @@ def _folding(path, pe0: int, pe1: int):
 @pytest.mark.parametrize("pe0,pe1", [(1, 4), (8, 1)])
 def test_pool_net_compiles_and_simulates_bit_exact(pool_net_qonnx, tmp_path, pe0, pe1):
     from trimflow.boards import load_board
-    from trimflow.build import simulate_compiled
+    from trimflow.stages.simulate import simulate_compiled
     from trimflow.finn.compile import CompileConfig, compile_model
     from trimflow.sim import SimConfig
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trimflow.artifacts import file_digest, read_json
-from trimflow.pipeline import TIMING_FILE
+from trimflow.stage_cache import TIMING_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 

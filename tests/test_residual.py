@@ -281,7 +281,7 @@ def _folding(path):
 @pytest.mark.rtlsim
 def test_residual_net_compiles_and_simulates_bit_exact(exported, data, tmp_path):
     from trimflow.boards import load_board
-    from trimflow.build import simulate_compiled
+    from trimflow.stages.simulate import simulate_compiled
     from trimflow.finn.compile import CompileConfig, compile_model
     from trimflow.sim import SimConfig
 

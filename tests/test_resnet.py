@@ -58,7 +58,7 @@ def test_extra_network_configs_are_valid():
     from pathlib import Path
 
     from trimflow.config import load_flow_config
-    from trimflow.configs import from_dict, load_yaml
+    from trimflow.config_parsing import from_dict, load_yaml
     from trimflow.pretrain import PretrainConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"

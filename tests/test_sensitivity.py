@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from trimflow import FlowError
-from trimflow.configs import from_dict
+from trimflow.config_parsing import from_dict
 from trimflow.criteria import score
 from trimflow.data import ImageSet
 from trimflow.graph import build_graph, count_params_macs

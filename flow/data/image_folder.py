@@ -58,7 +58,7 @@ def load_options(root: Path) -> ImageFolderOptions:
     path = Path(root) / OPTIONS_FILE
     if not path.exists():
         return ImageFolderOptions()
-    from trimflow.configs import from_dict, load_yaml
+    from trimflow.config_parsing import from_dict, load_yaml
     return from_dict(ImageFolderOptions, load_yaml(path), where=str(path))
 
 

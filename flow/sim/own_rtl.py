@@ -94,8 +94,8 @@ def _pool_issue(model, node, inst) -> str | None:
 
 
 def stage(inst, sources: list[Path]) -> Any:
-    """The stitcher's Stage for our RTL of an HLS-only layer (OWN_RTL), with the widths FINN gives its streams."""
-    from trimflow.sim.stitch import Stage  # noqa: PLC0415  (stitch imports this module)
+    """The stitcher's Block for our RTL of an HLS-only layer (OWN_RTL), with the widths FINN gives its streams."""
+    from trimflow.sim.stitch import Block  # noqa: PLC0415  (stitch imports this module)
 
     node = inst.onnx_node
     module, source = OWN_RTL[node.op_type]
@@ -104,7 +104,7 @@ def stage(inst, sources: list[Path]) -> Any:
     if node.op_type == "DuplicateStreams_hls":
         w = int(inst.get_instream_width_padded(0))
         n = len(node.output)
-        return Stage(node.name, node.op_type, module, in_width=w, out_width=w, n_out=n,
+        return Block(node.name, node.op_type, module, in_width=w, out_width=w, n_out=n,
                      params=(("WIDTH", w), ("N", n)))
     if node.op_type == "Pool_hls":
         dt = inst.get_input_datatype()
@@ -114,12 +114,12 @@ def stage(inst, sources: list[Path]) -> Any:
             k *= int(d)
         params = (("PE", int(inst.get_nodeattr("PE"))), ("K", k), ("BITS", dt.bitwidth()),
                   ("SIGNED", int(dt.signed())), ("I_WIDTH", in_w), ("O_WIDTH", out_w))
-        return Stage(node.name, node.op_type, module, in_width=in_w, out_width=out_w, params=params)
+        return Block(node.name, node.op_type, module, in_width=in_w, out_width=out_w, params=params)
     a, b, o = inst.get_input_datatype(0), inst.get_input_datatype(1), inst.get_output_datatype()
     widths = (int(inst.get_instream_width_padded(0)), int(inst.get_instream_width_padded(1)))
     out_w = int(inst.get_outstream_width_padded(0))
     params = (("PE", int(inst.get_nodeattr("PE"))), ("A_BITS", a.bitwidth()), ("B_BITS", b.bitwidth()),
               ("O_BITS", o.bitwidth()), ("A_SIGNED", int(a.signed())), ("B_SIGNED", int(b.signed())),
               ("A_WIDTH", widths[0]), ("B_WIDTH", widths[1]), ("O_WIDTH", out_w))
-    return Stage(node.name, node.op_type, module, in_width=widths[0], out_width=out_w, in_widths=widths,
+    return Block(node.name, node.op_type, module, in_width=widths[0], out_width=out_w, in_widths=widths,
                  params=params)

@@ -54,8 +54,11 @@ SUPPORTED = ("FMPadding_rtl", "ConvolutionInputGenerator_rtl", "MVAU_rtl", "Thre
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One block of the design: a FINN layer, one of our FIFOs, or our RTL for an HLS-only FINN layer."""
+class Block:
+    """One block of the design: a FINN layer, one of our FIFOs, or our RTL for an HLS-only FINN layer.
+
+    (Called a Block, not a stage, so it is not mistaken for a pipeline stage; Design.stages and the manifest's
+    "stages" keep their name: the simulation manifest's shape is unchanged.)"""
 
     name: str
     kind: str  # ONNX op_type, or "FIFO"
@@ -91,7 +94,7 @@ class Link:
 
 @dataclass
 class Design:
-    stages: list[Stage]  # in an order where every stage comes after the stages feeding it
+    stages: list[Block]  # in an order where every stage comes after the stages feeding it
     sources: list[Path]  # in compile order, copied (and patched) into the simulation directory
     data_files: list[tuple[Path, str]] = field(default_factory=list)  # (original, name in the run directory)
     # In the order the testbench reports them: the links into each stage in stage order, the output link last;
@@ -199,7 +202,7 @@ def _find_wrapper(files: list[Path], module: str) -> Path:
     raise FlowError(f"no generated source declares module {module}; regenerate the layer's RTL (PrepareIP)")
 
 
-def _layer_stage(inst, sources: list[Path], data_files: list[tuple[Path, str]]) -> Stage:
+def _layer_stage(inst, sources: list[Path], data_files: list[tuple[Path, str]]) -> Block:
     node = inst.onnx_node
     code_dir = Path(inst.get_nodeattr("code_gen_dir_ipgen"))
     files = [Path(f) for f in inst.get_rtl_file_list(abspath=True)]
@@ -239,7 +242,7 @@ def _layer_stage(inst, sources: list[Path], data_files: list[tuple[Path, str]]) 
     declared = _declared_inputs(_find_wrapper(files, module).read_text(), module)
     tie = tuple(p for p in declared if p not in connected)
     weight_width = (int(inst.get_instream_width_padded(1)) + 7) // 8 * 8 if streamer else 0
-    return Stage(node.name, node.op_type, module, in_port, out_port, int(in_w), int(out_w),
+    return Block(node.name, node.op_type, module, in_port, out_port, int(in_w), int(out_w),
                  weight_streamer=streamer, weight_width=weight_width, has_clk2x="ap_clk2x" in declared,
                  tie_low=tie)
 
@@ -265,7 +268,7 @@ def plan(model, fifo_depth: int) -> Design:
     check_rtl_only(model)
     has_fifos = any(n.op_type == "StreamingFIFO_rtl" for n in model.graph.node)
     join_depths = {} if has_fifos else join_fifo_depths(model)
-    stages: list[Stage] = []
+    stages: list[Block] = []
     links: list[Link] = []
     sources: list[Path] = [FIFO_SOURCE]
     data_files: list[tuple[Path, str]] = []
@@ -277,7 +280,7 @@ def plan(model, fifo_depth: int) -> Design:
         inst = getCustomOp(node)
         if node.op_type == "StreamingFIFO_rtl":
             w = int(inst.get_instream_width_padded(0))
-            stage = Stage(node.name, "FIFO", FIFO_MODULE, in_width=w, out_width=w,
+            stage = Block(node.name, "FIFO", FIFO_MODULE, in_width=w, out_width=w,
                           depth=max(2, int(inst.get_nodeattr("depth"))))
         elif node.op_type in OWN_RTL:
             stage = own_rtl.stage(inst, sources)
@@ -297,7 +300,7 @@ def plan(model, fifo_depth: int) -> Design:
             depth = 0 if has_fifos or src not in layers else fifo_depth
             depth = max(depth, join_depths.get((node.name, port), 0))
             if depth:
-                fifo = Stage(f"fifo_{len(stages)}", "FIFO", FIFO_MODULE, in_width=width, out_width=width,
+                fifo = Block(f"fifo_{len(stages)}", "FIFO", FIFO_MODULE, in_width=width, out_width=width,
                              depth=depth)
                 stages.append(fifo)
                 links.append(Link(src, fifo.name, width, beats, src_port, 0))
@@ -396,7 +399,7 @@ def top_level(design: Design) -> str:
     return "\n".join(lines)
 
 
-def _instance(s: Stage, inst: str, ins: list[str], outs: list[str], limit: str = "") -> list[str]:
+def _instance(s: Block, inst: str, ins: list[str], outs: list[str], limit: str = "") -> list[str]:
     """Instantiation of one stage, `ins`/`outs` the link wires of its ports in port order (`limit`: a FIFO's
     fill-level cap)."""
     a, b = ins[0], outs[0]

@@ -24,7 +24,7 @@ from trimflow import FlowError
 from trimflow.artifacts import atomic_path, to_jsonable, write_json
 from trimflow.boards import load_board
 from trimflow.build_lock import build_lock
-from trimflow.configs import to_dict
+from trimflow.config_parsing import to_dict
 from trimflow.sweep import trials as T
 from trimflow.sweep.spec import SweepSpec, base_config_dict, config_digest, trial_config, trials
 

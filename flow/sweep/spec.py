@@ -15,7 +15,7 @@ from typing import Any
 
 from trimflow import FlowError
 from trimflow.artifacts import digest
-from trimflow.configs import from_dict, load_yaml, merge, to_dict
+from trimflow.config_parsing import from_dict, load_yaml, merge, to_dict
 
 UNTIL = ("compile", "simulate")  # a sweep estimates (compile) and optionally simulates; synthesis is --synth
 _BITS = re.compile(r"^W(\d+)A(\d+)$")

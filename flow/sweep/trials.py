@@ -157,7 +157,7 @@ def _check_accuracy(results: dict, floor: float) -> None:
 
 def _flow_config(cfg_dict: dict):
     from trimflow.config import FlowConfig
-    from trimflow.configs import from_dict
+    from trimflow.config_parsing import from_dict
     return from_dict(FlowConfig, cfg_dict, where="sweep trial config")
 
 

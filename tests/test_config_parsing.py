@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from trimflow import FlowError
-from trimflow.configs import from_dict, merge, parse_set
+from trimflow.config_parsing import from_dict, merge, parse_set
 from trimflow.train import TrainConfig
 
 

@@ -1,4 +1,6 @@
-"""Chain stages, cache each one's output directory by a hash of its inputs, and resume.
+"""Run stages in order, cache each one's output directory by a hash of its inputs, and resume.
+
+Generic machinery: it knows nothing of trimflow's stages (trimflow.build lists them, trimflow.stages holds them).
 
 A stage's output lives in `<root>/<stage>/`. It is built in a temporary directory and renamed into place together
 with its `stage.json` (cache key, config, summary) and `timing.json` (wall times, the only file that differs between
@@ -40,7 +42,9 @@ class StageContext:
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage:
+class StageSpec:
+    """One stage as the cache runner sees it: what it runs, on which config, after which stages."""
+
     name: str
     run: Callable[[StageContext, Any], dict]  # (ctx, config) -> JSON-able summary
     config: Any = None
@@ -52,7 +56,9 @@ class Stage:
 
 
 @dataclasses.dataclass
-class StageResult:
+class StageRun:
+    """What running (or reusing) one stage gave: its final folder, cache key and JSON summary."""
+
     name: str
     dir: Path
     key: str
@@ -62,7 +68,7 @@ class StageResult:
 
 
 class Pipeline:
-    def __init__(self, root: str | Path, stages: Iterable[Stage], console: Console | None = None):
+    def __init__(self, root: str | Path, stages: Iterable[StageSpec], console: Console | None = None):
         self.root = Path(root).resolve()  # stages hand paths to tools that run in other working directories
         self.stages = {s.name: s for s in stages}
         self.console = console or Console(stderr=True)
@@ -92,16 +98,16 @@ class Pipeline:
         s = self.stages[name]
         return digest(name, s.config, s.salt, code_digest(s.code_exclude), [keys[d] for d in s.deps])
 
-    def run(self, until: str | None = None, force: Iterable[str] = ()) -> dict[str, StageResult]:
+    def run(self, until: str | None = None, force: Iterable[str] = ()) -> dict[str, StageRun]:
         with build_lock(self.root, note=self.console.print):
             return self._run(until, force)
 
-    def _run(self, until: str | None, force: Iterable[str]) -> dict[str, StageResult]:
+    def _run(self, until: str | None, force: Iterable[str]) -> dict[str, StageRun]:
         force = set(force)
         unknown = sorted(force - set(self.stages))
         if unknown:  # a typo must not silently reuse the cached stage it meant to rerun
             raise FlowError(f"--force: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(self.stages)}")
-        results: dict[str, StageResult] = {}
+        results: dict[str, StageRun] = {}
         keys: dict[str, str] = {}
         for name in self.order(until):
             stage = self.stages[name]
@@ -112,7 +118,7 @@ class Pipeline:
             if name not in force and not rerun_upstream and stamp.exists():
                 record = read_json(stamp)
                 if record.get("key") == key:
-                    results[name] = StageResult(name, final, key, record["summary"], stage_seconds(final), True)
+                    results[name] = StageRun(name, final, key, record["summary"], stage_seconds(final), True)
                     self.console.print(f"[dim]✓ {name:<10} cached ({final})[/dim]")
                     continue
             self.console.print(f"[bold cyan]▶ {name}[/bold cyan]")
@@ -125,7 +131,7 @@ class Pipeline:
                 write_json(tmp / STAGE_FILE, {"stage": name, "key": key, "config": to_jsonable(stage.config),
                                               "deps": {d: keys[d] for d in stage.deps}, "summary": summary})
                 write_json(tmp / TIMING_FILE, {"seconds": seconds, **ctx.timing})
-            results[name] = StageResult(name, final, key, to_jsonable(summary), seconds, False)
+            results[name] = StageRun(name, final, key, to_jsonable(summary), seconds, False)
             self.console.print(f"[green]✓ {name:<10} {seconds:6.1f} s[/green]")
         return results
 

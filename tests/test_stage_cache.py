@@ -8,7 +8,7 @@ import json
 import pytest
 
 from trimflow import FlowError
-from trimflow.pipeline import Pipeline, Stage
+from trimflow.stage_cache import Pipeline, StageSpec
 
 
 def _counting_stages(calls: list[str], fail_in: str | None = None, a_config=1):
@@ -22,8 +22,8 @@ def _counting_stages(calls: list[str], fail_in: str | None = None, a_config=1):
             return {"cfg": cfg, "upstream": upstream}
         return run
 
-    return [Stage("a", make("a"), a_config), Stage("b", make("b"), 2, deps=("a",)),
-            Stage("c", make("c"), 3, deps=("b",))]
+    return [StageSpec("a", make("a"), a_config), StageSpec("b", make("b"), 2, deps=("a",)),
+            StageSpec("c", make("c"), 3, deps=("b",))]
 
 
 def test_second_run_is_cached(tmp_path):
