@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from trimflow import FlowError
 from trimflow.artifacts import atomic_path
@@ -37,6 +37,12 @@ FOLDABLE = {
 }
 
 
+# Why a search stopped, as a value code branches on (FoldingPlan.limited_by is the sentence for people): the design
+# is over the caps even fully folded, it reached the target, the bottleneck has no folding parameters or is fully
+# parallel, or a faster bottleneck would exceed the caps.
+Stop = Literal["does_not_fit", "target", "fixed_layer", "fully_parallel", "resources"]
+
+
 @dataclasses.dataclass(frozen=True)
 class FoldingPlan:
     folding: dict[str, dict[str, int]]  # node name → {"PE": .., "SIMD": ..}, FINN's folding-config layout
@@ -49,6 +55,7 @@ class FoldingPlan:
     max_possible_fps: float = 0.0
     reserve: dict[str, float] = dataclasses.field(default_factory=dict)  # room kept for FIFOs/DWCs
     design_totals: dict[str, float] = dataclasses.field(default_factory=dict)  # incl. FIFOs/DWCs (plan_within_caps)
+    stop: Stop = "resources"  # why the search stopped (not written: limited_by says it in the JSON files)
 
     def finn_config(self) -> dict[str, Any]:
         return {"Defaults": {}, **self.folding}
@@ -173,22 +180,21 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
     def totals() -> dict[str, float]:
         return {r: sum(state(n)[1][r] for n in list(fixed) + list(options)) for r in RESOURCES}
 
+    stop: Stop | None = None
     if not _fits(totals(), caps):
-        limited_by = "does not fit even fully folded"
-    else:
-        limited_by = ""
-    while not limited_by:
+        stop, limited_by = "does_not_fit", "does not fit even fully folded"
+    while stop is None:
         bottleneck = max(list(fixed) + list(options), key=lambda n: state(n)[0])
         if target_cycles is not None and state(bottleneck)[0] <= target_cycles:
-            limited_by = f"reached target {target_fps:g} fps"
+            stop, limited_by = "target", f"reached target {target_fps:g} fps"
             break
         if bottleneck in fixed:
-            limited_by = f"layer {bottleneck} has no folding parameters"
+            stop, limited_by = "fixed_layer", f"layer {bottleneck} has no folding parameters"
             break
         cur_cycles, cur_res = state(bottleneck)
         faster = [i for i, c in enumerate(options[bottleneck]) if c[1] < cur_cycles]
         if not faster:
-            limited_by = f"layer {bottleneck} is fully parallel"
+            stop, limited_by = "fully_parallel", f"layer {bottleneck} is fully parallel"
             break
         base = totals()
         best = None
@@ -200,7 +206,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
                 if best is None or key < best[0]:
                     best = (key, i)
         if best is None:
-            limited_by = f"resources: speeding up {bottleneck} would exceed {board.name}'s caps"
+            stop, limited_by = "resources", f"resources: speeding up {bottleneck} would exceed {board.name}'s caps"
             break
         choice[bottleneck] = best[1]
 
@@ -208,7 +214,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
     # at the first bottleneck step that no longer fits. A second search sets one cycle budget T for every layer
     # and gives each its cheapest option within T, under a few resource prices (the one that binds made dearer);
     # the smallest T whose design fits, found by bisection, replaces the greedy plan when it is faster.
-    if limited_by.startswith("resources"):
+    if stop == "resources":
         greedy_cycles = max(state(n)[0] for n in list(fixed) + list(options))
         swept = _budget_search(options, fixed, caps, greedy_cycles)
         if swept is not None:
@@ -236,6 +242,7 @@ def optimize_folding(hw_model_path: str | Path | Any, board: Board, max_simd: di
         limited_by=limited_by,
         max_possible_fps=max_possible_fps,
         reserve=reserve,
+        stop=stop,
     )
 
 
@@ -276,7 +283,7 @@ def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Pat
         return dataclasses.replace(plan, design_totals=est.totals), not over, over
 
     plan, ok, over = attempt({})
-    if ok or plan.limited_by == "does not fit even fully folded":
+    if ok or plan.stop == "does_not_fit":
         return plan
     best: FoldingPlan | None = None
     held = set(over)
@@ -295,9 +302,10 @@ def plan_within_caps(hw_model_path: str | Path, board: Board, scratch: str | Pat
         slowest = optimize_folding(ModelWrapper(str(hw_model_path)), board, max_simd, target_fps=1e-12)
         est = estimate_design(apply_folding(ModelWrapper(copy.deepcopy(base.model)), slowest), board.part,
                               Path(scratch) / "slowest")
-        best = dataclasses.replace(slowest, design_totals=est.totals,
+        fits = board.fits(est.totals)
+        best = dataclasses.replace(slowest, design_totals=est.totals, stop="resources" if fits else "does_not_fit",
                                    limited_by="resources: only the fully folded design fits with its FIFOs/DWCs"
-                                   if board.fits(est.totals) else "does not fit with its FIFOs/DWCs")
+                                   if fits else "does not fit with its FIFOs/DWCs")
     return best
 
 
