@@ -124,7 +124,7 @@ def finn_best(qonnx: Path, board: str, hw_model: Path, prefer: str = "rtl") -> d
         if f is None or (key == "best_finn_yardstick" and f is base.best):
             out[key] = out.get("best") if f is not None else None  # the same folding: compiled once
             continue
-        row = compile_row(qonnx, board, _cfg(folding="auto", target_fps=f.target_fps, prefer=prefer),
+        row = compile_row(qonnx, board, _cfg(folding="auto", folding_fps=f.target_fps, prefer=prefer),
                           f"finn{f.target_cycles}", target_fps=f.target_fps)
         if row["max_cycles"] != f.max_cycles:  # the builder must reproduce the folding the search judged
             raise SystemExit(f"{board}: FINN at target {f.target_fps:.1f} gave {row['max_cycles']} cycles, the "

@@ -305,7 +305,7 @@ class BoardFitError(FlowError):
             for name, res in report.largest_layers:
                 lines.append(f"  {name}: " + ", ".join(f"{k} {res.get(k, 0):,.0f}" for k in keys))
         lines.append(
-            "Fold the layers more (lower target_fps, or compile.folding: optimize), trim more kernels, "
+            "Fold the layers more (lower the target fps, or compile.folding: optimize), trim more kernels, "
             "or pick a larger board."
         )
         super().__init__("\n".join(lines))

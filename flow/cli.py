@@ -41,7 +41,8 @@ def _add_flow_args(p: argparse.ArgumentParser) -> None:
                         "(repeatable; every key: docs/config.md or `trimflow config --explain KEY`)")
     p.add_argument("--data-dir", help="folder with the dataset files (default: the dataset's usual places)")
     p.add_argument("--build-dir", default="build", help="root of the build folders (default: build/)")
-    p.add_argument("--target-fps", type=float, help="throughput the folding must reach")
+    p.add_argument("--target-fps", type=float, help="throughput to reach: the trim budget is chosen for it "
+                   "(hwtrim.target_fps) and the folding aims for it (compile.folding_fps)")
     p.add_argument("--force", action="extend", nargs="*", default=[], metavar="STAGE",
                    help="rerun these stages even if cached (and what depends on them)")
 

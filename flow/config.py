@@ -12,7 +12,7 @@ from trimflow.config_parsing import from_dict, load_yaml, merge, parse_set
 from trimflow.finn.compile import CompileConfig
 from trimflow.finn.synth import SynthConfig
 from trimflow.hwtrim import HwTrimConfig
-from trimflow.quantize import QuantConfig
+from trimflow.quant_config import QuantConfig
 from trimflow.relevance import RelevanceConfig
 from trimflow.resources import locate
 from trimflow.sim import SimConfig
@@ -80,8 +80,8 @@ class FlowConfig:
     # The fastest folding within the board's caps, and the fps-vs-LUT Pareto set around it (pareto.json, plot in
     # the report) from 4 more optimiser runs: about 7 s on the default net.
     compile: CompileConfig = CompileConfig(folding="optimize", pareto_points=4)
-    # With compile.target_fps set, the trim stage picks the largest MAC budget whose design reaches it on the board
-    # (trimflow.hwtrim) instead of trim.budget.
+    # With hwtrim.target_fps set, the trim stage picks the largest MAC budget whose design reaches it on the board
+    # (trimflow.hwtrim) instead of trim.budget; --target-fps sets it and compile.folding_fps.
     hwtrim: HwTrimConfig = HwTrimConfig()
     simulate: SimulateConfig = SimulateConfig()
     synth: SynthConfig = SynthConfig()  # the Vivado part; without Vivado only the host-emulation package is made
@@ -99,9 +99,9 @@ class FlowConfig:
 IGNORED_UNLESS: tuple[tuple[str, Callable[[FlowConfig], bool], Callable[[FlowConfig], str]], ...] = (
     ("trim.keep", lambda c: c.trim.policy in ("uniform", "global"),
      lambda c: f"policy={c.trim.policy} does not read it (only uniform and global do; budget uses trim.budget)"),
-    ("trim.budget", lambda c: c.trim.policy == "budget" and not c.compile.target_fps,
-     lambda c: (f"compile.target_fps={c.compile.target_fps:g} picks the budget from hwtrim.budgets"
-                if c.compile.target_fps else f"policy={c.trim.policy} does not read it (only budget does)")),
+    ("trim.budget", lambda c: c.trim.policy == "budget" and not c.hwtrim.target_fps,
+     lambda c: (f"hwtrim.target_fps={c.hwtrim.target_fps:g} picks the budget from hwtrim.budgets"
+                if c.hwtrim.target_fps else f"policy={c.trim.policy} does not read it (only budget does)")),
     ("trim.budget_metric", lambda c: c.trim.policy == "budget",
      lambda c: f"policy={c.trim.policy} does not read it (only budget does)"),
     ("trim.allocation", lambda c: c.trim.policy == "budget",
@@ -111,8 +111,8 @@ IGNORED_UNLESS: tuple[tuple[str, Callable[[FlowConfig], bool], Callable[[FlowCon
                "(only allocation=sensitivity with policy=budget does)"),
     ("trim.reconstruct", lambda c: c.trim.compensation == "reconstruct",
      lambda c: f"compensation={c.trim.compensation} does not refit layers (only compensation=reconstruct does)"),
-    ("hwtrim", lambda c: bool(c.compile.target_fps),
-     lambda c: "compile.target_fps is not set (the hardware-aware budget search runs only with a target)"),
+    ("hwtrim", lambda c: bool(c.hwtrim.target_fps),
+     lambda c: "hwtrim.target_fps is not set (the hardware-aware budget search runs only with a target)"),
 )
 
 
@@ -142,7 +142,9 @@ def load_flow_config(path: str | Path | None = None, overrides: list[str] | None
     if data_dir is not None:
         data["data_dir"] = data_dir
     if target_fps is not None:
-        data = merge(data, {"compile": {"target_fps": float(target_fps)}})
+        # one goal, two consumers: the trim stage picks its budget for it, the folding aims for it (hwtrim first,
+        # so that a bad value is reported under the goal's name)
+        data = merge(data, {"hwtrim": {"target_fps": float(target_fps)}, "compile": {"folding_fps": float(target_fps)}})
     cfg = from_dict(FlowConfig, data, where=str(path) if path else "config")
     for line in ignored_keys(cfg, _leaf_keys(data)):
         log.warning(line)

@@ -3,6 +3,8 @@
 Unknown keys and wrong types are errors that name the full key path, so a typo in a YAML file never silently
 falls back to a default. A config class may name keys that are deliberately not settings, because something else
 decides their value (a class attribute DECIDED_ELSEWHERE: key → who decides); setting one is an error that says so.
+Keys that were renamed or split (a class attribute RENAMED: old key → what to set instead) are a one-line error too,
+so an old config never silently means something else.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     decided = sorted(set(data) & set(elsewhere))
     if decided:
         raise FlowError(f"{where}: {decided[0]} is not a setting: {elsewhere[decided[0]]}")
+    renamed = getattr(cls, "RENAMED", {})
+    old = sorted(set(data) & set(renamed))
+    if old:
+        raise FlowError(f"{where}.{old[0]} is no longer a key: {renamed[old[0]]}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise FlowError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")

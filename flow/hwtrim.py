@@ -23,6 +23,7 @@ from torch import nn
 from trimflow import FlowError
 from trimflow.boards import RESOURCES, Board
 from trimflow.data import ImageSet
+from trimflow.finn.compile import positive_fps
 from trimflow.relevance import RelevanceScores
 from trimflow.trim import TrimConfig, TrimReport
 
@@ -32,8 +33,11 @@ BUDGETS = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.25, 0.2)
 
 @dataclasses.dataclass(frozen=True)
 class HwTrimConfig:
-    """How the trim stage searches its budget when compile.target_fps is set (FlowConfig.hwtrim)."""
+    """How the trim stage searches its budget when hwtrim.target_fps is set (FlowConfig.hwtrim)."""
 
+    # The hardware-aware trim goal: with it set, the trim stage keeps the largest MAC budget whose design reaches
+    # this fps on the board (the budgets below) instead of trim.budget. None = a fixed budget (trim.budget).
+    target_fps: float | None = None
     budgets: tuple[float, ...] = BUDGETS  # fractions of the original MACs, tried largest first
     accuracy_floor: float = 0.80  # PTQ accuracy (before fine-tune and QAT) below this stops the search
     val_images: int = 1000  # validation images (held-out training images) for each candidate's PTQ accuracy
@@ -44,6 +48,9 @@ class HwTrimConfig:
     refine: int = 2
 
     def __post_init__(self):
+        if not positive_fps(self.target_fps):
+            raise FlowError(f"hwtrim.target_fps (--target-fps) must be a positive, finite number or null, got "
+                            f"{self.target_fps!r}")
         if not self.budgets or not all(isinstance(b, (int, float)) and 0.0 < b <= 1.0 for b in self.budgets):
             raise FlowError(f"hwtrim.budgets must be fractions in (0, 1], got {self.budgets!r}")
         if not 0.0 <= self.accuracy_floor < 1.0:
@@ -135,7 +142,7 @@ def _candidate(float_model: nn.Module, scores: RelevanceScores, budget: float, t
     qonnx = export_qonnx(qmodel, tuple(val.shape), out / "model.qonnx.onnx")
     # the fastest folding within the caps (not just the cheapest one at target_fps): the table shows the headroom
     # a candidate only needs its fastest fitting folding: no code, no verification, no Pareto sweep
-    ccfg = dataclasses.replace(compile_cfg, folding="optimize", target_fps=None, generate_code=False,
+    ccfg = dataclasses.replace(compile_cfg, folding="optimize", folding_fps=None, generate_code=False,
                                verify=False, fail_if_not_fit=False, pareto_points=0)
     res = compile_model(qonnx, board, ccfg, out / "compile")
     rows = {r["resource"]: r for r in res.fit["rows"]}

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import random
 import time
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,9 +23,9 @@ class TrainConfig:
     epochs: float = 10.0  # fractional epochs let a fine-tune see part of the set; 0 = no training step at all
     batch_size: int = 128
     lr: float = 0.05
-    optimizer: str = "sgd"  # sgd (momentum 0.9, nesterov) or adam
+    optimizer: Literal["sgd", "adam"] = "sgd"  # sgd: momentum 0.9, nesterov
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine or constant
+    schedule: Literal["cosine", "constant"] = "cosine"  # after warmup: cosine decay to 0, or lr throughout
     warmup_steps: int = 0
     augment: bool = True  # random shifts (and flips, see hflip) of the training images
     shift: int = 2  # augment: largest shift in pixels, each direction (zero fill)

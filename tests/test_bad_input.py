@@ -342,7 +342,9 @@ ROWS = [
         (r"target_fps \(--target-fps\) must be a positive, finite number", r"inf")),
     Row("target-fps-nan", lambda e: flow(e, extra=("--target-fps", "nan")), (r"finite number",)),
     Row("target-fps-negative", lambda e: flow(e, extra=("--target-fps", "-5")), (r"positive, finite",)),
-    Row("target-fps-zero-set", lambda e: flow(e, "compile.target_fps=0"), (r"positive, finite",)),
+    Row("target-fps-zero-set", lambda e: flow(e, "hwtrim.target_fps=0"), (r"positive, finite",)),
+    Row("target-fps-old-key", lambda e: flow(e, "compile.target_fps=100"),
+        (r"compile\.target_fps is no longer a key", r"compile\.folding_fps", r"hwtrim\.target_fps")),
     Row("force-unknown-stage", lambda e: flow(e, extra=("--force", "trimm")), (r"unknown stage", r"relevance")),
     Row("unknown-dataset", lambda e: flow(e, "dataset=imagenet"), (r"unknown dataset 'imagenet'", r"known:")),
     # ---- the model -------------------------------------------------------------------------------------------------

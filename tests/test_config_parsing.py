@@ -56,3 +56,19 @@ def test_set_overrides_merge_deeply():
 def test_stage_config_validation_is_reported():
     with pytest.raises(FlowError, match="optimizer"):
         from_dict(TrainConfig, {"optimizer": "lbfgs"})
+
+
+def test_loading_a_yaml_config_does_not_import_brevitas():
+    # A config is read by the CLI, the sweep driver and `config --explain` long before (or without) any stage runs;
+    # Brevitas takes seconds to import and is only needed by the quantize stage. A fresh interpreter, so that
+    # modules other tests imported do not hide an import.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from trimflow.config import load_flow_config; "
+            "load_flow_config('configs/mnist-zoo.yaml', ['quantize.weight_bits=2']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('brevitas', 'finn', 'qonnx')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -79,7 +79,7 @@ def odd_hw_model(tmp_path_factory):
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("odd")
     export_qonnx(_tiny_net(6, 12), torch.rand(1, 1, 28, 28), export_path=str(d / "odd.onnx"))
-    cfg = CompileConfig(target_fps=1000, verify=False, generate_code=False)
+    cfg = CompileConfig(folding_fps=1000, verify=False, generate_code=False)
     compile_model(d / "odd.onnx", load_board("kv260"), cfg, d / "finn")
     return d / "finn" / "hw_model.onnx"
 
@@ -89,7 +89,7 @@ def compiled(qonnx_path, tmp_path_factory):
     from trimflow.finn.compile import CompileConfig, compile_model
 
     out = tmp_path_factory.mktemp("compile") / "finn"
-    result = compile_model(qonnx_path, load_board("pynq-z2"), CompileConfig(target_fps=50000), out)
+    result = compile_model(qonnx_path, load_board("pynq-z2"), CompileConfig(folding_fps=50000), out)
     return result, out
 
 
@@ -221,7 +221,7 @@ def test_board_too_small_raises_fit_error_with_table(qonnx_path, tmp_path):
     data["name"] = "tiny-board"
     data["capacity"] = {**data["capacity"], "DSP": 40}  # cap 32 DSPs; the net needs ~50 at 50k fps
     board = board_from_dict(data, "tiny-board.yaml")
-    cfg = CompileConfig(target_fps=50000, verify=False, generate_code=False)
+    cfg = CompileConfig(folding_fps=50000, verify=False, generate_code=False)
     with pytest.raises(BoardFitError) as info:
         compile_model(qonnx_path, board, cfg, tmp_path / "out")
     msg = str(info.value)
@@ -249,8 +249,8 @@ def test_finn_failure_is_flow_error_naming_step_and_node(qonnx_path, tmp_path):
 def test_config_validation(tmp_path):
     from trimflow.finn.compile import CompileConfig
 
-    with pytest.raises(FlowError, match="target_fps"):
-        CompileConfig(target_fps=-1)
+    with pytest.raises(FlowError, match="folding_fps"):
+        CompileConfig(folding_fps=-1)
     with pytest.raises(FlowError, match="does not exist"):
         CompileConfig(folding=str(tmp_path / "nope.json"))
     with pytest.raises(FlowError, match="prefer"):
@@ -384,5 +384,5 @@ def test_finn_baseline_enumerates_every_folding(qonnx_path, tmp_path):
     i = fl.index(best)
     assert fl[i + 1].fits is False  # evaluated, over the caps
     assert base.best_finn is not None and base.best_finn.fps >= best.fps  # FINN's own yardstick is laxer
-    res = compile_model(qonnx_path, board, dataclasses.replace(cfg, target_fps=best.target_fps), tmp_path / "t")
+    res = compile_model(qonnx_path, board, dataclasses.replace(cfg, folding_fps=best.target_fps), tmp_path / "t")
     assert res.max_cycles == best.max_cycles and res.fits

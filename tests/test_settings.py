@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import yaml
 
+from trimflow import FlowError
 from trimflow.cli import main
 from trimflow.config import load_flow_config
 
@@ -40,7 +42,7 @@ def test_key_the_policy_ignores_is_named_in_a_warning(caplog):
                                 "hwtrim.accuracy_floor=0.5"])
     lines = sorted(r.getMessage() for r in caplog.records)
     assert [line.split()[2] for line in lines] == ["hwtrim.accuracy_floor", "trim.allocation", "trim.budget"]
-    assert "policy=uniform" in lines[2] and "compile.target_fps" in lines[0]
+    assert "policy=uniform" in lines[2] and "hwtrim.target_fps" in lines[0]
 
 
 def test_reconstruct_keys_need_reconstruct_compensation(caplog):
@@ -52,5 +54,17 @@ def test_reconstruct_keys_need_reconstruct_compensation(caplog):
 
 def test_target_fps_overrides_trim_budget(caplog):
     with caplog.at_level(logging.WARNING, logger="trimflow"):
-        load_flow_config(None, ["trim.budget=0.3", "hwtrim.accuracy_floor=0.5"], target_fps=2000)
+        cfg = load_flow_config(None, ["trim.budget=0.3", "hwtrim.accuracy_floor=0.5"], target_fps=2000)
     assert [r.getMessage().split()[2] for r in caplog.records] == ["trim.budget"]
+    # --target-fps is one goal for both of its consumers: the trim budget search and the folding
+    assert (cfg.hwtrim.target_fps, cfg.compile.folding_fps) == (2000, 2000)
+
+
+def test_old_target_fps_key_names_the_new_ones():
+    # compile.target_fps used to drive the folding and the trim budget both; it is an error, not a silent change
+    with pytest.raises(FlowError, match=r"compile\.target_fps is no longer a key: .*compile\.folding_fps.*"
+                                        r"hwtrim\.target_fps"):
+        load_flow_config(None, ["compile.target_fps=100"])
+    # the folding target alone leaves the trim budget fixed
+    cfg = load_flow_config(None, ["compile.folding_fps=100"])
+    assert cfg.hwtrim.target_fps is None and cfg.compile.folding_fps == 100

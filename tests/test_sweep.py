@@ -81,10 +81,10 @@ def test_grid_has_one_trial_per_combination_with_its_settings():
     t = next(t for t in grid if t.id == "kv260-b0.50-W2A2-fps2000")
     cfg = trial_config(base, t)
     assert (cfg.quantize.weight_bits, cfg.quantize.act_bits, cfg.trim.budget) == (2, 2, 0.5)
-    assert cfg.compile.target_fps == 2000
+    assert cfg.hwtrim.target_fps == 2000 and cfg.compile.folding_fps == 2000
     assert cfg.hwtrim.budgets[0] == 0.5 and max(cfg.hwtrim.budgets) == 0.5  # the search starts at the budget
     plain = trial_config(base, next(t for t in grid if t.id == "kv260-b0.50-W2A2"))
-    assert plain.compile.target_fps is None
+    assert plain.hwtrim.target_fps is None and plain.compile.folding_fps is None
     assert Path(base["model"]).is_absolute()  # workers may start elsewhere
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -34,8 +35,8 @@ MAX_SIDE = 1024
 @dataclasses.dataclass(frozen=True)
 class ImageFolderOptions:
     size: tuple[int, int] | None = None  # (H, W) to resize every image to; None = all images must share a size
-    mode: str = "RGB"  # "L" (1 channel, grayscale) or "RGB" (3 channels)
-    normalize: str = "none"  # "none" or "autocontrast" (per image, stretch min..max to 0..255)
+    mode: Literal["L", "RGB"] = "RGB"  # L: 1 channel, grayscale; RGB: 3 channels
+    normalize: Literal["none", "autocontrast"] = "none"  # autocontrast: per image, stretch min..max to 0..255
     invert: bool = False
     test_every: int = 5  # without train/ and test/ subfolders: every n-th image of each class is test
 

@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -48,6 +48,11 @@ _COMMUTATIVE = ("Mul", "Add")
 _LAYOUT_OPS = ("Transpose", "Reshape")
 
 
+def positive_fps(fps: Any) -> bool:
+    """None (no target) or a positive, finite number of frames per second."""
+    return fps is None or (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < math.inf)
+
+
 @dataclasses.dataclass(frozen=True)
 class CompileConfig:
     # Not a field: the verification images are the flow's dataset's (compile_model's verify_images / verify_dataset
@@ -55,14 +60,21 @@ class CompileConfig:
     DECIDED_ELSEWHERE: ClassVar[dict[str, str]] = {
         "verify_dataset": "the top-level `dataset` decides it (the compile stage verifies on its test split)",
     }
+    # compile.target_fps used to switch the trim stage to its hardware-aware budget search as well
+    RENAMED: ClassVar[dict[str, str]] = {
+        "target_fps": ('it was split in two: compile.folding_fps (the fps the folding aims for) and '
+                       'hwtrim.target_fps (the fps the trim budget is chosen to reach); --target-fps sets both'),
+    }
 
-    target_fps: float | None = None  # FINN's folding heuristic aims for this; None → fully folded (PE=SIMD=1)
-    # "auto": FINN's heuristic for target_fps; "optimize": the fastest folding within the board's caps
+    # The fps the folding aims for: FINN's heuristic target (folding auto; None → fully folded, PE=SIMD=1), or where
+    # the optimiser stops speeding layers up (folding optimize; None → the fastest folding within the caps).
+    folding_fps: float | None = None
+    # "auto": FINN's heuristic for folding_fps; "optimize": the fastest folding within the board's caps
     # (trimflow.finn.folding); or a path to a FINN folding-config JSON
     folding: str = "auto"
     max_simd: dict[str, int] | None = None  # "optimize" only: SIMD cap per op type, e.g. {"MVAU": 1}
     mvau_wwidth_max: int = 36  # FINN's cap on an MVAU's weight-stream width (SIMD·PE·weight bits)
-    prefer: str = "rtl"  # "rtl" or "hls": implementation style preferred when FINN specialises layers
+    prefer: Literal["rtl", "hls"] = "rtl"  # implementation style preferred when FINN specialises layers
     require_rtl: bool = False  # raise if any HW node ends up as _hls
     input_divisor: float = 255.0  # the float model input is raw_pixels / input_divisor
     generate_code: bool = True  # PrepareIP: RTL of _rtl nodes, C++ of _hls nodes (no Vivado needed)
@@ -74,10 +86,9 @@ class CompileConfig:
     pareto_points: int = 0
 
     def __post_init__(self) -> None:
-        if self.target_fps is not None and not (isinstance(self.target_fps, (int, float))
-                                                and 0 < self.target_fps < math.inf):
-            raise FlowError(f"compile.target_fps (--target-fps) must be a positive, finite number or null, got "
-                            f"{self.target_fps!r}")
+        if not positive_fps(self.folding_fps):
+            raise FlowError(f"compile.folding_fps (--target-fps) must be a positive, finite number or null, got "
+                            f"{self.folding_fps!r}")
         if self.folding not in ("auto", "optimize"):
             if not str(self.folding).endswith(".json"):
                 raise FlowError(
@@ -281,7 +292,7 @@ def _run_builder(
         tracker = StepTracker()
         build_cfg = dataflow_config(
             fb, board, finn_out, [tracker.wrap(s) for s in steps], [fb.DataflowOutputType.ESTIMATE_REPORTS],
-            target_fps=None if cfg.folding != "auto" or cfg.target_fps is None else int(cfg.target_fps),
+            target_fps=None if cfg.folding != "auto" or cfg.folding_fps is None else int(cfg.folding_fps),
             folding_config_file=None if cfg.folding == "auto" else str(Path(cfg.folding).resolve()),
             mvau_wwidth_max=cfg.mvau_wwidth_max,
         )
@@ -410,12 +421,12 @@ def _plan_folding(qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path,
     from trimflow.finn.folding import plan_within_caps
     from trimflow.finn.pareto import pareto_front
 
-    search = dataclasses.replace(cfg, folding="auto", target_fps=None, generate_code=False)
+    search = dataclasses.replace(cfg, folding="auto", folding_fps=None, generate_code=False)
     finn_out = _run_builder(qonnx_path, board, search, tmp, kept, [], sub=SEARCH_DIR)
     hw_in = finn_out / "intermediate_models" / "step_generate_estimate_reports.onnx"
     with finn_session(tmp / SEARCH_DIR / CODEGEN_DIR):
         plan = plan_within_caps(hw_in, board, tmp / SEARCH_DIR / "estimate-scratch", max_simd=cfg.max_simd,
-                                target_fps=cfg.target_fps)
+                                target_fps=cfg.folding_fps)
     plan.write(tmp / FOLDING_FILE)
     if cfg.pareto_points:
         pareto_front(hw_in, board, tmp / SEARCH_DIR / "pareto-scratch", cfg.pareto_points, chosen=plan,

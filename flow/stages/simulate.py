@@ -109,8 +109,8 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
             raise FlowError(
                 f"{board.name}: the design fits with the compile stage's assumed FIFO depths but not with the depths "
                 f"its simulation needs ({', '.join(summary['fifo_sizing']['deeper_than_charged'])}):\n"
-                f"{summary['fifo_sizing']['fit_sized_table']}\nLower compile.target_fps, trim more (trim.budget) "
-                "or choose a larger board.")
+                f"{summary['fifo_sizing']['fit_sized_table']}\nLower the target fps (--target-fps: hwtrim.target_fps "
+                "and compile.folding_fps), trim more (trim.budget) or choose a larger board.")
     if not summary["bit_exact_vs_finn_python"]:
         raise FlowError(f"RTL simulation differs from FINN's python model on {summary['mismatching_images_vs_finn']}"
                         f" of {len(raw)} images; the simulation build is in {out_dir / 'verilator'}")

@@ -1,8 +1,8 @@
 """Stage 2, trim: remove the least relevant kernels, refit the later layers, fine-tune the float net.
 
-Writes model.pt (the trimmed, fine-tuned float net). With a hardware-aware goal (the target fps, see
-trimflow.config) the budget is the largest whose design reaches it on the board (trimflow.hwtrim) instead of
-trim.budget; the stage's key then holds the board and the quantize/compile settings that search uses.
+Writes model.pt (the trimmed, fine-tuned float net). With a hardware-aware goal (hwtrim.target_fps) the budget
+is the largest whose design reaches it on the board (trimflow.hwtrim) instead of trim.budget; the stage's key then
+holds the board and the quantize/compile settings that search uses.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from trimflow.stages.inputs import CHECKPOINT, NOT_STAGE_CODE, VALIDATION_SEED, 
 def spec(b: BuildInputs) -> StageSpec:
     cfg = b.cfg
     # A target fps makes the trim budget depend on the board and on the quantize/compile settings it searches with.
-    hw = (cfg.hwtrim, cfg.quantize, cfg.compile) if cfg.compile.target_fps else None
+    hw = (cfg.hwtrim, cfg.quantize, cfg.compile) if cfg.hwtrim.target_fps else None
     return StageSpec("trim", functools.partial(run, b), (cfg.trim, cfg.finetune, hw),
                      deps=("relevance",), salt={**b.source, "board": b.board_salt} if hw else b.source,
                      code_exclude=NOT_STAGE_CODE)
@@ -45,7 +45,7 @@ def run(b: BuildInputs, ctx: StageContext, config) -> dict:
     if hw is not None:
         from trimflow.hwtrim import fit_by_trimming
         hcfg, qcfg, ccfg = hw
-        found = fit_by_trimming(model, scores, b.board, ccfg.target_fps, tcfg, qcfg, ccfg, calib,
+        found = fit_by_trimming(model, scores, b.board, hcfg.target_fps, tcfg, qcfg, ccfg, calib,
                                 subset(data.val, hcfg.val_images, seed=4), hcfg.accuracy_floor,
                                 ctx.out_dir / "hwtrim", budgets=hcfg.budgets, calib_batches=hcfg.calib_batches,
                                 sensitivity=sensitivity, refine=hcfg.refine, log=ctx.console.print)

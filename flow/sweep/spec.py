@@ -34,7 +34,8 @@ class Axes:
     bits: tuple[str, ...] = ("W8A8", "W4A4", "W3A3", "W2A2")  # weight/activation bits of the hidden layers
     board: tuple[str, ...] = ("pynq-z2", "zybo-z7-10")
     # frame rates the trim stage trims until the design reaches (trimflow.hwtrim, starting at the trial's budget);
-    # None: the base config's compile.target_fps (none by default: fixed budget, fastest folding within the caps)
+    # None: the base config's hwtrim.target_fps / compile.folding_fps (none by default: fixed budget, fastest folding
+    # within the caps); a number sets both, as --target-fps does
     target_fps: tuple[float | None, ...] = (None,)
     criterion: tuple[str | None, ...] = (None,)  # None: the base config's trim.criterion
 
@@ -110,7 +111,8 @@ class Trial:
         out: dict[str, Any] = {"trim": {"policy": "budget", "budget": float(self.budget)},
                                "quantize": {"weight_bits": w, "act_bits": a}}
         if self.target_fps is not None:
-            out["compile"] = {"target_fps": float(self.target_fps)}
+            out["hwtrim"] = {"target_fps": float(self.target_fps)}
+            out["compile"] = {"folding_fps": float(self.target_fps)}
         if self.criterion is not None:
             out["trim"]["criterion"] = self.criterion
         return out
@@ -141,7 +143,7 @@ def trial_config(base: dict[str, Any], trial: Trial):
     """The trial's FlowConfig (validated: a bad combination fails here, before any worker starts)."""
     from trimflow.config import FlowConfig
     data = merge(base, trial.overrides())
-    if data.get("compile", {}).get("target_fps"):
+    if data.get("hwtrim", {}).get("target_fps"):
         # With a target fps the trim stage searches its budget down the hwtrim ladder; the trial's budget is where
         # that search starts (the largest share of the MACs it may keep).
         ladder = [b for b in data["hwtrim"]["budgets"] if b < trial.budget]
