@@ -18,8 +18,10 @@ from trimflow.boards import Board, load_board
 from trimflow.config import FlowConfig
 from trimflow.logs import build_log
 from trimflow.stage_cache import Pipeline
-from trimflow.stages import ORDER
+from trimflow.stages import compile, export, quantize, relevance, report, simulate, synth, trim
 from trimflow.stages.inputs import BuildInputs
+
+ORDER = (relevance, trim, quantize, export, compile, simulate, synth, report)
 
 
 @dataclasses.dataclass

@@ -139,10 +139,13 @@ def test_report_verdict_is_the_sized_designs_when_fifos_were_sized(compiled, tmp
               "fifo_config": "fifo_depths.json", "estimate_charged": {"totals": totals},
               "estimate_sized": {"totals": totals}, "fits_sized": False, "fit_sized": over,
               "deeper_than_charged": ["A -> B: 511 > 64"]}
+    # every key a simulate summary has (the report reads it as trimflow.stages.results.SimulateResult)
     sim = {"images": 8, "bit_exact_vs_finn_python": True, "mismatching_images_vs_finn": 0,
-           "max_abs_diff_vs_qonnx": 0.0, "top1_agreement_vs_qonnx": 1.0, "accuracy": 0.5, "qonnx_accuracy": 0.5,
-           "ii_cycles": 10, "estimated_ii_cycles": 10, "ii_ratio": 1.0, "ii_flagged": False, "measured_fps": 1e7,
-           "latency_cycles": 30, "sim_cycles_per_s": 1e5, "sim_images_per_s": 1.0}
+           "max_abs_diff_vs_qonnx": 0.0, "matches_qonnx": True, "mismatching_images_vs_qonnx": 0,
+           "top1_agreement_vs_qonnx": 1.0, "accuracy": 0.5, "qonnx_accuracy": 0.5, "cycles_per_image": 10,
+           "ii_cycles": 10, "latency_cycles": 30, "estimated_ii_cycles": 10, "ii_ratio": 1.0, "ii_flagged": False,
+           "measured_fps": 1e7, "latency_us": 0.3, "estimated_latency_us": 0.3, "sim_cycles_per_s": 1e5,
+           "sim_images_per_s": 1.0}
     write_report({"compile": comp, "simulate": {**sim, "fifo_sizing": sizing}}, board, FlowConfig(), tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "**does NOT fit** (FIFO depths sized by simulation)" in md and "**over**" in md

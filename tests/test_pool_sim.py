@@ -223,8 +223,8 @@ def test_pool_net_compiles_and_simulates_bit_exact(pool_net_qonnx, tmp_path, pe0
     assert result.verification.ok and sorted(result.hls_nodes) == ["Pool_hls_0", "Pool_hls_1"]
     summary = simulate_compiled(tmp_path / "compile", json.loads((tmp_path / "compile" / "compile.json").read_text()),
                                 qonnx_path, test, SimConfig(optimize=False), tmp_path / "sim")
-    assert summary["bit_exact_vs_finn_python"] and summary["matches_qonnx"]
-    assert summary["top1_agreement_vs_qonnx"] == 1.0
-    assert 0.8 < summary["ii_ratio"] < 1.25, summary
+    assert summary.bit_exact_vs_finn_python and summary.matches_qonnx
+    assert summary.top1_agreement_vs_qonnx == 1.0
+    assert 0.8 < summary.ii_ratio < 1.25, summary
     src = (tmp_path / "sim" / "verilator" / "src" / "trimflow_sim_top.sv").read_text()
     assert src.count("trimflow_max_pool #(") == 2 and f".PE({pe1}), .K(9)" in src

@@ -295,9 +295,9 @@ def test_residual_net_compiles_and_simulates_bit_exact(exported, data, tmp_path)
     assert result.fits and result.estimates["layers"]["LUT"] > 0
     summary = simulate_compiled(tmp_path / "compile", json.loads((tmp_path / "compile" / "compile.json").read_text()),
                                 qonnx_path, data[1], SimConfig(optimize=False), tmp_path / "sim")
-    assert summary["bit_exact_vs_finn_python"] and summary["matches_qonnx"]
-    assert summary["top1_agreement_vs_qonnx"] == 1.0
-    assert 0.8 < summary["ii_ratio"] < 1.25, summary
+    assert summary.bit_exact_vs_finn_python and summary.matches_qonnx
+    assert summary.top1_agreement_vs_qonnx == 1.0
+    assert 0.8 < summary.ii_ratio < 1.25, summary
     manifest = json.loads((tmp_path / "sim" / "verilator" / "manifest.json").read_text())
     # Every FIFO, the joins' included, is sized by simulation (bit-exact, same II, checked above): the chain's
     # FIFOs need a few entries, the short branch in front of a join many, never more than the simulator built.

@@ -12,27 +12,27 @@ from trimflow.data.meta import class_names
 from trimflow.report import plots
 from trimflow.report.markdown import mega, num, pct, table
 from trimflow.report.provenance import CONFIG_FILE
+from trimflow.stages.results import BuildResults, SimulateResult, Skipped
 
 
-def _accuracy_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
-    rel, trim, quant = s.get("relevance", {}), s.get("trim", {}), s.get("quantize", {})
-    rep = trim.get("report", {})
+def _accuracy_rows(r: BuildResults) -> list[tuple[str, str, str]]:
+    rel, trim, quant, sim = r.relevance, r.trim, r.quantize, r.simulated
+    rep = trim.report if trim else {}
     rows = [
-        ("float (pretrained)", pct(rel.get("float_accuracy")), "float32"),
-        ("trimmed, before fine-tune", pct(trim.get("accuracy_before_finetune")), "float32"),
-        ("trimmed + fine-tuned", pct(trim.get("accuracy")), "float32"),
-        ("trimmed + quantized (QAT)", pct(quant.get("accuracy")), quant.get("bits_label", "")),
+        ("float (pretrained)", pct(rel.float_accuracy if rel else None), "float32"),
+        ("trimmed, before fine-tune", pct(trim.accuracy_before_finetune if trim else None), "float32"),
+        ("trimmed + fine-tuned", pct(trim.accuracy if trim else None), "float32"),
+        ("trimmed + quantized (QAT)", pct(quant.accuracy if quant else None), quant.bits_label if quant else ""),
     ]
-    sim = s.get("simulate", {})
-    if sim.get("accuracy") is not None:
-        rows.append((f"RTL simulation ({sim.get('images')} images)", pct(sim["accuracy"]), "Verilator"))
+    if sim is not None:
+        rows.append((f"RTL simulation ({sim.images} images)", pct(sim.accuracy), "Verilator"))
     if rep:
         comp = rep.get("config", {}).get("compensation", "none")
         rows[1] = (rows[1][0], rows[1][1], f"{rep.get('criterion')}; compensation {comp}: "
                    f"{len(rep.get('compensated', []))} layers")
-        if trim.get("accuracy_before_finetune_uncompensated") is not None:
+        if trim.accuracy_before_finetune_uncompensated is not None:
             rows.insert(2, ("trimmed, before fine-tune, no compensation",
-                            pct(trim["accuracy_before_finetune_uncompensated"]), "same kernels removed"))
+                            pct(trim.accuracy_before_finetune_uncompensated), "same kernels removed"))
     return rows
 
 
@@ -87,19 +87,19 @@ def _pareto_section(pareto: dict[str, Any], link_prefix: str) -> list[str]:
     return lines + [f"![fps vs LUT]({link_prefix}pareto.png)", ""]
 
 
-def _synthesis_section(synth: dict[str, Any], prov: dict[str, Any]) -> list[str]:
+def _synthesis_section(synth: Any, prov: dict[str, Any]) -> list[str]:
     lines = ["## Synthesis and deployment", ""]
     nxt = prov.get("synth_command")
-    if not synth:
+    if synth is None:
         lines += ["Not run in this build (the flow stopped before the synth stage)."]
-    elif synth.get("skipped"):
-        lines += [f"**Not synthesised** — {synth['skipped']}. That package (`synth/{synth.get('deploy')}`) runs the "
+    elif isinstance(synth, Skipped):
+        lines += [f"**Not synthesised** — {synth.skipped}. That package (`synth/{synth.deploy}`) runs the "
                   "accelerator in FINN's python model or Verilator (`python -m trimflow_runtime --backend "
                   "finn-python|verilator`)."]
     else:
-        plan = synth.get("plan") or {}
-        lines += [f"**Synthesised** in {synth.get('wall_s', 0):.0f} s: FINN output in `synth/{synth.get('finn_dir')}`, "
-                  f"deployment package in `synth/{synth.get('deploy_dir')}`"
+        plan = synth.plan or {}  # trimflow.finn.synth.SynthPlan's JSON
+        lines += [f"**Synthesised** in {synth.wall_s:.0f} s: FINN output in `synth/{synth.finn_dir}`, "
+                  f"deployment package in `synth/{synth.deploy_dir}`"
                   + (f" (steps: {', '.join(plan.get('steps', []))})" if plan.get("steps") else "") + "."]
         nxt = None
     lines += [""]
@@ -147,13 +147,13 @@ def _fifo_rows(f: dict | None) -> list[tuple[str, str]]:
     ]
 
 
-def _latency(comp: dict, sim: dict, board: Any) -> str:
+def _latency(comp: Any, sim: SimulateResult | None, board: Any) -> str:
     """The first image's latency as the simulation measured it, FINN's estimate (the sum of every layer's cycles,
     as if the layers did not overlap) beside it; the estimate alone when there was no simulation."""
-    est = f"{comp.get('latency_us', 0):.1f} µs"
-    if not sim.get("latency_cycles"):
+    est = f"{comp.latency_us if comp else 0:.1f} µs"
+    if sim is None or not sim.latency_cycles:
         return f"{est} (FINN's estimate: sum of the layers' cycles)"
-    measured = board.latency_us(sim["latency_cycles"])
+    measured = board.latency_us(sim.latency_cycles)
     return f"**{measured:,.1f} µs** simulated (first image; FINN's estimate {est})"
 
 
@@ -164,30 +164,30 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
 
     `provenance`: trimflow.report.provenance.collect_for_build's record (command, versions, next commands)."""
     out_dir = Path(out_dir)
-    s = summaries
-    trim, comp, exp, sim = s.get("trim", {}), s.get("compile", {}), s.get("export", {}), s.get("simulate", {})
-    rep = trim.get("report", {})
+    results = BuildResults.from_json(summaries)
+    trim, comp, sim = results.trim, results.compile, results.simulated
+    rep = trim.report if trim else {}  # trimflow.trim.TrimReport's JSON
     written: list[Path] = []
     md: list[str] = [f"# trimflow build report — {board.name}", ""]
-    sized = sim.get("fifo_sizing") or {}
+    sized = (sim.fifo_sizing if sim else None) or {}
     # with FIFOs sized by simulation the verdict is the sized design's: the compile stage charged assumed depths
-    fits = sized["fits_sized"] if sized else comp.get("fits")
+    fits = sized["fits_sized"] if sized else (comp.fits if comp else None)
     md += [f"**Board** {board.name} ({board.part}, {board.clock_mhz:.0f} MHz) — "
            f"**{'fits' if fits else 'does NOT fit'}**"
-           f"{' (FIFO depths sized by simulation)' if sized else ''}; estimated **{num(comp.get('fps'))} fps**, latency "
-           f"{_latency(comp, sim, board)} at the board clock.", ""]
-    md += _synthesis_section(s.get("synth", {}), provenance or {})
+           f"{' (FIFO depths sized by simulation)' if sized else ''}; estimated **{num(comp.fps if comp else None)} "
+           f"fps**, latency {_latency(comp, sim, board)} at the board clock.", ""]
+    md += _synthesis_section(results.synth, provenance or {})
 
-    md += ["## Accuracy (test set)", "", table(("model", "accuracy", "notes"), _accuracy_rows(s)), ""]
+    md += ["## Accuracy (test set)", "", table(("model", "accuracy", "notes"), _accuracy_rows(results)), ""]
     names = class_names(cfg.dataset)
     md += [f"Dataset `{cfg.dataset}`" + (f", {len(names)} classes: {', '.join(names)}" if names else "")
            + (f"; every accuracy on {cfg.eval_images:,} test images" if cfg.eval_images else
               "; every accuracy on the whole test split") + ".", ""]
-    ver = exp.get("verify", {})
+    ver = results.export.verify if results.export else {}
     if ver:
         md += [f"QONNX execution vs Brevitas forward on {ver.get('images', '?')} real test images: max |diff| "
                f"{ver.get('max_abs_diff', float('nan')):.3g}, top-1 agreement {pct(ver.get('top1_agreement'))}.", ""]
-    fver = comp.get("verification") or {}
+    fver = (comp.verification if comp else None) or {}  # trimflow.finn.compile.Verification's JSON
     if fver:
         md += [f"FINN python execution vs QONNX on {fver.get('n_images')} real test images: streamlined model max "
                f"|diff| {fver.get('streamlined_max_abs_diff', float('nan')):.3g}, HW-layer model (+ host tail) max "
@@ -202,20 +202,20 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
     if rep.get("macs_before"):
         md += [f"Trimming keeps {pct(rep['macs_after'] / rep['macs_before'], 1)} of the MACs and "
                f"{pct(rep['params_after'] / rep['params_before'], 1)} of the parameters.", ""]
-    hw = trim.get("hwtrim")
+    hw = trim.hwtrim if trim else None
     if hw:
         md += [f"### Trim budget chosen for {num(hw['target_fps'])} fps on {hw['board']}", "",
                f"Each budget: trim by relevance, quick PTQ (no QAT), FINN estimate with the fastest folding within the "
                f"caps. Chosen: **{hw['budget']:g}** of the MACs (the largest budget tried that fits at the target: "
                "the ladder, then hwtrim.refine bisection steps towards the larger budget before it; PTQ accuracy floor "
-               f"{pct(hw['accuracy_floor'])} on {num(trim.get('validation', {}).get('images'))} validation images held "
-               f"out of the training split, seed {trim.get('validation', {}).get('seed')}; never the test split).",
+               f"{pct(hw['accuracy_floor'])} on {num(trim.validation['images'])} validation images held "
+               f"out of the training split, seed {trim.validation['seed']}; never the test split).",
                "", hw["table"], ""]
     md += compensation_section(rep)
     if rep.get("layers"):
         md += ["### Kernels kept per layer", "", table(("layer", "kernels", "kept", "share"), _kernels_rows(rep)),
                ""]
-    rel_layers = s.get("relevance", {}).get("layers") or {}
+    rel_layers = (results.relevance.layers if results.relevance else None) or {}
     if rel_layers:
         kept = {p: layer.get("kept_indices") for layer in rep.get("layers", []) for p in layer.get("producers", [])}
         data = {name: {"scores": info["scores"], "kept": kept.get(name) or range(len(info["scores"]))}
@@ -224,15 +224,15 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
             written.append(plots.relevance_plot(data, out_dir / "relevance.png"))
             md += [f"![relevance per layer]({link_prefix}relevance.png)", ""]
 
-    if comp.get("layers"):
+    if comp and comp.layers:
         md += ["## FINN estimate per layer", "",
                table(("layer", "op", "PE", "SIMD", "LUT", "BRAM18", "DSP", "cycles"),
                      [(r["name"], r["op_type"], r.get("pe") or "", r.get("simd") or "", num(r["lut"]),
-                       num(r["bram18"]), num(r["dsp"]), num(r["cycles"])) for r in comp["layers"]]), "",
-               f"Bottleneck: `{comp.get('bottleneck')}` with {num(comp.get('max_cycles'))} cycles per image.", ""]
-        written.append(plots.layer_resources_plot(comp["layers"], out_dir / "layers.png"))
+                       num(r["bram18"]), num(r["dsp"]), num(r["cycles"])) for r in comp.layers]), "",
+               f"Bottleneck: `{comp.bottleneck}` with {num(comp.max_cycles)} cycles per image.", ""]
+        written.append(plots.layer_resources_plot(comp.layers, out_dir / "layers.png"))
         md += [f"![per-layer resources]({link_prefix}layers.png)", ""]
-    fit = sized.get("fit_sized") or comp.get("fit") or {}
+    fit = sized.get("fit_sized") or (comp.fit if comp else None) or {}
     if fit.get("rows"):
         md += ["## Resources vs the board", "",
                table(("resource", "dataflow (FINN)", "shell", "estimate", "cap", "device", "use", ""),
@@ -241,29 +241,30 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
                "the shell column is the board file's estimate of the DMA/interconnect around the accelerator."
                + (" FIFOs at the depths the simulation sized (the compile stage's estimate, with every FIFO at its "
                   "assumed depth, is in the simulation section)." if sized else ""), ""]
-        md += [f"- {n}" for n in (comp.get("estimates") or {}).get("notes", [])] + [""]
+        md += [f"- {n}" for n in ((comp.estimates if comp else None) or {}).get("notes", [])] + [""]
         written.append(plots.resources_plot(fit["rows"], out_dir / "resources.png"))
         md += [f"![resources vs caps]({link_prefix}resources.png)", ""]
     if comp:
         md += ["## Throughput", "", table(("", "value"), [
-            ("clock", f"{comp.get('clock_period_ns')} ns"),
-            ("slowest layer", f"{comp.get('bottleneck')} ({num(comp.get('max_cycles'))} cycles)"),
-            ("estimated fps", num(comp.get("fps"))),
+            ("clock", f"{comp.clock_period_ns} ns"),
+            ("slowest layer", f"{comp.bottleneck} ({num(comp.max_cycles)} cycles)"),
+            ("estimated fps", num(comp.fps)),
             ("latency", _latency(comp, sim, board)),
-            ("all layers RTL", str(comp.get("all_rtl"))),
+            ("all layers RTL", str(comp.all_rtl)),
         ]), ""]
-    pareto = (comp.get("folding_plan") or {}).get("pareto")
+    pareto = ((comp.folding_plan if comp else None) or {}).get("pareto")
     if pareto and pareto.get("points"):
         md += _pareto_section(pareto, link_prefix)
         written.append(plots.pareto_plot(pareto, out_dir / "pareto.png"))
-    if sim and not sim.get("skipped"):
+    if sim is not None:
         md += ["## Cycle-accurate simulation (Verilator)", "", table(("check", "result"), _sim_rows(sim)), ""]
 
     points = []
     if rep.get("macs_before"):
-        points = [("float", rep["macs_before"], s.get("relevance", {}).get("float_accuracy") or 0),
-                  ("trimmed", rep["macs_after"], trim.get("accuracy") or 0),
-                  ("quantized", rep["macs_after"], s.get("quantize", {}).get("accuracy") or 0)]
+        rel, quant = results.relevance, results.quantize
+        points = [("float", rep["macs_before"], (rel.float_accuracy if rel else 0) or 0),
+                  ("trimmed", rep["macs_after"], trim.accuracy or 0),
+                  ("quantized", rep["macs_after"], (quant.accuracy if quant else 0) or 0)]
         written.append(plots.accuracy_size_plot(points, out_dir / "accuracy_size.png"))
         md += [f"![accuracy vs size]({link_prefix}accuracy_size.png)", ""]
 
@@ -285,30 +286,30 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
     return [md_path, json_path, *written]
 
 
-def _sim_rows(sim: dict) -> list[tuple[str, str]]:
-    n = sim["images"]
+def _sim_rows(sim: SimulateResult) -> list[tuple[str, str]]:
+    n = sim.images
     yes = {True: "yes", False: "**no**"}
     rows = [
         ("images (test set)", f"{n:,}"),
-        ("outputs bit-exact vs FINN's python model", f"{yes[sim['bit_exact_vs_finn_python']]} "
-                                                     f"({sim['mismatching_images_vs_finn']} images differ)"),
+        ("outputs bit-exact vs FINN's python model", f"{yes[sim.bit_exact_vs_finn_python]} "
+                                                     f"({sim.mismatching_images_vs_finn} images differ)"),
     ]
-    if "bit_exact_vs_xsim" in sim:
-        rows.append((f"bit-exact vs FINN's XSim ({sim['xsim_images']} images)", yes[sim["bit_exact_vs_xsim"]]))
-    differ = sim.get("mismatching_images_vs_qonnx")
+    if sim.bit_exact_vs_xsim is not None:
+        rows.append((f"bit-exact vs FINN's XSim ({sim.xsim_images} images)", yes[sim.bit_exact_vs_xsim]))
+    differ = sim.mismatching_images_vs_qonnx
     rows += [
-        ("logits vs QONNX (after the host tail)", f"max abs. difference {sim['max_abs_diff_vs_qonnx']:.3g}"
+        ("logits vs QONNX (after the host tail)", f"max abs. difference {sim.max_abs_diff_vs_qonnx:.3g}"
          + (f"; {differ} of {n:,} images beyond 1e-4 relative (FINN's float thresholds round boundary cases the "
             "other way; see flow/verify.py)" if differ else "")),
-        ("top-1 agreement vs QONNX", pct(sim["top1_agreement_vs_qonnx"])),
+        ("top-1 agreement vs QONNX", pct(sim.top1_agreement_vs_qonnx)),
         ("accuracy: simulated accelerator / quantized model (QONNX)",
-         f"{pct(sim['accuracy'])} / {pct(sim['qonnx_accuracy'])}"),
+         f"{pct(sim.accuracy)} / {pct(sim.qonnx_accuracy)}"),
         ("initiation interval: measured / FINN estimate (cycles)",
-         f"{num(sim['ii_cycles'])} / {num(sim['estimated_ii_cycles'])} = {sim['ii_ratio']:.3f}"
-         + (" **(more than 20 % off)**" if sim["ii_flagged"] else "")),
-        ("measured fps at the board clock", num(sim["measured_fps"])),
-        ("latency, first image (cycles)", num(sim["latency_cycles"])),
-        *_fifo_rows(sim.get("fifo_sizing")),
-        ("simulator speed", f"{num(sim['sim_cycles_per_s'])} cycles/s, {sim['sim_images_per_s']:.1f} images/s"),
+         f"{num(sim.ii_cycles)} / {num(sim.estimated_ii_cycles)} = {sim.ii_ratio:.3f}"
+         + (" **(more than 20 % off)**" if sim.ii_flagged else "")),
+        ("measured fps at the board clock", num(sim.measured_fps)),
+        ("latency, first image (cycles)", num(sim.latency_cycles)),
+        *_fifo_rows(sim.fifo_sizing),
+        ("simulator speed", f"{num(sim.sim_cycles_per_s)} cycles/s, {sim.sim_images_per_s:.1f} images/s"),
     ]
     return rows

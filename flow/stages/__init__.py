@@ -11,11 +11,6 @@
 
 Each module has spec(inputs) (what the stage's cache key holds and which stages it reads) and run(inputs, ctx,
 config) (the body, a thin call into the libraries beside this package: trimflow.trim, trimflow.finn, trimflow.sim,
-...). trimflow.build puts them in this order; trimflow.stage_cache runs and caches them.
+...). trimflow.build puts them in this order (this package imports none of them, so that the typed results in
+trimflow.stages.results are importable on their own); trimflow.stage_cache runs and caches them.
 """
-
-from trimflow.stages import compile, export, quantize, relevance, report, simulate, synth, trim
-
-ORDER = (relevance, trim, quantize, export, compile, simulate, synth, report)
-
-__all__ = ["ORDER"]

@@ -6,12 +6,15 @@ folding, per-layer estimates, fit and host-side ops, folding.json, pareto.json).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
 from trimflow.stage_cache import StageContext, StageSpec
 from trimflow.stages.export import QONNX
 from trimflow.stages.inputs import NOT_STAGE_CODE, BuildInputs
+
+if TYPE_CHECKING:
+    from trimflow.finn.compile import CompileResult
 
 DESIGN_DIR = "finn"  # the compile output folder inside the stage folder
 
@@ -21,9 +24,8 @@ def spec(b: BuildInputs) -> StageSpec:
                      salt=b.board_salt, code_exclude=NOT_STAGE_CODE)
 
 
-def run(b: BuildInputs, ctx: StageContext, ccfg) -> dict:
+def run(b: BuildInputs, ctx: StageContext, ccfg) -> CompileResult:
     from trimflow.data import subset
     from trimflow.finn.compile import compile_model
-    result = compile_model(ctx.input("export", QONNX), b.board, ccfg, ctx.out_dir / DESIGN_DIR,
-                           verify_images=subset(b.data.test, ccfg.verify_images, seed=2))
-    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
+    return compile_model(ctx.input("export", QONNX), b.board, ccfg, ctx.out_dir / DESIGN_DIR,
+                         verify_images=subset(b.data.test, ccfg.verify_images, seed=2))

@@ -9,6 +9,7 @@ import functools
 
 from trimflow.stage_cache import StageContext, StageSpec
 from trimflow.stages.inputs import CHECKPOINT, NOT_STAGE_CODE, BuildInputs
+from trimflow.stages.results import ExportResult
 
 QONNX = "model.qonnx.onnx"
 
@@ -18,7 +19,7 @@ def spec(b: BuildInputs) -> StageSpec:
                      code_exclude=NOT_STAGE_CODE)
 
 
-def run(b: BuildInputs, ctx: StageContext, ecfg) -> dict:
+def run(b: BuildInputs, ctx: StageContext, ecfg) -> ExportResult:
     from trimflow.data import subset
     from trimflow.export import export_qonnx, verify_qonnx
     from trimflow.quantize import load_quant_checkpoint
@@ -26,4 +27,4 @@ def run(b: BuildInputs, ctx: StageContext, ecfg) -> dict:
     onnx_path = ctx.out_dir / QONNX
     export_qonnx(qmodel, b.data.test.shape, onnx_path)
     check = verify_qonnx(onnx_path, qmodel, subset(b.data.test, ecfg.verify_images, seed=1))
-    return {"qonnx": QONNX, "verify": check}
+    return ExportResult(qonnx=QONNX, verify=check)

@@ -10,6 +10,7 @@ import time
 
 from trimflow.stage_cache import StageContext, StageSpec
 from trimflow.stages.inputs import CHECKPOINT, NOT_STAGE_CODE, BuildInputs
+from trimflow.stages.results import QuantizeResult
 
 
 def spec(b: BuildInputs) -> StageSpec:
@@ -22,7 +23,7 @@ def _bits_label(q) -> str:
             f"{q.first_layer_weight_bits}/{q.last_layer_weight_bits}-bit")
 
 
-def run(b: BuildInputs, ctx: StageContext, qcfg) -> dict:
+def run(b: BuildInputs, ctx: StageContext, qcfg) -> QuantizeResult:
     from trimflow.models import load_checkpoint
     from trimflow.quantize import float_shapes, quantize_model, save_quant_checkpoint
     from trimflow.train import evaluate
@@ -31,5 +32,5 @@ def run(b: BuildInputs, ctx: StageContext, qcfg) -> dict:
     qmodel = quantize_model(float_model, b.data.train, qcfg, teacher=float_model)
     ctx.timing["qat"] = time.perf_counter() - start
     save_quant_checkpoint(ctx.out_dir / CHECKPOINT, qmodel, payload["arch"], float_shapes(float_model), qcfg)
-    return {"accuracy": evaluate(qmodel, b.data.test), "bits_label": _bits_label(qcfg),
-            "qat_epochs": qcfg.train.epochs}
+    return QuantizeResult(accuracy=evaluate(qmodel, b.data.test), bits_label=_bits_label(qcfg),
+                          qat_epochs=qcfg.train.epochs)

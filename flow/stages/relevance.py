@@ -10,6 +10,7 @@ import functools
 
 from trimflow.stage_cache import StageContext, StageSpec
 from trimflow.stages.inputs import NOT_STAGE_CODE, BuildInputs
+from trimflow.stages.results import RelevanceResult
 
 
 def spec(b: BuildInputs) -> StageSpec:
@@ -17,7 +18,7 @@ def spec(b: BuildInputs) -> StageSpec:
                      salt=b.source, code_exclude=NOT_STAGE_CODE)
 
 
-def run(b: BuildInputs, ctx: StageContext, config) -> dict:
+def run(b: BuildInputs, ctx: StageContext, config) -> RelevanceResult:
     from trimflow.criteria import score
     from trimflow.models import load_checkpoint
     from trimflow.models.importers import check_model_fits
@@ -27,6 +28,6 @@ def run(b: BuildInputs, ctx: StageContext, config) -> dict:
     check_model_fits(model, b.data.test.shape, b.data.test.classes, f"model {b.model_path} on {b.cfg.dataset}")
     scores = score(model, b.data.train, b.cfg.trim.criterion, rcfg)
     scores.save(ctx.out_dir / "relevance.json")
-    return {"float_accuracy": evaluate(model, b.data.test),
-            "layers": {name: {**stats, "scores": scores.layers[name]}
-                       for name, stats in scores.summary().items()}}
+    return RelevanceResult(float_accuracy=evaluate(model, b.data.test),
+                           layers={name: {**stats, "scores": scores.layers[name]}
+                                   for name, stats in scores.summary().items()})

@@ -24,6 +24,7 @@ from trimflow.stage_cache import StageContext, StageSpec
 from trimflow.stages.compile import DESIGN_DIR
 from trimflow.stages.export import QONNX
 from trimflow.stages.inputs import NOT_STAGE_CODE, BuildInputs
+from trimflow.stages.results import SimulateResult, Skipped
 from trimflow.verify import compare_logits
 
 
@@ -34,18 +35,18 @@ def spec(b: BuildInputs) -> StageSpec:
                      code_exclude=NOT_STAGE_CODE)
 
 
-def run(b: BuildInputs, ctx: StageContext, scfg) -> dict:
+def run(b: BuildInputs, ctx: StageContext, scfg) -> SimulateResult | Skipped:
     from trimflow.data import subset
     from trimflow.finn.adapter import vivado_available
     if scfg.images == 0:
-        return {"skipped": "simulate.images is 0"}
+        return Skipped("simulate.images is 0")
     return simulate_compiled(ctx.inputs["compile"] / DESIGN_DIR, ctx.summaries["compile"], ctx.input("export", QONNX),
                              subset(b.data.test, scfg.images, seed=3), scfg.sim, ctx.out_dir,
                              xsim_images=scfg.xsim_images if vivado_available() else 0, board=b.board)
 
 
 def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, images: ImageSet, sim_cfg,
-                      out_dir: Path, xsim_images: int = 0, board: Board | None = None) -> dict:
+                      out_dir: Path, xsim_images: int = 0, board: Board | None = None) -> SimulateResult:
     """Run the Verilator simulation of a compile stage's design on real images and check it three ways:
     bit-exact against FINN's python model of the same HW graph, against the QONNX execution (after the host-side
     tail), and the resulting accuracy; plus measured vs estimated cycles. With `xsim_images` > 0 (needs Vivado) the
@@ -83,37 +84,23 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
     logits = apply_host_ops(compiled["host_tail"], sim_out.astype(np.float64)).reshape(len(raw), -1)
     qonnx_logits = run_qonnx(qonnx_path, images, progress=False).reshape(len(raw), -1)
     agree = compare_logits(qonnx_logits, logits)
-    summary = {
-        "images": len(raw),
-        "bit_exact_vs_finn_python": bool(np.array_equal(sim_out, finn_out)),
-        "mismatching_images_vs_finn": int((sim_out != finn_out).reshape(len(raw), -1).any(1).sum()),
-        # float logits after the host tail: agreement by trimflow.verify's rule (rare rounding-boundary images allowed)
-        "max_abs_diff_vs_qonnx": agree.max_abs_diff,
-        "matches_qonnx": agree.ok,
-        "mismatching_images_vs_qonnx": agree.beyond,
-        "top1_agreement_vs_qonnx": agree.top1_agreement,
-        "accuracy": float((logits.argmax(1) == images.labels.numpy()).mean()),
-        "qonnx_accuracy": float((qonnx_logits.argmax(1) == images.labels.numpy()).mean()),
-        "cycles_per_image": result.cycles_per_image, "ii_cycles": result.ii, "latency_cycles": result.latency,
-        "estimated_ii_cycles": result.est_ii, "ii_ratio": result.ii_ratio, "ii_flagged": result.ii_flagged,
-        "measured_fps": board.fps(result.ii) if result.ii else None,
-        "latency_us": board.latency_us(result.latency),
-        "estimated_latency_us": board.latency_us(result.est_latency),
-        "sim_cycles_per_s": result.cycles_per_s, "sim_images_per_s": result.images_per_s,
-    }
+    bit_exact = bool(np.array_equal(sim_out, finn_out))
+    mismatching = int((sim_out != finn_out).reshape(len(raw), -1).any(1).sum())
+    fifo_sizing = None
     if sizing:
-        summary["fifo_sizing"] = record_sized_fifos(hw_model, sizing, board, out_dir)
-        if compiled.get("fits") and not summary["fifo_sizing"]["fits_sized"]:
+        fifo_sizing = record_sized_fifos(hw_model, sizing, board, out_dir)
+        if compiled["fits"] and not fifo_sizing["fits_sized"]:
             # the compile stage's fit charged every FIFO at an assumed depth; the depths this design needs are the
             # ones that count: a design that fits only with too-shallow FIFOs does not fit
             raise FlowError(
                 f"{board.name}: the design fits with the compile stage's assumed FIFO depths but not with the depths "
-                f"its simulation needs ({', '.join(summary['fifo_sizing']['deeper_than_charged'])}):\n"
-                f"{summary['fifo_sizing']['fit_sized_table']}\nLower the target fps (--target-fps: hwtrim.target_fps "
+                f"its simulation needs ({', '.join(fifo_sizing['deeper_than_charged'])}):\n"
+                f"{fifo_sizing['fit_sized_table']}\nLower the target fps (--target-fps: hwtrim.target_fps "
                 "and compile.folding_fps), trim more (trim.budget) or choose a larger board.")
-    if not summary["bit_exact_vs_finn_python"]:
-        raise FlowError(f"RTL simulation differs from FINN's python model on {summary['mismatching_images_vs_finn']}"
+    if not bit_exact:
+        raise FlowError(f"RTL simulation differs from FINN's python model on {mismatching}"
                         f" of {len(raw)} images; the simulation build is in {out_dir / 'verilator'}")
+    n, xsim_exact = None, None
     if xsim_images:
         n = min(xsim_images, len(raw))
         # XSim generates IP inside the design's code folders: work on a copy, the compile stage's output is cached
@@ -123,9 +110,18 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
             xsim_out = execute_hw_model(relocate_compile_dir(design) / HW_MODEL,
                                         raw[:n].transpose(0, 2, 3, 1), mode="xsim", fpga_part=board.part,
                                         clk_ns=board.clock_period_ns)
-        summary["xsim_images"] = n
-        summary["bit_exact_vs_xsim"] = bool(np.array_equal(sim_out[:n], xsim_out.reshape(sim_out[:n].shape)))
-        if not summary["bit_exact_vs_xsim"]:
+        xsim_exact = bool(np.array_equal(sim_out[:n], xsim_out.reshape(sim_out[:n].shape)))
+        if not xsim_exact:
             raise FlowError(f"Verilator and FINN's XSim simulation differ on the first {n} images; designs in "
                             f"{out_dir / 'verilator'} and {design}")
-    return summary
+    return SimulateResult(
+        images=len(raw), bit_exact_vs_finn_python=bit_exact, mismatching_images_vs_finn=mismatching,
+        max_abs_diff_vs_qonnx=agree.max_abs_diff, matches_qonnx=agree.ok, mismatching_images_vs_qonnx=agree.beyond,
+        top1_agreement_vs_qonnx=agree.top1_agreement,
+        accuracy=float((logits.argmax(1) == images.labels.numpy()).mean()),
+        qonnx_accuracy=float((qonnx_logits.argmax(1) == images.labels.numpy()).mean()),
+        cycles_per_image=result.cycles_per_image, ii_cycles=result.ii, latency_cycles=result.latency,
+        estimated_ii_cycles=result.est_ii, ii_ratio=result.ii_ratio, ii_flagged=result.ii_flagged,
+        measured_fps=board.fps(result.ii) if result.ii else None, latency_us=board.latency_us(result.latency),
+        estimated_latency_us=board.latency_us(result.est_latency), sim_cycles_per_s=result.cycles_per_s,
+        sim_images_per_s=result.images_per_s, fifo_sizing=fifo_sizing, xsim_images=n, bit_exact_vs_xsim=xsim_exact)

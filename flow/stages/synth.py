@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
 from trimflow.stage_cache import StageContext, StageSpec
 from trimflow.stages.compile import DESIGN_DIR
 from trimflow.stages.inputs import NOT_STAGE_CODE, BuildInputs
+from trimflow.stages.results import Skipped
+
+if TYPE_CHECKING:
+    from trimflow.finn.synth import SynthResult
 
 
 def spec(b: BuildInputs) -> StageSpec:
@@ -21,7 +26,7 @@ def spec(b: BuildInputs) -> StageSpec:
                      salt={**b.board_salt, "vivado": vivado_available()}, code_exclude=NOT_STAGE_CODE)
 
 
-def run(b: BuildInputs, ctx: StageContext, scfg) -> dict:
+def run(b: BuildInputs, ctx: StageContext, scfg) -> SynthResult | Skipped:
     from trimflow.data.meta import class_names, preprocessing
     from trimflow.finn.design import relocate_compile_dir
     from trimflow.finn.synth import make_package, resolve_fifo_sizing, synthesis_enabled, synthesize
@@ -33,6 +38,5 @@ def run(b: BuildInputs, ctx: StageContext, scfg) -> dict:
     pre = preprocessing(b.cfg.dataset)
     if not synthesis_enabled():
         make_package(compile_dir, b.board, ctx.out_dir / "deploy", classes=scfg.classes, preprocess=pre)
-        return {"skipped": "no Vivado: host-emulation package only (make synth for a bitfile)",
-                "deploy": "deploy"}
-    return dataclasses.asdict(synthesize(compile_dir, b.board, scfg, ctx.out_dir, atomic=False, preprocess=pre))
+        return Skipped("no Vivado: host-emulation package only (make synth for a bitfile)", deploy="deploy")
+    return synthesize(compile_dir, b.board, scfg, ctx.out_dir, atomic=False, preprocess=pre)

@@ -13,6 +13,7 @@ import time
 
 from trimflow.stage_cache import StageContext, StageSpec
 from trimflow.stages.inputs import CHECKPOINT, NOT_STAGE_CODE, VALIDATION_SEED, BuildInputs
+from trimflow.stages.results import TrimResult
 
 
 def spec(b: BuildInputs) -> StageSpec:
@@ -24,7 +25,7 @@ def spec(b: BuildInputs) -> StageSpec:
                      code_exclude=NOT_STAGE_CODE)
 
 
-def run(b: BuildInputs, ctx: StageContext, config) -> dict:
+def run(b: BuildInputs, ctx: StageContext, config) -> TrimResult:
     from trimflow.data import subset
     from trimflow.models import load_checkpoint, save_checkpoint
     from trimflow.relevance import RelevanceScores
@@ -64,8 +65,7 @@ def run(b: BuildInputs, ctx: StageContext, config) -> dict:
     ctx.timing["finetune"] = history["seconds"]
     save_checkpoint(ctx.out_dir / CHECKPOINT, trimmed, payload["arch"], trimmed=True,
                     meta={"source": str(b.model_path), "trim": report})
-    return {"report": report, "accuracy_before_finetune": acc_trimmed,
-            "accuracy_before_finetune_uncompensated": acc_uncompensated,
-            "validation": {"images": b.cfg.validation_images, "seed": VALIDATION_SEED},
-            "accuracy": evaluate(trimmed, data.test),
-            "hwtrim": hwtrim}
+    return TrimResult(report=report, accuracy_before_finetune=acc_trimmed,
+                      accuracy_before_finetune_uncompensated=acc_uncompensated,
+                      validation={"images": b.cfg.validation_images, "seed": VALIDATION_SEED},
+                      accuracy=evaluate(trimmed, data.test), hwtrim=hwtrim)
