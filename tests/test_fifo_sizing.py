@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_rtlsim import PART, _hw_model, test_images  # noqa: F401  (the fixture: 6 test images)
+from tests.test_rtlsim import PART, _hw_model
 from trimflow import FlowError
 from trimflow.finn.fifos import MIN_DEPTH, fifo_style, finn_depth
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import tiny_net
 from trimflow import FlowError
 from trimflow.artifacts import read_json
 from trimflow.boards import BoardFitError, board_from_dict, load_board
@@ -19,55 +20,6 @@ EXPECTED_TYPES = ["Thresholding_rtl", "FMPadding_rtl", "ConvolutionInputGenerato
 ]
 
 
-def _tiny_net(c1: int = 8, c2: int = 16):
-    import brevitas.nn as qnn
-    from torch import nn
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp = qnn.QuantIdentity(bit_width=8, return_quant_tensor=True)
-            self.c1 = qnn.QuantConv2d(1, c1, 3, padding=1, bias=False, weight_bit_width=4)
-            self.b1 = nn.BatchNorm2d(c1)
-            self.r1 = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
-            self.c2 = qnn.QuantConv2d(c1, c2, 3, stride=2, padding=1, bias=False, weight_bit_width=4)
-            self.b2 = nn.BatchNorm2d(c2)
-            self.r2 = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
-            self.fc = qnn.QuantLinear(c2 * 14 * 14, 10, bias=True, weight_bit_width=4)
-
-        def forward(self, x):
-            x = self.inp(x)
-            x = self.r1(self.b1(self.c1(x)))
-            x = self.r2(self.b2(self.c2(x)))
-            return self.fc(torch.flatten(x, 1))
-
-    torch.manual_seed(0)
-    m = Tiny()
-    with torch.no_grad():
-        for b in (m.b1, m.b2):
-            b.running_mean.uniform_(-0.2, 0.2)
-            b.running_var.uniform_(0.5, 1.5)
-            b.weight.uniform_(0.5, 1.5)
-            b.bias.uniform_(-0.2, 0.2)
-        m.train()  # calibrate the activation scales on real-looking inputs
-        from trimflow.data import load_dataset, subset
-
-        x = subset(load_dataset("fashion-mnist", "test"), 64, seed=1).images.float() / 255.0
-        for _ in range(3):
-            m(x)
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def qonnx_path(tmp_path_factory):
-    from brevitas.export import export_qonnx
-
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("qonnx") / "tiny.onnx"
-    export_qonnx(_tiny_net(), torch.rand(1, 1, 28, 28), export_path=str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def odd_hw_model(tmp_path_factory):
     """HW model of the tiny net with 6 and 12 channels: their divisors allow foldings whose neighbouring stream
@@ -78,7 +30,7 @@ def odd_hw_model(tmp_path_factory):
 
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("odd")
-    export_qonnx(_tiny_net(6, 12), torch.rand(1, 1, 28, 28), export_path=str(d / "odd.onnx"))
+    export_qonnx(tiny_net(6, 12), torch.rand(1, 1, 28, 28), export_path=str(d / "odd.onnx"))
     cfg = CompileConfig(folding_fps=1000, verify=False, generate_code=False)
     compile_model(d / "odd.onnx", load_board("kv260"), cfg, d / "finn")
     return d / "finn" / "hw_model.onnx"

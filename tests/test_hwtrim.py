@@ -1,27 +1,13 @@
 """Hardware-aware trimming (trimflow.hwtrim): a tiny net on a tiny board, and the loop's decisions and errors."""
 
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers import tiny_board
 from trimflow import FlowError
-from trimflow.boards import board_from_dict, load_board
 
 torch = pytest.importorskip("torch")
-
-# A board a third the size of a Zybo Z7-10 in LUTs, without shell: the tiny net reaches about 14k fps on it
-# untrimmed and about 27k fps at half its MACs (measured with the optimiser's estimates).
-TINY_BOARD = {"shell_overhead": {"LUT": 0, "FF": 0, "BRAM18": 0, "DSP": 0, "URAM": 0},
-              "capacity": {"LUT": 6000, "FF": 35200, "BRAM18": 120, "DSP": 80, "URAM": 0}}
-
-
-def _board(**changes):
-    data = dataclasses.asdict(load_board("zybo-z7-10"))
-    data.pop("source")
-    data.update(name="tiny", **TINY_BOARD)
-    data.update(changes)
-    return board_from_dict(data)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +31,7 @@ def _run(setup, tmp_path, target_fps, budgets=(1.0, 0.5), floor=0.0, board=None,
     from trimflow.trim import TrimConfig
 
     model, scores, train, test = setup
-    return fit_by_trimming(model, scores, board or _board(), target_fps, TrimConfig(round_to=4, calib_images=128),
+    return fit_by_trimming(model, scores, board or tiny_board(), target_fps, TrimConfig(round_to=4, calib_images=128),
                            QuantConfig(calibration_batch_size=32), CompileConfig(), train, test, floor,
                            tmp_path / "work", budgets=budgets, refine=refine)
 
@@ -61,7 +47,7 @@ def test_untrimmed_misses_target_trimmed_meets_it(setup, tmp_path):
     convs = [m for m in res.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [int(v.split("/")[0]) for v in second.kept.values()]
     # resources include the board's (here zero) shell and stay under the caps of the tiny board
-    board = _board()
+    board = tiny_board()
     assert all(second.resources[r] <= board.limit(r) for r in ("LUT", "FF", "BRAM18", "DSP"))
     assert second.percent["LUT"] == pytest.approx(100 * second.resources["LUT"] / 6000)
     assert "| 0.5 |" in res.to_json()["table"]

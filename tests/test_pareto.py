@@ -10,18 +10,17 @@ from trimflow import FlowError
 
 torch = pytest.importorskip("torch")
 
-from tests.test_finn_compile import qonnx_path  # noqa: E402,F401  (module fixture: the tiny Brevitas CNN)
-from tests.test_hwtrim import _board  # noqa: E402  (a board a third of a Zybo Z7-10's LUTs: LUTs bind)
+from tests.helpers import tiny_board  # noqa: E402  (a board a third of a Zybo Z7-10's LUTs: LUTs bind)
 
 POINTS = 4
 
 
 @pytest.fixture(scope="module")
-def compiled(qonnx_path, tmp_path_factory):  # noqa: F811
+def compiled(qonnx_path, tmp_path_factory):
     from trimflow.finn.compile import CompileConfig, compile_model
 
     out = tmp_path_factory.mktemp("pareto") / "finn"
-    board = _board()
+    board = tiny_board()
     cfg = CompileConfig(folding="optimize", verify=False, generate_code=False, pareto_points=POINTS)
     return compile_model(qonnx_path, board, cfg, out), out, board
 

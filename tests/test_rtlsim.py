@@ -247,13 +247,6 @@ def hw_build(tmp_path_factory):
         return tmp, _hw_model(tmp, finn_fifos=False)
 
 
-@pytest.fixture(scope="module")
-def test_images():
-    from trimflow.data import load_dataset
-
-    return np.asarray(load_dataset("fashion-mnist", "test").images[:6])  # (N, 1, 28, 28) uint8
-
-
 @pytest.mark.rtlsim
 def test_simulation_bit_exact_and_cycles(hw_build, test_images):
     from trimflow.finn.adapter import finn_session
