@@ -6,8 +6,8 @@
 Reports the Verilator compile time, simulated cycles per wall second, images per second of the simulator and of
 FINN's python execution of the same HW model (`execute_hw_model`, the bit-exact reference), measured cycles per
 image and steady-state II against FINN's estimate (its slowest layer), and whether the outputs match the reference.
-The compile dir is copied into the work dir first (`trimflow.finn.design.relocate_compile_dir` rewrites paths in place, and other runs may
-share the original). Writes `<out>.json` and `<out>.md` (default bench/results/sim.*).
+The compile dir is copied into the work dir first (`trimflow.finn.design.relocate_compile_dir` rewrites paths in
+place, and other runs may share the original). Writes `<out>.json` and `<out>.md` (default bench/results/sim.*).
 """
 
 from __future__ import annotations

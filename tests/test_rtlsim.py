@@ -342,8 +342,8 @@ def test_finn_sized_fifos_bit_exact(tmp_path, test_images):
 
 # The pipeline's default design had its first MVAU (8-bit pixels x 8-bit weights, one input channel: MW=9) folded
 # to PE=4, SIMD=9, and FINN's RTL overflowed its output queue under back-pressure (see
-# trimflow.finn.rules.mvau_rtl_folding_issue). The same layer here, with a much slower second MVAU behind it so that it is
-# back-pressured for long stretches: with SIMD=9 and the check bypassed, this net stops with "Overflowing output
+# trimflow.finn.rules.mvau_rtl_folding_issue). The same layer here, with a much slower second MVAU behind it so that it
+# is back-pressured for long stretches: with SIMD=9 and the check bypassed, this net stops with "Overflowing output
 # queue" in MVAU_rtl_0 (checked by hand); with SIMD=3 (MW/SIMD = 3) it must be bit-exact.
 FOLDING_8BIT_FIRST = {0: (4, 3), 1: (2, 4), 2: (2, 8)}
 

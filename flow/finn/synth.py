@@ -209,7 +209,8 @@ def _run_finn(compile_dir: Path, board: Board, plan: SynthPlan, tmp: Path) -> Pa
         else:
             fifo = dict(auto_fifo_depths=False, fifo_config_file=str(Path(plan.fifo_sizing).resolve()))
         build_cfg = dataflow_config(
-            fb, board, finn_out, [tracker.wrap(getattr(fb.steps, s), s) for s in plan.steps], [fb.DataflowOutputType(o) for o in plan.outputs],
+            fb, board, finn_out, [tracker.wrap(getattr(fb.steps, s), s) for s in plan.steps],
+            [fb.DataflowOutputType(o) for o in plan.outputs],
             mvau_wwidth_max=int(compile_cfg.get("mvau_wwidth_max", 36)),
             **fifo,
         )
