@@ -4,6 +4,9 @@ identical fine-tune, at 2x, 4x and 16x fewer MACs.
     .venv/bin/python bench/trim_zoo.py                       # every zoo net, method, budget, seeds 0 1 2
     .venv/bin/python bench/trim_zoo.py --nets cnv --seeds 0  # a part of it
     .venv/bin/python bench/trim_zoo.py --report-only         # tables and plot from the stored rows
+    .venv/bin/python bench/trim_zoo.py --out /tmp/mine --add mynet=my.pt@cifar10@/data/cifar --nets mynet
+                                                             # your own net (a trimflow checkpoint, e.g. from
+                                                             # `trimflow import`) on your own dataset, rows apart
 
 Resumable: each (net, method, budget, seed) row is appended to bench/results/trim-zoo.jsonl as it finishes and
 skipped when it is there already; --shard K/N runs every N-th (seed, net) group (two processes on two cores).
@@ -81,8 +84,31 @@ PEERS_UNIFORM = ("l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 PEERS_GLOBAL = {"bn_gamma": "none", "taylor": "l2", "l1": "max"}  # criterion -> per-layer normalisation
 METHODS = (tuple(OURS) + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
            + ("tp-l1group-uniform", "tp-l1group-global"))
-OUT = ROOT / "bench" / "results" / "trim-zoo"
+OUT = ROOT / "bench" / "results" / "trim-zoo"  # --out: rows, tables, plot and cost under another prefix
 COST = OUT.with_name("trim-zoo-cost.jsonl")  # --cost: trimflow's trim timed with the current code, no fine-tune
+
+
+def add_net(spec: str) -> str:
+    """--add NAME=CHECKPOINT@DATASET[@DATA_DIR]: a user's net joins the zoo (role "user") for this output prefix."""
+    name, sep, rest = spec.partition("=")
+    parts = rest.split("@")
+    if not sep or not name or len(parts) not in (2, 3) or not all(parts):
+        raise SystemExit(f"--add {spec!r}: expected NAME=CHECKPOINT@DATASET or NAME=CHECKPOINT@DATASET@DATA_DIR "
+                         "(a trimflow checkpoint, e.g. written by `trimflow import`, and a trimflow dataset name)")
+    path = Path(parts[0]).resolve()
+    if not path.is_file():
+        raise SystemExit(f"--add {name}: checkpoint {path} not found")
+    NETS[name] = {"checkpoint": str(path), "dataset": parts[1], "role": "user", "what": f"user net ({path.name})",
+                  **({"data_dir": str(Path(parts[2]).resolve())} if len(parts) == 3 else {})}
+    return name
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def split_of(net: str, split: str):
+    return load_dataset(NETS[net]["dataset"], split, NETS[net].get("data_dir"))
 
 
 def peer_family(method: str) -> str:
@@ -201,7 +227,8 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
     s_ft, s_lf = summarise(rows, "finetuned"), summarise(rows, "trimmed")
     c = cells(rows)
     lines = ["# Trimming over a zoo of networks", "",
-             f"Rows: `bench/results/trim-zoo.jsonl`, made by the commands in `bench/results/trim-zoo-commands.txt`; "
+             f"Rows: `{_shown(OUT.with_suffix('.jsonl'))}`, made by the commands in "
+             f"`{_shown(OUT.with_name(OUT.name + '-commands.txt'))}`; "
              f"tables by `{args_line}`; summary JSON beside this file. Test accuracy on a fixed 2,000-image test "
              "subset (seed 0; mnist-zoo: its whole 1,996-digit test split).", "",
              "Every method trims the same pretrained net to the same fraction of its MACs; then every row gets the "
@@ -256,8 +283,8 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
         lines += ["", "## Cost of trimflow's trim (scoring + allocation + reconstruction, 2,000 images)", ""]
         if measured:  # the rows above span code versions; this table is one run of the current code
             lines += [f"Measured by `.venv/bin/python bench/trim_zoo.py --cost` (the current code, every net at "
-                      f"2x/4x/16x, seed 0; `{COST.relative_to(ROOT)}`; the command of each run is in "
-                      "trim-zoo-commands.txt).", ""]
+                      f"2x/4x/16x, seed 0; `{_shown(COST)}`; the command of each run is in "
+                      f"{OUT.name}-commands.txt).", ""]
         lines += ["| net | method | threads | CPU s (mean, max) | wall s (mean, max) |", "|---|---|---|---|---|"]
         for (net, method), v in cost.items():
             cpu = [c for c, _, _ in v if c is not None]
@@ -324,6 +351,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    global OUT, COST
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nets", nargs="+", default=list(NETS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -339,10 +367,27 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="K/N: run every N-th (seed, net) group starting at K")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--out", type=Path, default=OUT, help="output prefix: PREFIX.jsonl/.md/.json/.png, "
+                   "PREFIX-cost.jsonl, PREFIX-nets.json (default bench/results/trim-zoo)")
+    p.add_argument("--add", action="append", default=[], metavar="NAME=CHECKPOINT@DATASET[@DATA_DIR]",
+                   help="add your own net (kept in PREFIX-nets.json for later runs with the same --out)")
     p.add_argument("--cost", action="store_true", help="time trimflow's trim (scoring + allocation + refit) with the "
                    "current code for --nets, --budgets and our --methods (default trimflow), seed 0, no fine-tune; "
                    "replaces those rows of trim-zoo-cost.jsonl")
     args = p.parse_args()
+    OUT, COST = args.out.resolve(), args.out.resolve().with_name(args.out.name + "-cost.jsonl")
+    user_nets = OUT.with_name(OUT.name + "-nets.json")
+    if user_nets.exists():
+        NETS.update(json.loads(user_nets.read_text()))
+    if args.add:
+        added = [add_net(spec) for spec in args.add]
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        user_nets.write_text(json.dumps({n: v for n, v in NETS.items() if v["role"] == "user"}, indent=1))
+        if args.nets == list(p.get_default("nets")):
+            args.nets = added
+    unknown = [n for n in args.nets if n not in NETS]
+    if unknown:
+        raise SystemExit(f"--nets: unknown net(s) {', '.join(unknown)}; known: {', '.join(NETS)} (or --add one)")
     torch.set_num_threads(args.threads)
     if args.cost:
         measure_cost(args)
@@ -366,8 +411,8 @@ def main() -> None:
             if net not in loaded:
                 model, _ = load_checkpoint(ensure(net))
                 ds = NETS[net]["dataset"]
-                test = subset(load_dataset(ds, "test"), args.test_images, 0)
-                loaded = {net: (model.eval(), (load_dataset(ds, "train"), test), {})}
+                test = subset(split_of(net, "test"), args.test_images, 0)
+                loaded = {net: (model.eval(), (split_of(net, "train"), test), {})}
             model, sets, tables = loaded[net]
             try:
                 row = one_row(net, model, method, budget, seed, sets, args, tables)
@@ -392,7 +437,7 @@ def measure_cost(args) -> None:
     rows = [r for r in old if not (r["net"] in args.nets and r["method"] in methods)]
     for net in args.nets:
         model, _ = load_checkpoint(ensure(net))
-        calib = subset(load_dataset(NETS[net]["dataset"], "train"), args.calib_images, 0)
+        calib = subset(split_of(net, "train"), args.calib_images, 0)
         for method in methods:
             for budget in args.budgets:
                 start, cpu = time.perf_counter(), time.process_time()
@@ -410,7 +455,7 @@ def write_report(jsonl: Path, test_images: int | None) -> None:
     floats = {}
     for net in dict.fromkeys(r["net"] for r in rows):
         model, _ = load_checkpoint(ensure(net))
-        test = subset(load_dataset(NETS[net]["dataset"], "test"), test_images, 0)
+        test = subset(split_of(net, "test"), test_images, 0)
         params, macs = count_params_macs(model, test.shape)
         floats[net] = {"accuracy": evaluate(model.eval(), test), "params": params, "macs": macs}
     args_line = "bench/trim_zoo.py " + " ".join(sys.argv[1:])
