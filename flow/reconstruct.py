@@ -220,11 +220,13 @@ def _assign(trimmed: nn.Module, use, sol: torch.Tensor) -> None:
 
 def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, keep: dict[int, torch.Tensor],
                 images: ImageSet, cfg: ReconstructConfig = ReconstructConfig(),
-                layers: list[str] | None = None) -> list[dict[str, Any]]:
+                layers: list[str] | None = None, targets_cache: dict[str, list] | None = None) -> list[dict[str, Any]]:
     """Refit, in execution order, every conv/linear layer of `trimmed` whose input differs from the original's.
 
     `keep` is the kept channel indices per trimmed group (as trimflow.trim chose them); `layers` restricts the refit
-    to these layers (the sensitivity probes refit only the consumers of the probed group). Returns one record per
+    to these layers (the sensitivity probes refit only the consumers of the probed group); `targets_cache` keeps the
+    untrimmed net's sampled outputs between calls on the same images (the probes of one group share them). Returns
+    one record per
     refitted layer: samples, unknowns, ridge, condition number, fallback reason if any, and the relative error of
     the layer's output (residual energy / output variance energy) before and after the refit.
     """
@@ -246,7 +248,16 @@ def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, ke
             fit.append(use)
     out_keep = {u.name: keep.get(graph.find(u.out_group)) if u.out_group is not None else None for u in fit}
     for chunk in _chunks(original, fit, images, cfg):
-        targets = _targets(original, chunk, out_keep, images, cfg)
+        if targets_cache is None:
+            targets = _targets(original, chunk, out_keep, images, cfg)
+        else:
+            # every output channel is cached and the kept ones taken per call: the positions are drawn per layer
+            # from cfg.seed, so the values are exactly the ones _targets would return for this keep set
+            missing = [u for u in chunk if u.name not in targets_cache]
+            if missing:
+                targets_cache.update(_targets(original, missing, dict.fromkeys(u.name for u in missing), images, cfg))
+            targets = {u.name: [(idx, ys if out_keep[u.name] is None else ys[:, out_keep[u.name]])
+                                for idx, ys in targets_cache[u.name]] for u in chunk}
         for use in chunk:
             records.append(_refit(trimmed, use, targets.pop(use.name), images, cfg, dtype))
     order = {u.name: i for i, u in enumerate(todo)}

@@ -344,7 +344,8 @@ def compensate(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, kee
 
 def compensate_trimmed(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, keep: dict[int, torch.Tensor],
                        cfg: TrimConfig, means: dict[str, list[float]] | None, calib: ImageSet | None,
-                       layers: list[str] | None = None, batch_size: int | None = None) -> dict[str, Any]:
+                       layers: list[str] | None = None, batch_size: int | None = None,
+                       targets_cache: dict[str, list] | None = None) -> dict[str, Any]:
     """Make up for the removed kernels as cfg.compensation says, then re-estimate BN statistics if asked.
 
     Reconstruction comes before the BN re-estimation: it refits each layer to the untrimmed net's output under the
@@ -359,7 +360,7 @@ def compensate_trimmed(original: nn.Module, trimmed: nn.Module, graph: ChannelGr
         if calib is None:
             raise FlowError("trim: compensation=reconstruct needs a calibration set (representative images)")
         rcfg = cfg.reconstruct if batch_size is None else dataclasses.replace(cfg.reconstruct, batch_size=batch_size)
-        done["reconstruction"] = reconstruct(original, trimmed, graph, keep, calib, rcfg, layers)
+        done["reconstruction"] = reconstruct(original, trimmed, graph, keep, calib, rcfg, layers, targets_cache)
         done["compensated"] = [r["layer"] for r in done["reconstruction"] if "skipped" not in r]
     if cfg.recalibrate_bn:
         if calib is None:
@@ -462,10 +463,11 @@ def measure_sensitivity(model: nn.Module, scores: RelevanceScores, calib: ImageS
             order = torch.argsort(gscore[g.id], descending=True, stable=True)
             readers = [u.name for u in graph.uses.values() if u.kind in ("conv", "linear")
                        and any(graph.find(seg.group) == g.id for seg in u.inputs)]
+            targets: dict[str, list] = {}  # the readers' untrimmed outputs: the same for every probe of the group
             for k in counts[1:]:
                 keep = {g.id: torch.sort(order[:k]).values}
                 probe = remove_channels(model, graph, keep)
-                compensate_trimmed(model, probe, graph, keep, cfg, means, recal, readers, scfg.batch_size)
+                compensate_trimmed(model, probe, graph, keep, cfg, means, recal, readers, scfg.batch_size, targets)
                 loss, acc, kl = _measures(_logits(probe, measure, scfg.batch_size), measure.labels, reference)
                 if not (math.isfinite(loss) and math.isfinite(kl)):
                     raise FlowError(f"trim: layer {g.name} trimmed to {k} kernels gives a NaN/Inf loss on the "

@@ -139,3 +139,30 @@ def test_one_untrimmed_pass_or_one_per_layer_gives_the_same_refit():
     assert results[0][1] == results[1][1] and len(results[0][1]) >= 3
     for k, v in results[0][0].items():
         assert torch.equal(v, results[1][0][k]), k
+
+
+def test_cached_untrimmed_outputs_give_the_same_refit_for_any_keep_set():
+    # The sensitivity probes of one group share the untrimmed net's outputs (every channel cached, the kept ones
+    # taken per call): each refit must be bit-identical to one computed without the cache.
+    from trimflow.graph import build_graph
+    from trimflow.reconstruct import reconstruct
+    from trimflow.trim import remove_channels
+
+    net = build_model("cnv").eval()
+    data = _images(48, shape=(1, 28, 28))
+    graph = build_graph(net, data.shape)
+    cfg = ReconstructConfig(positions=8)
+    cache: dict = {}
+    g1, g2 = graph.prunable()[1:3]
+    readers = [u.name for u in graph.uses.values() if u.kind in ("conv", "linear")
+               and any(graph.find(s.group) == g1.id for s in u.inputs)]
+    assert any(graph.uses[r].out_group is not None and graph.find(graph.uses[r].out_group) == g2.id for r in readers)
+    # g1's probes at two widths, then g1 and the readers' own output group g2 trimmed (kept outputs sliced)
+    for keep in ({g1.id: torch.arange(3) * 2}, {g1.id: torch.arange(9)},
+                 {g1.id: torch.arange(5) * 3, g2.id: torch.arange(7) * 2}):
+        plain, cached = remove_channels(net, graph, keep), remove_channels(net, graph, keep)
+        a = reconstruct(net, plain, graph, keep, data, cfg, readers)
+        b = reconstruct(net, cached, graph, keep, data, cfg, readers, cache)
+        assert a == b and cache
+        for name, v in plain.state_dict().items():
+            assert torch.equal(v, cached.state_dict()[name]), name
