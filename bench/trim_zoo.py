@@ -24,6 +24,8 @@ random criterion. Methods:
                          allocation closer to the untrimmed net by KL divergence is used)
     trimflow-rank        the same with the same fraction of kernels kept in every layer (allocation=rank): cheaper
     trimflow-sens        the sensitivity allocation unchecked (guard=none): the flow's default before the guard
+    trimflow-rescale     the default with trim.reconstruct.rescale (refitted weights scaled back to the untrimmed
+                         RMS, the BN absorbing it: the same function, a different start for the fine-tune)
     (Stored rows were renamed twice on 2026-11-30, see trim-zoo-commands.txt: the rank variant was "trimflow" and
     the unchecked sensitivity allocation "trimflow-sens", then "trimflow", before the guard.)
     l1 / l2 / bn_gamma / taylor / apoz / random -uniform
@@ -70,6 +72,7 @@ from trimflow.criteria import score  # noqa: E402
 from trimflow.data import load_dataset, subset  # noqa: E402
 from trimflow.graph import count_params_macs  # noqa: E402
 from trimflow.models import load_checkpoint  # noqa: E402
+from trimflow.reconstruct import ReconstructConfig  # noqa: E402
 from trimflow.relevance import RelevanceConfig  # noqa: E402
 from trimflow.train import TrainConfig, evaluate, train  # noqa: E402
 from trimflow.trim import SensitivityConfig, TrimConfig, recalibrate_bn, trim_model  # noqa: E402
@@ -79,7 +82,9 @@ from trimflow.trim import SensitivityConfig, TrimConfig, recalibrate_bn, trim_mo
 OURS = {"trimflow": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity"},
         "trimflow-rank": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "rank"},
         "trimflow-sens": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity",
-                          "sensitivity": SensitivityConfig(guard="none")}}
+                          "sensitivity": SensitivityConfig(guard="none")},
+        "trimflow-rescale": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity",
+                             "reconstruct": ReconstructConfig(rescale=True)}}
 PEERS_UNIFORM = ("l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 PEERS_GLOBAL = {"bn_gamma": "none", "taylor": "l2", "l1": "max"}  # criterion -> per-layer normalisation
 METHODS = (tuple(OURS) + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)

@@ -166,3 +166,31 @@ def test_cached_untrimmed_outputs_give_the_same_refit_for_any_keep_set():
         assert a == b and cache
         for name, v in plain.state_dict().items():
             assert torch.equal(v, cached.state_dict()[name]), name
+
+
+def test_rescale_restores_the_weight_scale_and_changes_no_output():
+    net = build_model("cnv").eval()
+    with torch.no_grad():
+        for m in net.modules():  # BN statistics away from 0/1, so the running-stat bookkeeping is exercised
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    data = _images(64, shape=(1, 28, 28))
+    scores = _scores(net, data.shape)
+    base = TrimConfig(policy="uniform", keep=0.25, compensation="reconstruct")
+    out = {}
+    for rescale in (False, True):
+        cfg = dataclasses.replace(base, reconstruct=ReconstructConfig(positions=16, rescale=rescale))
+        trimmed, report = trim_model(net, scores, cfg, data)
+        out[rescale] = (trimmed, report)
+    x = data.float_images()[:16]
+    with torch.no_grad():
+        assert torch.allclose(out[False][0](x), out[True][0](x), atol=1e-5, rtol=1e-4)
+    records = {r["layer"]: r for r in out[True][1].reconstruction}
+    convs = [name for name, r in records.items() if r.get("rescaled") is not None]
+    assert convs and records["classifier"].get("rescaled") is None  # no BN after the classifier: left alone
+    for name in convs:
+        w, ref = out[True][0].get_submodule(name).weight, net.get_submodule(name).weight
+        kept = [layer["kept_indices"] for layer in out[True][1].layers if name in layer["producers"]]
+        ref = ref[kept[0]] if kept else ref
+        assert torch.allclose(w.flatten(1).pow(2).mean(1).sqrt(), ref.flatten(1).pow(2).mean(1).sqrt(), rtol=1e-4)
