@@ -4,20 +4,30 @@ identical fine-tune, at 2x, 4x and 16x fewer MACs.
     .venv/bin/python bench/trim_zoo.py                       # every zoo net, method, budget, seeds 0 1 2
     .venv/bin/python bench/trim_zoo.py --nets cnv --seeds 0  # a part of it
     .venv/bin/python bench/trim_zoo.py --report-only         # tables and plot from the stored rows
+    .venv/bin/python bench/trim_zoo.py --out /tmp/mine --add mynet=my.pt@cifar10@/data/cifar --nets mynet
+                                                             # your own net (a trimflow checkpoint, e.g. from
+                                                             # `trimflow import`) on your own dataset, rows apart
 
 Resumable: each (net, method, budget, seed) row is appended to bench/results/trim-zoo.jsonl as it finishes and
-skipped when it is there already; --shard K/N runs every N-th row (two processes on two cores).
+skipped when it is there already; --shard K/N runs every N-th (seed, net) group (two processes on two cores).
 
 Every method trims the same pretrained net (bench/zoo.py) to the same MAC budget; then every row gets exactly the
 same fine-tune (--ft-* options: Adam, cosine schedule, +-2 px shifts, no flips, a seeded training subset) and is
 evaluated on the whole test split. A seed changes the calibration subset, the fine-tune subset and order, and the
 random criterion. Methods:
 
-    trimflow             trimflow's label-free trim: relevance (mean activation x consumer weight norm), the same
-                         fraction of kernels kept in every layer (rank allocation), label-free least-squares
+    trimflow             the flow's default trim (trimflow.config): relevance (mean activation x consumer weight
+                         norm), kernels shared out between layers by measured sensitivity (each layer trimmed alone
+                         and refitted, KL divergence from the untrimmed net: no labels), label-free least-squares
                          reconstruction of every later layer (trimflow.reconstruct) on the calibration images
-    trimflow-sens        the same, kernels shared out by measured sensitivity (each layer trimmed alone and
-                         refitted, KL divergence from the untrimmed net): the flow's build default at 2x
+                         checked against one fraction per layer on the whole net (trim.sensitivity.guard=rank: the
+                         allocation closer to the untrimmed net by KL divergence is used)
+    trimflow-rank        the same with the same fraction of kernels kept in every layer (allocation=rank): cheaper
+    trimflow-sens        the sensitivity allocation unchecked (guard=none): the flow's default before the guard
+    trimflow-rescale     the default with trim.reconstruct.rescale (refitted weights scaled back to the untrimmed
+                         RMS, the BN absorbing it: the same function, a different start for the fine-tune)
+    (Stored rows were renamed twice on 2026-11-30, see trim-zoo-commands.txt: the rank variant was "trimflow" and
+    the unchecked sensitivity allocation "trimflow-sens", then "trimflow", before the guard.)
     l1 / l2 / bn_gamma / taylor / apoz / random -uniform
                          trimflow.criteria scores, the same fraction kept in every layer, BN statistics re-estimated
                          on the calibration images (no labels for l1, l2, bn_gamma, apoz, random; taylor reads them)
@@ -62,26 +72,57 @@ from trimflow.criteria import score  # noqa: E402
 from trimflow.data import load_dataset, subset  # noqa: E402
 from trimflow.graph import count_params_macs  # noqa: E402
 from trimflow.models import load_checkpoint  # noqa: E402
+from trimflow.reconstruct import ReconstructConfig  # noqa: E402
 from trimflow.relevance import RelevanceConfig  # noqa: E402
 from trimflow.train import TrainConfig, evaluate, train  # noqa: E402
-from trimflow.trim import TrimConfig, recalibrate_bn, trim_model  # noqa: E402
+from trimflow.trim import SensitivityConfig, TrimConfig, recalibrate_bn, trim_model  # noqa: E402
 
-OURS = {"trimflow": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "rank"},
-        # the flow's build default at 2x: the same refit, kernels shared out by measured sensitivity (KL, no labels)
-        "trimflow-sens": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity"}}
+# "trimflow" is the flow's default (TrimConfig in trimflow.config); the other entries are its variants, shown in the
+# per-net tables and the variant column, never ranked among the peers
+OURS = {"trimflow": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity"},
+        "trimflow-rank": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "rank"},
+        "trimflow-sens": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity",
+                          "sensitivity": SensitivityConfig(guard="none")},
+        "trimflow-rescale": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity",
+                             "reconstruct": ReconstructConfig(rescale=True)}}
 PEERS_UNIFORM = ("l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 PEERS_GLOBAL = {"bn_gamma": "none", "taylor": "l2", "l1": "max"}  # criterion -> per-layer normalisation
 METHODS = (tuple(OURS) + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
            + ("tp-l1group-uniform", "tp-l1group-global"))
-OUT = ROOT / "bench" / "results" / "trim-zoo"
+OUT = ROOT / "bench" / "results" / "trim-zoo"  # --out: rows, tables, plot and cost under another prefix
 COST = OUT.with_name("trim-zoo-cost.jsonl")  # --cost: trimflow's trim timed with the current code, no fine-tune
+
+
+def add_net(spec: str) -> str:
+    """--add NAME=CHECKPOINT@DATASET[@DATA_DIR]: a user's net joins the zoo (role "user") for this output prefix."""
+    name, sep, rest = spec.partition("=")
+    parts = rest.split("@")
+    if not sep or not name or len(parts) not in (2, 3) or not all(parts):
+        raise SystemExit(f"--add {spec!r}: expected NAME=CHECKPOINT@DATASET or NAME=CHECKPOINT@DATASET@DATA_DIR "
+                         "(a trimflow checkpoint, e.g. written by `trimflow import`, and a trimflow dataset name)")
+    path = Path(parts[0]).resolve()
+    if not path.is_file():
+        raise SystemExit(f"--add {name}: checkpoint {path} not found")
+    NETS[name] = {"checkpoint": str(path), "dataset": parts[1], "role": "user", "what": f"user net ({path.name})",
+                  **({"data_dir": str(Path(parts[2]).resolve())} if len(parts) == 3 else {})}
+    return name
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def split_of(net: str, split: str):
+    return load_dataset(NETS[net]["dataset"], split, NETS[net].get("data_dir"))
 
 
 def peer_family(method: str) -> str:
     return method.rsplit("-", 1)[0] if method.endswith(("-uniform", "-global")) else method
 
 
-def trim_one(model, method: str, budget: float, calib, seed: int, args) -> tuple[torch.nn.Module, dict]:
+def trim_one(model, method: str, budget: float, calib, seed: int, args,
+             tables: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """Trim `model` by `method` to `budget`; `tables`: sensitivity tables of this model by seed, reused if given."""
     info: dict = {}
     if method.startswith("tp-"):
         family, alloc = method.rsplit("-", 1)
@@ -97,18 +138,27 @@ def trim_one(model, method: str, budget: float, calib, seed: int, args) -> tuple
     scores = score(model, calib, crit, RelevanceConfig(images=None, seed=seed))
     cfg = TrimConfig(criterion=crit, policy="budget", budget=budget, budget_metric="macs", round_to=1,
                      normalize=norm, calib_images=len(calib), seed=seed, **extra)
-    trimmed, report = trim_model(model, scores, cfg, calib, progress=False)
+    # one sensitivity table serves every budget (as in the flow's hardware-aware search): measured once per model
+    # and seed in this process; the row says so, since its trim time then leaves the measurement out
+    table = tables.get(seed) if tables is not None and cfg.allocation == "sensitivity" else None
+    info["sensitivity_cached"] = table is not None
+    trimmed, report = trim_model(model, scores, cfg, calib, sensitivity=table, progress=False)
+    if tables is not None and cfg.allocation == "sensitivity":
+        tables[seed] = report.sensitivity
     if report.reconstruction:
         info["fallback"] = [r["layer"] for r in report.reconstruction if "fallback" in r]
+    if report.allocation_check:
+        info["allocation_used"] = report.allocation_check["used"]
+        info["allocation_kl"] = report.allocation_check.get("kl")
     return trimmed, info
 
 
-def one_row(net: str, model, method: str, budget: float, seed: int, sets, args) -> dict:
+def one_row(net: str, model, method: str, budget: float, seed: int, sets, args, tables: dict | None = None) -> dict:
     train_set, test_set = sets
     calib = subset(train_set, args.calib_images, seed)
     row = {"net": net, "role": NETS[net]["role"], "method": method, "budget": budget, "seed": seed}
     start, cpu = time.perf_counter(), time.process_time()
-    trimmed, info = trim_one(model, method, budget, calib, seed, args)
+    trimmed, info = trim_one(model, method, budget, calib, seed, args, tables)
     row["trim_seconds"] = round(time.perf_counter() - start, 2)
     # CPU seconds of this one-thread process: what the trim costs on a free core, whatever else the machine runs
     row["trim_cpu_seconds"] = round(time.process_time() - cpu, 2)
@@ -169,17 +219,32 @@ def summarise(rows: list[dict], key: str = "finetuned") -> dict:
     return out
 
 
+def variant(c: dict, net: str, budget: float, method: str, key: str) -> str:
+    """One of trimflow's variants in a cell, mean ± std (n), or a dash."""
+    v = c.get((net, budget, method), {}).get(key)
+    if not v:
+        return "—"
+    m, sd = ms(v)
+    return f"{m:.4f} ± {sd:.4f} (n={len(v)})"
+
+
 def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
     s_ft, s_lf = summarise(rows, "finetuned"), summarise(rows, "trimmed")
+    c = cells(rows)
     lines = ["# Trimming over a zoo of networks", "",
-             f"Rows: `bench/results/trim-zoo.jsonl`, made by the commands in `bench/results/trim-zoo-commands.txt`; "
+             f"Rows: `{_shown(OUT.with_suffix('.jsonl'))}`, made by the commands in "
+             f"`{_shown(OUT.with_name(OUT.name + '-commands.txt'))}`; "
              f"tables by `{args_line}`; summary JSON beside this file. Test accuracy on a fixed 2,000-image test "
              "subset (seed 0; mnist-zoo: its whole 1,996-digit test split).", "",
              "Every method trims the same pretrained net to the same fraction of its MACs; then every row gets the "
              "same fine-tune and is evaluated on the same test images. Mean ± std over fine-tune seeds. A peer "
              "family stands at its better allocation (uniform or its own global one) per cell. `tune` nets are "
              "the two the default was chosen on (label-free accuracy on a validation split of their training "
-             "images); `holdout` nets were not looked at while choosing it.", ""]
+             "images); `holdout` nets were not looked at while choosing it.", "",
+             "`trimflow` is the flow's default trim (relevance x consumer norm, sensitivity allocation measured by "
+             "KL divergence from the untrimmed net, least-squares reconstruction: no labels, no gradient step); "
+             "`trimflow-rank` is the same with one fraction of kernels per layer (cheaper; not ranked among the "
+             "peers).", ""]
     lines += ["## Nets", "", "| net | role | what | float test accuracy | params | MACs |", "|---|---|---|---|---|---|"]
     for net, f in floats.items():
         lines.append(f"| {net} | {NETS[net]['role']} | {NETS[net]['what']} | {f['accuracy']:.4f} | {f['params']:,} "
@@ -187,8 +252,8 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
     for title, summ, key in (("After the identical fine-tune", s_ft, "finetuned"),
                              ("Right after trimming: no labels (except taylor), no fine-tune", s_lf, "trimmed")):
         lines += ["", f"## {title}", "",
-                  "| net | MACs kept | seeds | trimflow | best peer | random | trimflow rank | within 1 std of best |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| net | MACs kept | seeds | trimflow | best peer | random | trimflow rank | within 1 std of best "
+                  "| trimflow-rank |", "|---|---|---|---|---|---|---|---|---|"]
         ranks = []
         for (net, budget), s in summ.items():
             fam = s["families"]
@@ -201,7 +266,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
             lines.append(f"| {net} | {1 / budget:.0f}x ({budget:g}) | {s['seeds']} | {tm:.4f} ± {ts:.4f} | "
                          f"{fam[bp][0] if bp else '—'} {fam[bp][1]:.4f} ± {fam[bp][2]:.4f} | "
                          f"{f'{rnd[1]:.4f}' if rnd else '—'} | {s['rank']['trimflow']} / {len(fam)} | "
-                         f"{'yes' if ok else '**no**'} |")
+                         f"{'yes' if ok else '**no**'} | {variant(c, net, budget, 'trimflow-rank', key)} |")
         if ranks:
             fams = sorted({f for r in ranks for f in r})
             mean_rank = {f: statistics.mean(r[f] for r in ranks if f in r) for f in fams}
@@ -214,20 +279,24 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
                     lines.append(f"- at {1 / budget:.0f}x: trimflow minus the best peer, mean over {len(d)} nets: "
                                  f"{100 * statistics.mean(d):+.2f} pt")
     measured = COST.exists()
-    cost = {}
+    cost: dict = {}
     for r in ([json.loads(line) for line in COST.read_text().splitlines()] if measured else rows):
-        if r["method"] == "trimflow":
-            cost.setdefault(r["net"], []).append((r.get("trim_cpu_seconds"), r["trim_seconds"]))
+        if r["method"] in OURS:
+            cost.setdefault((r["net"], r["method"]), []).append(
+                (r.get("trim_cpu_seconds"), r["trim_seconds"], r.get("threads", 1)))
     if cost:
-        lines += ["", "## Cost of trimflow's trim (scoring + reconstruction, 2,000 images, one thread)", ""]
+        lines += ["", "## Cost of trimflow's trim (scoring + allocation + reconstruction, 2,000 images)", ""]
         if measured:  # the rows above span code versions; this table is one run of the current code
-            lines += [f"Measured by `.venv/bin/python bench/trim_zoo.py --cost` (one process, every net at 2x/4x/16x, "
-                      f"seed 0; `{COST.relative_to(ROOT)}`).", ""]
-        lines += ["| net | CPU s (mean, max) | wall s on the shared machine (mean) |", "|---|---|---|"]
-        for net, v in cost.items():
-            cpu = [c for c, _ in v if c is not None]
-            lines.append(f"| {net} | {f'{statistics.mean(cpu):.1f}, {max(cpu):.1f}' if cpu else '—'} | "
-                         f"{statistics.mean(w for _, w in v):.1f} |")
+            lines += [f"Measured by `.venv/bin/python bench/trim_zoo.py --cost` (the current code, every net at "
+                      f"2x/4x/16x, seed 0; `{_shown(COST)}`; the command of each run is in "
+                      f"{OUT.name}-commands.txt).", ""]
+        lines += ["| net | method | threads | CPU s (mean, max) | wall s (mean, max) |", "|---|---|---|---|---|"]
+        for (net, method), v in cost.items():
+            cpu = [c for c, _, _ in v if c is not None]
+            wall = [w for _, w, _ in v]
+            lines.append(f"| {net} | {method} | {', '.join(str(t) for t in sorted({t for _, _, t in v}))} | "
+                         f"{f'{statistics.mean(cpu):.1f}, {max(cpu):.1f}' if cpu else '—'} | "
+                         f"{statistics.mean(wall):.1f}, {max(wall):.1f} |")
     lines += ["", "## Every method (mean ± std over seeds; after trimming → after fine-tune)", ""]
     c = cells(rows)
     for net in dict.fromkeys(r["net"] for r in rows):
@@ -287,6 +356,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    global OUT, COST
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nets", nargs="+", default=list(NETS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -300,11 +370,29 @@ def main() -> None:
     p.add_argument("--ft-lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--shard", default="0/1", help="K/N: run every N-th row starting at K")
+    p.add_argument("--shard", default="0/1", help="K/N: run every N-th (seed, net) group starting at K")
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--cost", action="store_true", help="time trimflow's trim (scoring + refit) on every net and "
-                   "budget with the current code, seed 0, no fine-tune; rewrites trim-zoo-cost.jsonl")
+    p.add_argument("--out", type=Path, default=OUT, help="output prefix: PREFIX.jsonl/.md/.json/.png, "
+                   "PREFIX-cost.jsonl, PREFIX-nets.json (default bench/results/trim-zoo)")
+    p.add_argument("--add", action="append", default=[], metavar="NAME=CHECKPOINT@DATASET[@DATA_DIR]",
+                   help="add your own net (kept in PREFIX-nets.json for later runs with the same --out)")
+    p.add_argument("--cost", action="store_true", help="time trimflow's trim (scoring + allocation + refit) with the "
+                   "current code for --nets, --budgets and our --methods (default trimflow), seed 0, no fine-tune; "
+                   "replaces those rows of trim-zoo-cost.jsonl")
     args = p.parse_args()
+    OUT, COST = args.out.resolve(), args.out.resolve().with_name(args.out.name + "-cost.jsonl")
+    user_nets = OUT.with_name(OUT.name + "-nets.json")
+    if user_nets.exists():
+        NETS.update(json.loads(user_nets.read_text()))
+    if args.add:
+        added = [add_net(spec) for spec in args.add]
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        user_nets.write_text(json.dumps({n: v for n, v in NETS.items() if v["role"] == "user"}, indent=1))
+        if args.nets == list(p.get_default("nets")):
+            args.nets = added
+    unknown = [n for n in args.nets if n not in NETS]
+    if unknown:
+        raise SystemExit(f"--nets: unknown net(s) {', '.join(unknown)}; known: {', '.join(NETS)} (or --add one)")
     torch.set_num_threads(args.threads)
     if args.cost:
         measure_cost(args)
@@ -319,18 +407,20 @@ def main() -> None:
             done.add((r["net"], r["method"], r["budget"], r["seed"]))
     k, n = (int(v) for v in args.shard.split("/"))
     if not args.report_only:
-        todo = [(s, net, b, m) for s in args.seeds for net in args.nets for b in args.budgets for m in args.methods]
-        todo = [t for i, t in enumerate(todo) if i % n == k and (t[1], t[3], t[2], t[0]) not in done]
+        # shards take whole (seed, net) groups, so one process measures a net's sensitivity table once per seed
+        groups = [(s, net) for s in args.seeds for net in args.nets]
+        todo = [(s, net, b, m) for g, (s, net) in enumerate(groups) if g % n == k
+                for b in args.budgets for m in args.methods if (net, m, b, s) not in done]
         loaded: dict = {}
         for i, (seed, net, budget, method) in enumerate(todo, 1):
             if net not in loaded:
                 model, _ = load_checkpoint(ensure(net))
                 ds = NETS[net]["dataset"]
-                test = subset(load_dataset(ds, "test"), args.test_images, 0)
-                loaded = {net: (model.eval(), (load_dataset(ds, "train"), test))}
-            model, sets = loaded[net]
+                test = subset(split_of(net, "test"), args.test_images, 0)
+                loaded = {net: (model.eval(), (split_of(net, "train"), test), {})}
+            model, sets, tables = loaded[net]
             try:
-                row = one_row(net, model, method, budget, seed, sets, args)
+                row = one_row(net, model, method, budget, seed, sets, args, tables)
             except Exception as e:  # a peer that cannot handle a net is a result, not a crash of the bench
                 row = {"net": net, "role": NETS[net]["role"], "method": method, "budget": budget, "seed": seed,
                        "error": f"{type(e).__name__}: {e}"[:300]}
@@ -343,19 +433,25 @@ def main() -> None:
 
 
 def measure_cost(args) -> None:
-    """trimflow's trim (relevance scores + allocation + refit) timed on each net and budget, in one process."""
-    rows = []
+    """trimflow's trim (relevance scores + allocation + refit) timed per net, budget and method of ours, seed 0.
+
+    Rows of the nets and methods measured now replace their old rows in trim-zoo-cost.jsonl; the others stay.
+    """
+    methods = [m for m in args.methods if m in OURS] or ["trimflow"]
+    old = [json.loads(line) for line in COST.read_text().splitlines()] if COST.exists() else []
+    rows = [r for r in old if not (r["net"] in args.nets and r["method"] in methods)]
     for net in args.nets:
         model, _ = load_checkpoint(ensure(net))
-        calib = subset(load_dataset(NETS[net]["dataset"], "train"), args.calib_images, 0)
-        for budget in args.budgets:
-            start, cpu = time.perf_counter(), time.process_time()
-            trim_one(model.eval(), "trimflow", budget, calib, 0, args)
-            rows.append({"net": net, "method": "trimflow", "budget": budget,
-                         "trim_seconds": round(time.perf_counter() - start, 2),
-                         "trim_cpu_seconds": round(time.process_time() - cpu, 2)})
-            print(f"{net} {budget}: {rows[-1]['trim_cpu_seconds']} CPU-s", flush=True)
-    COST.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        calib = subset(split_of(net, "train"), args.calib_images, 0)
+        for method in methods:
+            for budget in args.budgets:
+                start, cpu = time.perf_counter(), time.process_time()
+                trim_one(model.eval(), method, budget, calib, 0, args)
+                rows.append({"net": net, "method": method, "budget": budget, "threads": args.threads,
+                             "trim_seconds": round(time.perf_counter() - start, 2),
+                             "trim_cpu_seconds": round(time.process_time() - cpu, 2)})
+                print(f"{net} {method} {budget}: {rows[-1]['trim_cpu_seconds']} CPU-s", flush=True)
+                COST.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_report(jsonl: Path, test_images: int | None) -> None:
@@ -364,7 +460,7 @@ def write_report(jsonl: Path, test_images: int | None) -> None:
     floats = {}
     for net in dict.fromkeys(r["net"] for r in rows):
         model, _ = load_checkpoint(ensure(net))
-        test = subset(load_dataset(NETS[net]["dataset"], "test"), test_images, 0)
+        test = subset(split_of(net, "test"), test_images, 0)
         params, macs = count_params_macs(model, test.shape)
         floats[net] = {"accuracy": evaluate(model.eval(), test), "params": params, "macs": macs}
     args_line = "bench/trim_zoo.py " + " ".join(sys.argv[1:])

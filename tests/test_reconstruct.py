@@ -139,3 +139,58 @@ def test_one_untrimmed_pass_or_one_per_layer_gives_the_same_refit():
     assert results[0][1] == results[1][1] and len(results[0][1]) >= 3
     for k, v in results[0][0].items():
         assert torch.equal(v, results[1][0][k]), k
+
+
+def test_cached_untrimmed_outputs_give_the_same_refit_for_any_keep_set():
+    # The sensitivity probes of one group share the untrimmed net's outputs (every channel cached, the kept ones
+    # taken per call): each refit must be bit-identical to one computed without the cache.
+    from trimflow.graph import build_graph
+    from trimflow.reconstruct import reconstruct
+    from trimflow.trim import remove_channels
+
+    net = build_model("cnv").eval()
+    data = _images(48, shape=(1, 28, 28))
+    graph = build_graph(net, data.shape)
+    cfg = ReconstructConfig(positions=8)
+    cache: dict = {}
+    g1, g2 = graph.prunable()[1:3]
+    readers = [u.name for u in graph.uses.values() if u.kind in ("conv", "linear")
+               and any(graph.find(s.group) == g1.id for s in u.inputs)]
+    assert any(graph.uses[r].out_group is not None and graph.find(graph.uses[r].out_group) == g2.id for r in readers)
+    # g1's probes at two widths, then g1 and the readers' own output group g2 trimmed (kept outputs sliced)
+    for keep in ({g1.id: torch.arange(3) * 2}, {g1.id: torch.arange(9)},
+                 {g1.id: torch.arange(5) * 3, g2.id: torch.arange(7) * 2}):
+        plain, cached = remove_channels(net, graph, keep), remove_channels(net, graph, keep)
+        a = reconstruct(net, plain, graph, keep, data, cfg, readers)
+        b = reconstruct(net, cached, graph, keep, data, cfg, readers, cache)
+        assert a == b and cache
+        for name, v in plain.state_dict().items():
+            assert torch.equal(v, cached.state_dict()[name]), name
+
+
+def test_rescale_restores_the_weight_scale_and_changes_no_output():
+    net = build_model("cnv").eval()
+    with torch.no_grad():
+        for m in net.modules():  # BN statistics away from 0/1, so the running-stat bookkeeping is exercised
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    data = _images(64, shape=(1, 28, 28))
+    scores = _scores(net, data.shape)
+    base = TrimConfig(policy="uniform", keep=0.25, compensation="reconstruct")
+    out = {}
+    for rescale in (False, True):
+        cfg = dataclasses.replace(base, reconstruct=ReconstructConfig(positions=16, rescale=rescale))
+        trimmed, report = trim_model(net, scores, cfg, data)
+        out[rescale] = (trimmed, report)
+    x = data.float_images()[:16]
+    with torch.no_grad():
+        assert torch.allclose(out[False][0](x), out[True][0](x), atol=1e-5, rtol=1e-4)
+    records = {r["layer"]: r for r in out[True][1].reconstruction}
+    convs = [name for name, r in records.items() if r.get("rescaled") is not None]
+    assert convs and records["classifier"].get("rescaled") is None  # no BN after the classifier: left alone
+    for name in convs:
+        w, ref = out[True][0].get_submodule(name).weight, net.get_submodule(name).weight
+        kept = [layer["kept_indices"] for layer in out[True][1].layers if name in layer["producers"]]
+        ref = ref[kept[0]] if kept else ref
+        assert torch.allclose(w.flatten(1).pow(2).mean(1).sqrt(), ref.flatten(1).pow(2).mean(1).sqrt(), rtol=1e-4)

@@ -225,3 +225,43 @@ def test_table_measured_once_for_every_budget(cnv, tmp_path, monkeypatch):
     other = dataclasses.replace(SENS, compensation="none")
     assert trim_mod.cached_sensitivity(tmp_path, model, scores, data, other, progress=False)[1] is False
     assert len(calls) == 2
+
+
+def test_guard_falls_back_to_rank_when_the_table_misleads(cnv):
+    """A table that calls one group free to cut to a single kernel: the allocation follows it, the whole-net check
+    (KL from the untrimmed net) catches it and the rank allocation is used; guard=none keeps the bad allocation."""
+    model, data, scores = cnv
+    graph = build_graph(model, (1, 28, 28))
+    cfg = dataclasses.replace(SENS, budget=0.5, round_to=1, recalibrate_bn=False,
+                              sensitivity=dataclasses.replace(SENS.sensitivity, images=64))
+    first = graph.prunable()[0]
+    table = {"groups": {}}
+    for g in graph.prunable():
+        counts = probe_counts(g.size, cfg)
+        slope = 0.0 if g.id == first.id else 1.0
+        table["groups"][g.name] = {"size": g.size, "counts": counts,
+                                   "drop": [slope * (g.size - c) / g.size for c in counts]}
+    unchecked = dataclasses.replace(cfg, sensitivity=dataclasses.replace(cfg.sensitivity, guard="none"))
+    _, bad = trim_model(model, scores, unchecked, data, sensitivity=table, progress=False)
+    assert bad.allocation_check is None
+    assert next(lay["kept"] for lay in bad.layers if lay["name"] == first.name) == 1
+    trimmed, report = trim_model(model, scores, cfg, data, sensitivity=table, progress=False)
+    check = report.allocation_check
+    assert check["used"] == "rank" and check["images"] == 64 and not check["same_as_rank"]
+    assert check["kl"]["rank"] < check["kl"]["sensitivity"]
+    rank = dataclasses.replace(cfg, allocation="rank")
+    _, by_rank = trim_model(model, scores, rank, data, progress=False)
+    assert [lay["kept_indices"] for lay in report.layers] == [lay["kept_indices"] for lay in by_rank.layers]
+    assert report.macs_after <= 0.5 * report.macs_before
+    with pytest.raises(FlowError, match="trim.sensitivity: guard 'maybe' unknown; use one of rank, none"):
+        SensitivityConfig(guard="maybe")
+
+
+def test_report_names_the_allocation_used():
+    from trimflow.report.build_report import allocation_lines
+    assert allocation_lines({}) == []
+    line = allocation_lines({"allocation_check": {"used": "rank", "same_as_rank": False, "images": 500,
+                                                  "kl": {"sensitivity": 0.91, "rank": 0.12}}})[0]
+    assert "**rank**" in line and "sensitivity 0.9100, rank 0.1200" in line and "500" in line
+    assert "same kernel counts" in allocation_lines({"allocation_check": {"used": "sensitivity",
+                                                                         "same_as_rank": True}})[0]

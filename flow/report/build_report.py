@@ -54,6 +54,22 @@ def compensation_section(rep: dict[str, Any]) -> list[str]:
             table(("layer", "samples", "unknowns", "error before", "error after", "ridge", "note"), rows), ""]
 
 
+def allocation_lines(rep: dict[str, Any]) -> list[str]:
+    """Which allocation the sensitivity guard kept (trim.sensitivity.guard), with the divergences that decided it."""
+    check = rep.get("allocation_check")
+    if not check:
+        return []
+    if check.get("same_as_rank"):
+        why = "it keeps the same kernel counts as one fraction per layer (rank)"
+    elif check.get("unchecked"):
+        why = f"not compared with rank: {check['unchecked']}"
+    else:
+        kl = check["kl"]
+        why = (f"KL divergence from the untrimmed net on {num(check['images'])} calibration images: sensitivity "
+               f"{kl['sensitivity']:.4f}, rank {kl['rank']:.4f}")
+    return [f"Kernels shared out by **{check['used']}** allocation ({why}).", ""]
+
+
 def _kernels_rows(rep: dict[str, Any]) -> list[tuple]:
     return [(", ".join(layer.get("producers", [layer.get("name")])), layer["total"], layer["kept"],
              pct(layer["kept"] / layer["total"], 0)) for layer in rep.get("layers", [])]
@@ -211,6 +227,7 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
                f"{pct(hw['accuracy_floor'])} on {num(trim.validation['images'])} validation images held "
                f"out of the training split, seed {trim.validation['seed']}; never the test split).",
                "", hw["table"], ""]
+    md += allocation_lines(rep)
     md += compensation_section(rep)
     if rep.get("layers"):
         md += ["### Kernels kept per layer", "", table(("layer", "kernels", "kept", "share"), _kernels_rows(rep)),

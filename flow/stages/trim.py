@@ -53,6 +53,9 @@ def run(b: BuildInputs, ctx: StageContext, config) -> TrimResult:
         trimmed, report, hwtrim = found.model, found.trim_report, found.to_json()
     else:
         trimmed, report = trim_model(model, scores, tcfg, calib=calib, sensitivity=sensitivity)
+    if report.allocation_check and report.allocation_check["used"] != "sensitivity":
+        ctx.console.print(f"trim: the sensitivity allocation left the net further from the untrimmed one than one "
+                          f"fraction per layer (KL {report.allocation_check['kl']}); used rank allocation")
     acc_trimmed = evaluate(trimmed, data.test)
     # What the compensation bought: the same kernels removed without it (same allocation: the sensitivity
     # table, if any, is reused), scored on the same images before any fine-tune.
