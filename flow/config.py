@@ -63,14 +63,16 @@ class FlowConfig:
     relevance: RelevanceConfig = RelevanceConfig()
     # Half the MACs, kernel counts in multiples of 4 so PE/SIMD folding has divisors to choose from. Every later
     # layer is refitted by least squares to reproduce the untrimmed net's output on the representative images
-    # (compensation=reconstruct: no labels, no gradient step; bench/results/trim-zoo.md: first at every budget on
-    # every zoo net, before and after an identical short fine-tune). How many kernels each layer loses comes from
-    # its measured sensitivity (each layer trimmed alone and refitted, KL divergence from the untrimmed net on 500
-    # calibration images, no labels): at 2x it keeps more parameters for the same MACs than one fraction per
-    # layer (61.8k vs 54.2k on CNV), which the long distilled fine-tune and QAT below turn into accuracy (W4A4
-    # 91.73 % with one fraction per layer). It also holds at 4x and 16x: after the zoo bench's fine-tune it beat
-    # one fraction per layer (allocation=rank) on CNV (90.35 / 86.50 % vs 89.85 / 86.35 %) and ResNet-8 (85.45 /
-    # 81.55 % vs 85.08 / 79.93 %) (bench/results/trim-zoo.md, seed 0 against 3-seed means).
+    # (compensation=reconstruct: no labels, no gradient step). How many kernels each layer loses comes from its
+    # measured sensitivity (each layer trimmed alone and refitted, KL divergence from the untrimmed net on 500
+    # calibration images, no labels), checked on the whole net against one fraction per layer
+    # (trim.sensitivity.guard). At 2x it keeps more parameters for the same MACs than one fraction per layer (61.8k
+    # vs 54.2k on CNV), which the long distilled fine-tune and QAT below turn into accuracy (W4A4 91.73 % with one
+    # fraction per layer). bench/results/trim-zoo.md: first in all 21 cells of the zoo (7 nets, 2x/4x/16x, 3 seeds,
+    # 5 nets held out) after an identical short fine-tune, and right after trimming. Under a long fine-tune
+    # (trim-zoo-longft.md) peers catch up on CNV-like nets and Taylor leads at 16x: see README.
+    # trim.reconstruct.rescale stays off: it gains 1.2-2.7 pt under the long fine-tune on the held-out CNV-likes
+    # but cost 0.23 pt W4A4 on this build (91.84 vs 92.07 %, one thread).
     trim: TrimConfig = TrimConfig(policy="budget", budget=0.5, budget_metric="macs", round_to=4,
                                   compensation="reconstruct", recalibrate_bn=False, allocation="sensitivity")
     # Float fine-tune right after trimming, distilled from the untrimmed net (+0.2–0.4 pt at 50 % MACs in bench/trim.py).

@@ -51,8 +51,9 @@ class ReconstructConfig:
     # running statistics absorbing the factor: the net computes exactly the same, but a fine-tune then moves the
     # weights as fast as it would the pretrained ones. The refit makes up for the lost inputs with larger weights
     # (2-4x the RMS on CNV at 16x fewer MACs, the classifier 8x), and an optimiser's step is a smaller fraction of
-    # a larger weight. Under a long fine-tune (2 epochs, Adam 1e-3) CNV at 16x gained +0.4 / +0.7 pt with it
-    # (bench/results/trim-zoo-longft.md, 2 seeds); not yet measured over the zoo, hence off.
+    # a larger weight. Under a long fine-tune (2 epochs, Adam 1e-3; bench/results/trim-zoo-longft.md) it gained
+    # +0.2 pt on CNV and +2.7 / +1.3 pt on the held-out CNV-likes at 16x; off because the default build's distilled
+    # SGD fine-tune and QAT ended 0.23 pt lower with it (W4A4 91.84 vs 92.07 %).
     rescale: bool = False
 
     def __post_init__(self):
