@@ -377,8 +377,8 @@ def main() -> None:
     p.add_argument("--add", action="append", default=[], metavar="NAME=CHECKPOINT@DATASET[@DATA_DIR]",
                    help="add your own net (kept in PREFIX-nets.json for later runs with the same --out)")
     p.add_argument("--cost", action="store_true", help="time trimflow's trim (scoring + allocation + refit) with the "
-                   "current code for --nets, --budgets and our --methods (default trimflow), seed 0, no fine-tune; "
-                   "replaces those rows of trim-zoo-cost.jsonl")
+                   "current code for --nets, --budgets and our --methods (default: every variant of ours), seed 0, no "
+                   "fine-tune; replaces those rows of trim-zoo-cost.jsonl")
     args = p.parse_args()
     OUT, COST = args.out.resolve(), args.out.resolve().with_name(args.out.name + "-cost.jsonl")
     user_nets = OUT.with_name(OUT.name + "-nets.json")

@@ -245,14 +245,16 @@ def _rescale(original: nn.Module, trimmed: nn.Module, use, out_keep: torch.Tenso
     with torch.no_grad():
         rms = lambda w: w.flatten(1).double().pow(2).mean(1).sqrt()  # noqa: E731
         s = (rms(mod.weight) / rms(ref).clamp_min(1e-12)).clamp_min(1e-12)
-        var = (bn.running_var.double() + bn.eps) / s.square() - bn.eps
-        s = torch.where(var > 0, s, torch.ones_like(s))
+        old_var = bn.running_var.double()
+        var = (old_var + bn.eps) / s.square() - bn.eps
+        ok = var > 0
+        s, var = torch.where(ok, s, torch.ones_like(s)), torch.where(ok, var, old_var)
         shape = (-1,) + (1,) * (mod.weight.dim() - 1)
         mod.weight.div_(s.view(shape).to(mod.weight.dtype))
         if mod.bias is not None:
             mod.bias.div_(s.to(mod.bias.dtype))
         bn.running_mean.div_(s.to(bn.running_mean.dtype))
-        bn.running_var.copy_(((bn.running_var.double() + bn.eps) / s.square() - bn.eps).to(bn.running_var.dtype))
+        bn.running_var.copy_(var.to(bn.running_var.dtype))
     return round(float(s.mean()), 4)
 
 
@@ -264,9 +266,9 @@ def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, ke
     `keep` is the kept channel indices per trimmed group (as trimflow.trim chose them); `layers` restricts the refit
     to these layers (the sensitivity probes refit only the consumers of the probed group); `targets_cache` keeps the
     untrimmed net's sampled outputs between calls on the same images (the probes of one group share them). Returns
-    one record per
-    refitted layer: samples, unknowns, ridge, condition number, fallback reason if any, and the relative error of
-    the layer's output (residual energy / output variance energy) before and after the refit.
+    one record per refitted layer: samples, unknowns, ridge, condition number, fallback reason if any, the relative
+    error of the layer's output (residual energy / output variance energy) before and after the refit, and with
+    cfg.rescale the mean factor the layer was scaled back by.
     """
     if len(images) == 0:
         raise FlowError("reconstruction needs representative images; the calibration set is empty")

@@ -637,7 +637,7 @@ def trim_model(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig = Trim
         rank_counts = choose_counts(graph, gscore, cfg, fixed)
         check = {"metric": "kl", "used": "sensitivity", "same_as_rank": rank_counts == counts}
         if calib_small is None:  # a table passed in without images: nothing to compare on, and the report says so
-            check.update(used="sensitivity", unchecked="no calibration images")
+            check["unchecked"] = "no calibration images"
         elif rank_counts != counts:
             alt = _cut(model, graph, gscore, rank_counts, cfg, means, calib_small)
             kl = _divergences(model, {"sensitivity": trimmed, "rank": alt[1]}, calib_small, cfg)
@@ -645,7 +645,6 @@ def trim_model(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig = Trim
             if kl["rank"] < kl["sensitivity"]:
                 check["used"] = "rank"
                 keep, trimmed, done = alt
-    trimmed.eval()
     p0, m0 = count_params_macs(model, graph.input_shape)
     p1, m1 = count_params_macs(trimmed, graph.input_shape)
     layers = [{"name": g.name, "producers": g.producers, "total": g.size, "kept": int(keep[g.id].numel()),
