@@ -57,11 +57,14 @@ def run(b: BuildInputs, ctx: StageContext, config) -> TrimResult:
         ctx.console.print(f"trim: the sensitivity allocation left the net further from the untrimmed one than one "
                           f"fraction per layer (KL {report.allocation_check['kl']}); used rank allocation")
     acc_trimmed = evaluate(trimmed, data.test)
-    # What the compensation bought: the same kernels removed without it (same allocation: the sensitivity
-    # table, if any, is reused), scored on the same images before any fine-tune.
+    # What the compensation bought: the same kernels removed without it, scored on the same images before any
+    # fine-tune. Same allocation: the sensitivity table, if any, is reused, and the one the guard chose is imposed
+    # (left to itself, the guard would compare uncompensated nets and could choose the other one).
     acc_uncompensated = None
     if tcfg.compensation != "none":
-        plain = dataclasses.replace(tcfg, compensation="none", budget=report.config["budget"])
+        used = (report.allocation_check or {}).get("used", tcfg.allocation)
+        plain = dataclasses.replace(tcfg, compensation="none", budget=report.config["budget"], allocation=used,
+                                    sensitivity=dataclasses.replace(tcfg.sensitivity, guard="none"))
         acc_uncompensated = evaluate(trim_model(model, scores, plain, calib=calib,
                                                 sensitivity=report.sensitivity, progress=False)[0], data.test)
     history = train(trimmed, data.train, finetune, teacher=model, desc="fine-tune trimmed")
