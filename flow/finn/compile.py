@@ -19,33 +19,29 @@ trimflow.finn.design.relocate_compile_dir(out_dir) before using them.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Sequence
-
-import numpy as np
+from typing import Any, Callable, ClassVar, Literal
 
 from trimflow import FlowError
 from trimflow.artifacts import atomic_dir, write_json
 from trimflow.boards import Board, BoardFitError, FitReport, check_fit
 from trimflow.finn.adapter import finn_session
-from trimflow.finn.design import (CODEGEN_DIR, FINN_DIR, FOLDING_FILE, HW_MODEL, PARENT_MODEL, RESULT_FILE, HostOp,
-                                  TensorInfo, apply_host_ops)
+from trimflow.finn.design import (CODEGEN_DIR, FINN_DIR, FOLDING_FILE, HW_MODEL, PARENT_MODEL, RESULT_FILE, Design,
+                                  FOLDING_ATTRS, ASSUMED, HostOp, Layer, TensorInfo)
 from trimflow.finn.pareto import PARETO_FILE, read_pareto_summary
 from trimflow.finn.reports import EstimateReport, parse_estimates
 from trimflow.finn.residual import streamline_residual
+from trimflow.finn.graph_edits import detach_tail, host_head, integer_input, prefer_impl
 from trimflow.finn.rules import StepTracker, rewrite_paths
+from trimflow.finn.verification import Verification, verify_streamlined
+from trimflow.finn.verification import verify_images as verify_images_of
 
 SEARCH_DIR = "folding_search"  # the fully folded build the optimiser starts from (removed afterwards)
-TAIL_OPS = ("Mul", "Add", "Sub", "Div")
-_COMMUTATIVE = ("Mul", "Add")
-# Host-side head ops that only change the layout of the input (FINN's streams are NHWC).
-_LAYOUT_OPS = ("Transpose", "Reshape")
 
 
 def positive_fps(fps: Any) -> bool:
@@ -116,18 +112,6 @@ class CompileConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Verification:
-    n_images: int
-    streamlined_max_abs_diff: float  # FINN streamlined model vs QONNX
-    streamlined_mismatches: int  # images outside tolerance
-    hw_max_abs_diff: float  # HW-layer model (python exec) + host tail vs QONNX
-    hw_mismatches: int
-    argmax_agreement: float  # fraction of images where the HW-layer model's class equals QONNX's
-    tolerance: float
-    ok: bool
-
-
-@dataclasses.dataclass(frozen=True)
 class CompileResult:
     board: str
     part: str
@@ -160,69 +144,6 @@ class CompileResult:
     # What the fit check counted and how (trimflow.finn.estimates): per-resource totals of the compute layers (FINN's
     # estimate completed with LUT for RTL MVAUs and FF), FIFOs, width converters, and the notes on each model.
     estimates: dict[str, Any] | None = None
-
-
-# ---------------------------------------------------------------- graph edits (run as builder steps)
-
-
-def _integer_input(model: Any, divisor: float) -> Any:
-    """Make the model take raw integer pixels: insert `x / divisor` and annotate the input UINT8."""
-    from onnx import helper
-    from qonnx.core.datatype import DataType
-
-    inp = model.graph.input[0].name
-    if model.get_tensor_datatype(inp) != DataType["FLOAT32"]:
-        return model  # the exporter already declared an integer input
-    scaled = model.make_new_valueinfo_name()
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name == inp:
-                node.input[i] = scaled
-    div_const = model.make_new_valueinfo_name()
-    model.set_initializer(div_const, np.asarray(divisor, dtype=np.float32))
-    model.graph.node.insert(0, helper.make_node("Div", [inp, div_const], [scaled], name="trimflow_input_div"))
-    model.set_tensor_datatype(inp, DataType["UINT8"])
-    return model
-
-
-def _detach_tail(model: Any) -> tuple[Any, list[HostOp]]:
-    """Cut the chain of elementwise-with-constant ops that ends at the graph output; return them in order."""
-    from onnx import helper
-
-    tail: list[HostOp] = []
-    while True:
-        out = model.graph.output[0]
-        node = model.find_producer(out.name)
-        if node is None or node.op_type not in TAIL_OPS or len(node.input) != 2:
-            break
-        consts = [model.get_initializer(i) for i in node.input]
-        if sum(c is not None for c in consts) != 1:
-            break
-        const_first = consts[0] is not None
-        if const_first and node.op_type not in _COMMUTATIVE:
-            tail.insert(0, HostOp(node.op_type, np.asarray(consts[0]).tolist(), const_first=True))
-        else:
-            tail.insert(0, HostOp(node.op_type, np.asarray(consts[0] if const_first else consts[1]).tolist()))
-        dyn = node.input[1] if const_first else node.input[0]
-        shape = model.get_tensor_shape(dyn)
-        model.graph.node.remove(node)
-        for vi in list(model.graph.value_info):
-            if vi.name == dyn:
-                model.graph.value_info.remove(vi)
-        model.graph.output.remove(out)
-        model.graph.output.append(helper.make_tensor_value_info(dyn, out.type.tensor_type.elem_type, shape))
-    return model, tail
-
-
-def _prefer_impl(model: Any, style: str) -> Any:
-    from qonnx.custom_op.registry import getCustomOp
-
-    for node in model.graph.node:
-        if node.domain.startswith("finn.custom_op.fpgadataflow"):
-            inst = getCustomOp(node)
-            if "preferred_impl_style" in inst.get_nodeattr_types():
-                inst.set_nodeattr("preferred_impl_style", style)
-    return model
 
 
 # ---------------------------------------------------------------- build
@@ -261,21 +182,21 @@ def _run_builder(
         from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
 
         try:
-            model = _integer_input(ModelWrapper(str(qonnx_path)), cfg.input_divisor)
+            model = integer_input(ModelWrapper(str(qonnx_path)), cfg.input_divisor)
         except Exception as e:
             raise FlowError(f"cannot read QONNX model {qonnx_path}: {type(e).__name__}: {e}") from None
         input_model = tmp / sub / "input_model.onnx"
         model.save(str(input_model))
 
         def detach(model: Any, _cfg: Any) -> Any:
-            model, ops = _detach_tail(model)
+            model, ops = detach_tail(model)
             tail.extend(ops)
             return model
 
         steps: list[Callable] = []
         for name in fb.estimate_only_dataflow_steps:
             if name == "step_specialize_layers":
-                steps.append(_named("step_trimflow_prefer_impl", lambda m, c: _prefer_impl(m, cfg.prefer)))
+                steps.append(_named("step_trimflow_prefer_impl", lambda m, c: prefer_impl(m, cfg.prefer)))
             steps.append(getattr(fb.steps, name))
             if name == "step_streamline":
                 # residual nets: fork/join reorderings FINN's chain-oriented streamlining leaves out (no-op on chains)
@@ -318,29 +239,6 @@ def _failed_dir(out_dir: Path) -> Path:
 def _tensor_info(model: Any, name: str, layout: str = "") -> TensorInfo:
     shape = [int(d) for d in model.get_tensor_shape(name)]
     return TensorInfo(name, shape, model.get_tensor_datatype(name).name, layout)
-
-
-def _host_head(parent: Any) -> list[HostOp]:
-    """The parent model's nodes before the dataflow partition; only layout changes are allowed there."""
-    head, outside = [], []
-    for node in parent.graph.node:
-        if node.op_type == "StreamingDataflowPartition":
-            continue
-        if node.op_type == "Transpose":
-            perm = [a.ints for a in node.attribute if a.name == "perm"][0]
-            head.append(HostOp("Transpose", [], perm=list(perm)))
-        elif node.op_type == "Reshape":
-            head.append(HostOp("Reshape", [], shape=[int(v) for v in parent.get_initializer(node.input[1])]))
-        else:
-            outside.append(f"{node.name} ({node.op_type})")
-    partitions = parent.get_nodes_by_op_type("StreamingDataflowPartition")
-    if outside or len(partitions) != 1:
-        raise FlowError(
-            f"FINN could not put the whole network into one dataflow partition ({len(partitions)} partitions); "
-            f"nodes left outside: {', '.join(outside) or 'none'}. Replace those layers with ones FINN supports "
-            "(conv/linear with quantized weights, quantized ReLU, strided conv instead of pooling)."
-        )
-    return head
 
 
 def compile_model(
@@ -389,11 +287,11 @@ def compile_model(
         est = parse_estimates(finn_out / "report", tmp / HW_MODEL)
         hw = ModelWrapper(str(tmp / HW_MODEL))
         parent = ModelWrapper(str(tmp / PARENT_MODEL))
-        head = _host_head(parent)
+        head = host_head(parent)
 
         verification = None
         if cfg.verify:
-            arr = _verify_images(verify_images, cfg, verify_dataset)
+            arr = verify_images_of(verify_images, cfg, verify_dataset)
             try:
                 verification = verify_streamlined(qonnx_path, finn_out, arr, cfg.input_divisor, tail)
             except Exception as e:
@@ -401,8 +299,9 @@ def compile_model(
                     f"verification (FINN python execution vs QONNX) of {qonnx_path} crashed: {type(e).__name__}: {e}"
                     "; set compile.verify=false to skip it"
                 ) from e
-        result = _result(board, cfg, est, hw, head, tail, verification, plan, t0, finn_out, out_dir)
+        result, design = _result(board, cfg, est, hw, head, tail, verification, plan, t0, finn_out, out_dir)
         write_json(tmp / RESULT_FILE, result)
+        design.save(tmp)
         rewrite_paths(tmp, str(tmp), str(out_dir.resolve()))
     if not result.fits and cfg.fail_if_not_fit:
         err = BoardFitError(_fit_report_from(result))
@@ -435,18 +334,6 @@ def _plan_folding(qonnx_path: Path, board: Board, cfg: CompileConfig, tmp: Path,
     return plan
 
 
-def _verify_images(images: Any, cfg: CompileConfig, dataset: str) -> np.ndarray:
-    if images is None:
-        from trimflow.data import load_dataset, subset
-
-        images = subset(load_dataset(dataset, "test"), cfg.verify_images, seed=0).images
-    images = getattr(images, "images", images)  # an ImageSet
-    arr = np.asarray(images)[: cfg.verify_images]
-    if arr.dtype != np.uint8 or arr.ndim != 4:
-        raise FlowError(f"verification images must be uint8 (N, C, H, W), got {arr.dtype} {arr.shape}")
-    return arr
-
-
 def _fit_report_from(result: CompileResult) -> FitReport:
     from trimflow.boards import ResourceFit
 
@@ -470,7 +357,7 @@ def _result(
     t0: float,
     finn_out: Path,
     out_dir: Path,
-) -> CompileResult:
+) -> tuple[CompileResult, Design]:
     from trimflow.artifacts import read_json, to_jsonable
 
     from trimflow.finn.estimates import estimate_design
@@ -482,7 +369,7 @@ def _result(
     hls = [n.name for n in hw.graph.node if n.op_type.endswith("_hls")]
     times_file = finn_out / "report" / "time_per_step.json"
     step_times = read_json(times_file) if times_file.exists() else {}
-    return CompileResult(
+    result = CompileResult(
         board=board.name,
         part=board.part,
         clock_period_ns=board.clock_period_ns,
@@ -525,50 +412,20 @@ def _result(
             "shell": dict(board.shell_overhead), "fifo_depth": design.fifo_depth, "notes": design.notes,
         },
     )
+    return result, Design(
+        board=board.name, part=board.part, clock_period_ns=board.clock_period_ns,
+        layers=[_layer(hw, n, design.layers[n.name], est) for n in hw.graph.node],
+        width_converters=design.dwc_list, fifos=design.fifo_list, host_head=head, host_tail=tail,
+        accel_input=result.accel_input, accel_output=result.accel_output, totals=design.totals,
+        fit=result.fit, fits=result.fits, fifo_depths=ASSUMED, notes=design.notes)
 
 
-# ---------------------------------------------------------------- verification
+def _layer(hw: Any, node: Any, estimate: dict[str, float], est: EstimateReport) -> Layer:
+    """The design's record of one HW node: its folding attributes, FINN's cycles and the completed estimate."""
+    from qonnx.custom_op.registry import getCustomOp
 
-
-def verify_streamlined(
-    qonnx_path: str | os.PathLike,
-    finn_out: str | os.PathLike,
-    images: np.ndarray,
-    input_divisor: float,
-    tail: Sequence[HostOp | dict],
-) -> Verification:
-    """Execute QONNX, FINN's streamlined model and FINN's HW-layer model (python mode) on the same images.
-
-    The streamlined model still holds the float tail; the HW-layer model's output gets `tail` applied on the host.
-    A QONNX model whose input is annotated integer (trimflow.export's UINT8 input) gets the raw pixels, a float-input
-    one gets `raw / input_divisor` (what compile_model's inserted Div computes). Agreement follows trimflow.verify.
-    """
-    from finn.core.onnx_exec import execute_onnx as finn_exec
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx as qonnx_exec
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    from trimflow.verify import compare_logits
-
-    inter = Path(finn_out) / "intermediate_models"
-    ref_model = ModelWrapper(str(qonnx_path)).transform(InferShapes())
-    ref_divisor = 1.0 if ref_model.get_tensor_datatype(ref_model.graph.input[0].name).is_integer() else input_divisor
-    streamlined = ModelWrapper(str(inter / "step_streamline.onnx"))
-    parent = ModelWrapper(str(inter / "dataflow_parent.onnx"))
-
-    def run(model: Any, x: np.ndarray, exec_fn: Callable) -> np.ndarray:
-        return exec_fn(model, {model.graph.input[0].name: x})[model.graph.output[0].name]
-
-    refs, s_outs, h_outs = [], [], []
-    with finn_session(Path(finn_out).parent / CODEGEN_DIR):
-        from rich.progress import track
-
-        for img in track(images, description="verify FINN vs QONNX", transient=True):
-            raw = img[None].astype(np.float32)
-            refs.append(run(ref_model, raw / np.float32(ref_divisor), qonnx_exec).reshape(-1))
-            s_outs.append(run(streamlined, raw, finn_exec).reshape(-1))
-            # the HW layers take NHWC; the parent model's head transposes, so feed it the NCHW raw image
-            h_outs.append(apply_host_ops(tail, run(parent, raw, finn_exec)).reshape(-1))
-    s, h = compare_logits(np.stack(refs), np.stack(s_outs)), compare_logits(np.stack(refs), np.stack(h_outs))
-    return Verification(len(images), s.max_abs_diff, s.beyond, h.max_abs_diff, h.beyond, h.top1_agreement,
-                        h.tolerance, s.ok and h.ok)
+    inst = getCustomOp(node)
+    attrs = inst.get_nodeattr_types()
+    cycles = next((r.cycles for r in est.layers if r.name == node.name), None)
+    return Layer(node.name, node.op_type, {a: int(inst.get_nodeattr(a)) for a in FOLDING_ATTRS if a in attrs},
+                 int(inst.get_exp_cycles()) if cycles is None else int(cycles), dict(estimate))

@@ -69,6 +69,8 @@ class DesignEstimate:
     fifo_depth: int
     notes: list[str]
     output_fifos: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # node → its output FIFO
+    fifo_list: list = dataclasses.field(default_factory=list)  # trimflow.finn.design.Fifo, what `fifos` counts
+    dwc_list: list = dataclasses.field(default_factory=list)  # trimflow.finn.design.WidthConverter
 
 
 def finn_node_resources(inst: Any, part: str) -> dict[str, float]:
@@ -178,19 +180,15 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
     width-converter insertion. `scratch` is a folder FINN may write into (removed afterwards).
 
     `sized_fifos`: the model's outFIFODepths/inFIFODepths already hold depths found by simulation
-    (trimflow.finn.fifos.set_fifo_depths); they are charged as they are instead of `fifo_depth` per stream."""
+    (trimflow.finn.fifos.set_fifo_depths); they are charged as they are instead of `fifo_depth` per stream.
+    The FIFOs and width converters counted are the estimate's `fifo_list` / `dwc_list`, with their streams: what
+    the design records (trimflow.finn.design) and the simulator builds."""
     from trimflow.finn.adapter import finn_session
 
     scratch = Path(scratch)
     try:
         with finn_session(scratch):
-            from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
-            from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
-            from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
-            from qonnx.core.modelwrapper import ModelWrapper
             from qonnx.custom_op.registry import getCustomOp
-
-            from trimflow.finn.residual import join_fifo_depths
 
             layers, finn_layers, output_fifos = {}, {}, {}
             for node in hw_model.graph.node:
@@ -198,41 +196,11 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
                 finn_layers[node.name] = finn_node_resources(inst, part)
                 layers[node.name] = node_resources(inst, part)
                 output_fifos[node.name] = output_fifo_resources(inst, part, fifo_depth)
-
-            model = ModelWrapper(copy.deepcopy(hw_model.model)).transform(InsertDWC())
-            for node in model.graph.node:
-                inst = getCustomOp(node)
-                attrs = inst.get_nodeattr_types()
-                if node.op_type.startswith("StreamingDataWidthConverter"):
-                    inst.set_nodeattr("preferred_impl_style", "rtl")
-                for a in ("inFIFODepths", "outFIFODepths"):
-                    if a in attrs and not sized_fifos:
-                        inst.set_nodeattr(a, [fifo_depth] * max(1, len(inst.get_nodeattr(a) or [0])))
-            # residual joins: the short branch's FIFO holds a whole image, or the fork/join deadlocks
-            for (name, idx), depth in ({} if sized_fifos else join_fifo_depths(model)).items():
-                inst = getCustomOp(model.get_node_from_name(name))
-                depths = list(inst.get_nodeattr("inFIFODepths"))
-                depths += [fifo_depth] * (idx + 1 - len(depths))  # FINN may declare one entry for two inputs
-                depths[idx] = max(depths[idx], depth)
-                inst.set_nodeattr("inFIFODepths", depths)
-            model = model.transform(InsertFIFO(create_shallow_fifos=True))
-            for node in model.graph.node:
-                if node.op_type == "StreamingFIFO":
-                    fifo = getCustomOp(node)
-                    fifo.set_nodeattr("preferred_impl_style", "rtl")
-                    if fifo.resolve_ram_style() == "ultra" and not _has_uram(part):
-                        fifo.set_nodeattr("ram_style", "block")  # what Vivado builds where there is no URAM
-            model = model.transform(SpecializeLayers(part))
-            groups: dict[str, list[dict[str, float]]] = {"fifo": [], "dwc": []}
-            for node in model.graph.node:
-                kind = ("fifo" if node.op_type.startswith("StreamingFIFO")
-                        else "dwc" if node.op_type.startswith("StreamingDataWidthConverter") else None)
-                if kind:
-                    groups[kind].append(node_resources(getCustomOp(node), part))
+            fifo_list, dwc_list = _streams(hw_model, part, fifo_depth, sized_fifos, estimate=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    fifos = {"count": float(len(groups["fifo"])), **_sum(groups["fifo"])}
-    dwcs = {"count": float(len(groups["dwc"])), **_sum(groups["dwc"])}
+    fifos = {"count": float(len(fifo_list)), **_sum([f.estimate for f in fifo_list])}
+    dwcs = {"count": float(len(dwc_list)), **_sum([d.estimate for d in dwc_list])}
     compute = _sum(list(layers.values()))
     totals = {r: compute[r] + fifos[r] + dwcs[r] for r in RESOURCES}
     notes = list(NOTES)
@@ -243,7 +211,83 @@ def estimate_design(hw_model: Any, part: str, scratch: str | Path, fifo_depth: i
             "FIFOs: the depths found by simulating the design (trimflow.sim.fifo_sizing), one StreamingFIFO_rtl per "
             "stream, FINN's fifo.sv cost model (StreamingFIFO.get_fifo_cost: SRL up to 33 entries, LUTRAM up to "
             "257, BRAM18 above)"]
-    return DesignEstimate(layers, finn_layers, fifos, dwcs, totals, fifo_depth, notes, output_fifos)
+    return DesignEstimate(layers, finn_layers, fifos, dwcs, totals, fifo_depth, notes, output_fifos, fifo_list,
+                          dwc_list)
+
+
+def stream_plan(hw_model: Any, part: str, fifo_depth: int = FIFO_DEPTH) -> tuple[list, list]:
+    """The FIFOs and width converters of the unsized design (no resource estimates): ([Fifo], [WidthConverter]).
+    The one place their depths are decided: `fifo_depth` per stream, a whole image on the short branch of a join.
+    Call inside a finn_session."""
+    return _streams(hw_model, part, fifo_depth, False, estimate=False)
+
+
+def _streams(hw_model: Any, part: str, fifo_depth: int, sized_fifos: bool, estimate: bool) -> tuple[list, list]:
+    """Insert width converters and FIFOs into a copy of `hw_model` as FINN does (trimflow.finn.rules) and list
+    them with the streams they sit on."""
+    from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from trimflow.finn.design import INPUT, OUTPUT, Fifo, WidthConverter
+    from trimflow.finn.residual import join_fifo_depths
+    from trimflow.finn.rules import insert_width_converters
+
+    model = insert_width_converters(ModelWrapper(copy.deepcopy(hw_model.model)))
+    for node in model.graph.node:
+        inst = getCustomOp(node)
+        attrs = inst.get_nodeattr_types()
+        if node.op_type.startswith("StreamingDataWidthConverter"):
+            inst.set_nodeattr("preferred_impl_style", "rtl")
+        for a in ("inFIFODepths", "outFIFODepths"):
+            if a in attrs and not sized_fifos:
+                inst.set_nodeattr(a, [fifo_depth] * max(1, len(inst.get_nodeattr(a) or [0])))
+    # residual joins: the short branch's FIFO holds a whole image, or the fork/join deadlocks
+    joins = join_fifo_depths(model)
+    for (name, idx), depth in ({} if sized_fifos else joins).items():
+        inst = getCustomOp(model.get_node_from_name(name))
+        depths = list(inst.get_nodeattr("inFIFODepths"))
+        depths += [fifo_depth] * (idx + 1 - len(depths))  # FINN may declare one entry for two inputs
+        depths[idx] = max(depths[idx], depth)
+        inst.set_nodeattr("inFIFODepths", depths)
+    model = model.transform(InsertFIFO(create_shallow_fifos=True))
+    for node in model.graph.node:
+        if node.op_type == "StreamingFIFO":
+            fifo = getCustomOp(node)
+            fifo.set_nodeattr("preferred_impl_style", "rtl")
+            if fifo.resolve_ram_style() == "ultra" and not _has_uram(part):
+                fifo.set_nodeattr("ram_style", "block")  # what Vivado builds where there is no URAM
+    model = model.transform(SpecializeLayers(part))  # names every node (trimflow.finn.rules)
+    fifos, dwcs = [], []
+    for node in model.graph.node:
+        inst = getCustomOp(node)
+        res = node_resources(inst, part) if estimate else {}
+        if node.op_type.startswith("StreamingFIFO"):
+            src, dst = model.find_producer(node.input[0]), model.find_consumer(node.output[0])
+            sp = 0 if src is None else list(src.output).index(node.input[0])
+            dp = 0 if dst is None else [t for t in dst.input if t and model.get_initializer(t) is None].index(
+                node.output[0])
+            src_name, dst_name = _end_name(model, node, INPUT), _end_name(model, node, OUTPUT)
+            fifos.append(Fifo(src_name, sp, dst_name, dp, _stream_width(inst, "in"), int(inst.get_nodeattr("depth")),
+                              0 if sized_fifos else joins.get((dst_name, dp), 0), res))
+        elif node.op_type.startswith("StreamingDataWidthConverter"):
+            dwcs.append(WidthConverter(node.name, _end_name(model, node, INPUT), _end_name(model, node, OUTPUT),
+                                       _stream_width(inst, "in"), _stream_width(inst, "out"), res))
+    return fifos, dwcs
+
+
+def _end_name(model: Any, node: Any, side: str) -> str:
+    """The node at the other end of `node`'s input (side INPUT) or output (OUTPUT) stream, past a FIFO in between
+    (FIFOs are listed apart); `side` itself when the stream leaves the partition."""
+    from trimflow.finn.design import INPUT
+
+    while True:
+        node = model.find_producer(node.input[0]) if side == INPUT else model.find_consumer(node.output[0])
+        if node is None:
+            return side
+        if not node.op_type.startswith("StreamingFIFO"):
+            return node.name
 
 
 def needed_scale(totals: dict[str, float], board: Any) -> float:

@@ -86,6 +86,32 @@ def tie_window_generator(swg: Any, pe: int) -> dict[str, int]:
     return folding
 
 
+# ---------------------------------------------------------------- FIFOs and width converters: how FINN inserts them
+
+# FINN's InsertDWC adds a StreamingDataWidthConverter on every stream whose two ends' widths differ, and InsertFIFO
+# (create_shallow_fifos=True, as step_set_fifo_depths runs it) a StreamingFIFO on every stream between two
+# dataflow nodes, width converters included, plus one in front of the first node and one behind the last. A FIFO's
+# depth is the larger of its producer's outFIFODepths and its consumer's inFIFODepths entry for that stream (FINN
+# clamps the port index to the attribute's length, so a one-entry attribute covers every port). Both transforms
+# leave the nodes they add unnamed, and SpecializeLayers, when it specialises anything, renames every node of the
+# graph (GiveUniqueNodeNames: `<op_type>_<k>`, k counting that op type in graph order). The design
+# (trimflow.finn.design) and the simulator refer to width converters by name; both insert them here and then
+# specialise, so a width converter gets the same name, StreamingDataWidthConverter_rtl_<k>, in both, and the
+# layers keep the names FINN gave them in the compile stage.
+
+
+def insert_width_converters(model: Any) -> Any:
+    """FINN's InsertDWC; each new node gets a provisional name `<op_type>_sim_<index>` until SpecializeLayers names
+    it (above). Call inside a finn_session."""
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+
+    model = model.transform(InsertDWC())
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_sim_{i}"
+    return model
+
+
 # ---------------------------------------------------------------- FINN's builder: which step failed
 
 
