@@ -60,3 +60,22 @@ def tiny_net(c1: int = 8, c2: int = 16):
         for _ in range(3):
             m(x)
     return m.eval()
+
+
+def fake_design(node_types=("MVAU_rtl", "Thresholding_rtl"), board: str = "pynq-z2", **changes):
+    """A small trimflow.finn.design.Design with one layer per op type, a width converter between the first two
+    layers and a FIFO on every stream (no FINN run)."""
+    from trimflow.finn.design import (ASSUMED, INPUT, OUTPUT, Design, Fifo, HostOp, Layer, TensorInfo,
+                                      WidthConverter)
+
+    res = {"LUT": 10.0, "FF": 20.0, "BRAM18": 0.0, "URAM": 0.0, "DSP": 1.0}
+    layers = [Layer(f"{op}_{i}", op, {"PE": 1}, 100, res) for i, op in enumerate(node_types)]
+    chain = [layers[0].name, "StreamingDataWidthConverter_rtl_0", *[x.name for x in layers[1:]]]
+    fifos = [Fifo(a, 0, b, 0, 8, 64, 0, res) for a, b in zip([INPUT, *chain], [*chain, OUTPUT])]
+    d = Design(board=board, part="xc7z020clg400-1", clock_period_ns=10.0, layers=layers,
+               width_converters=[WidthConverter(chain[1], chain[0], chain[2], 16, 8, res)], fifos=fifos,
+               host_head=[HostOp("Transpose", [], perm=[0, 2, 3, 1])], host_tail=[HostOp("Mul", [[0.5]])],
+               accel_input=TensorInfo("in", [1, 28, 28, 1], "UINT8", "NHWC"),
+               accel_output=TensorInfo("out", [1, 10], "INT8"), totals=res, fit={"board": board}, fits=True,
+               fifo_depths=ASSUMED, notes=["a note"])
+    return dataclasses.replace(d, **changes)

@@ -221,7 +221,7 @@ def test_pool_net_compiles_and_simulates_bit_exact(pool_net_qonnx, tmp_path, pe0
     cfg = CompileConfig(folding=_folding(tmp_path / "folding.json", pe0, pe1), verify_images=4)
     result = compile_model(qonnx_path, load_board("pynq-z2"), cfg, tmp_path / "compile", verify_images=test.images)
     assert result.verification.ok and sorted(result.hls_nodes) == ["Pool_hls_0", "Pool_hls_1"]
-    summary = simulate_compiled(tmp_path / "compile", json.loads((tmp_path / "compile" / "compile.json").read_text()),
+    summary = simulate_compiled(tmp_path / "compile",
                                 qonnx_path, test, SimConfig(optimize=False), tmp_path / "sim")
     assert summary.bit_exact_vs_finn_python and summary.matches_qonnx
     assert summary.top1_agreement_vs_qonnx == 1.0

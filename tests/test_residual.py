@@ -293,7 +293,7 @@ def test_residual_net_compiles_and_simulates_bit_exact(exported, data, tmp_path)
     assert sorted(result.hls_nodes) == ["DuplicateStreams_hls_0", "DuplicateStreams_hls_1", "ElementwiseAdd_hls_0",
                                         "ElementwiseAdd_hls_1"]
     assert result.fits and result.estimates["layers"]["LUT"] > 0
-    summary = simulate_compiled(tmp_path / "compile", json.loads((tmp_path / "compile" / "compile.json").read_text()),
+    summary = simulate_compiled(tmp_path / "compile",
                                 qonnx_path, data[1], SimConfig(optimize=False), tmp_path / "sim")
     assert summary.bit_exact_vs_finn_python and summary.matches_qonnx
     assert summary.top1_agreement_vs_qonnx == 1.0

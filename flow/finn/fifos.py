@@ -124,14 +124,15 @@ def fifo_config(model: Any, part: str) -> dict[str, Any]:
     return cfg
 
 
-def record_sized_fifos(hw_model_path: Any, sizing: Any, board: Any, out_dir: Any) -> dict[str, Any]:
-    """Write the sized depths next to a simulation (out_dir/FIFO_CONFIG for FINN, SIZED_MODEL: the HW model with
-    the depths as FINN attributes) and estimate the sized design; returns the simulate stage's summary of it.
+def record_sized_fifos(hw_model_path: Any, sizing: Any, board: Any, out_dir: Any, design: Any) -> dict[str, Any]:
+    """Write the sized depths next to a simulation and estimate the sized design; returns the simulate stage's
+    summary of it. Written to out_dir: FIFO_CONFIG (for FINN), SIZED_MODEL (the HW model with the depths as FINN
+    attributes) and a new version of the design (trimflow.finn.design.DESIGN_FILE, fifo_depths "simulation"): the
+    compile stage's `design` with the sized FIFOs, their estimate and fit; the compile stage's own file is unchanged.
 
     `sizing`: a trimflow.sim.fifo_sizing.FifoSizing of this model's simulator. The summary holds the estimate with
-    every FIFO at the depth the compile stage charged (trimflow.finn.estimates.FIFO_DEPTH, a whole image in front
-    of a join) and with the sized depths, the fit check of the latter, and the FIFOs that need more than the
-    compile stage charged."""
+    every FIFO at the depth the compile stage's design gives it and with the sized depths, the fit check of the
+    latter, and the FIFOs that need more than the design gave them."""
     from pathlib import Path
 
     from qonnx.core.modelwrapper import ModelWrapper
@@ -139,28 +140,31 @@ def record_sized_fifos(hw_model_path: Any, sizing: Any, board: Any, out_dir: Any
     from trimflow.artifacts import to_jsonable, write_json
     from trimflow.boards import check_fit
     from trimflow.finn.adapter import finn_session
-    from trimflow.finn.estimates import FIFO_DEPTH, estimate_design
-    from trimflow.finn.residual import join_fifo_depths
+    from trimflow.finn.design import SIMULATED
+    from trimflow.finn.estimates import estimate_design
 
     out_dir = Path(out_dir)
     links = [dataclasses.asdict(f) for f in sizing.fifos]
     with finn_session(out_dir / "fifo-finn"):
         model = ModelWrapper(str(hw_model_path))
-        charged = estimate_design(model, board.part, out_dir / "fifo-est-charged")
-        joins = join_fifo_depths(model)
         set_fifo_depths(model, links)
         sized = estimate_design(model, board.part, out_dir / "fifo-est-sized", sized_fifos=True)
         write_json(out_dir / FIFO_CONFIG, fifo_config(model, board.part))
         model.save(str(out_dir / SIZED_MODEL))
     fit = check_fit(sized.totals, board)
+    dataclasses.replace(design, fifos=sized.fifo_list, width_converters=sized.dwc_list, totals=sized.totals,
+                        fit=to_jsonable(fit), fits=fit.ok, fifo_depths=SIMULATED, notes=sized.notes,
+                        finn_fifo_config=FIFO_CONFIG).save(out_dir)
+
     def charged_depth(f: dict) -> int:
-        return max(FIFO_DEPTH, joins.get((f["consumer"], f["consumer_port"]), 0))
+        fifo = design.fifo_at(f["producer"], f["producer_port"], f["consumer"], f["consumer_port"])
+        return fifo.depth if fifo is not None else 0
 
     deeper = [f"{f['producer']} -> {f['consumer']}: {f['depth']} > {charged_depth(f)}" for f in links
               if f["depth"] > charged_depth(f)]
     return {
         **to_jsonable(sizing), "fifo_config": FIFO_CONFIG, "sized_model": SIZED_MODEL,
-        "estimate_charged": {"fifos": charged.fifos, "totals": charged.totals},
+        "estimate_charged": {"fifos": design.resources("fifos"), "totals": design.totals},
         "estimate_sized": {"fifos": sized.fifos, "totals": sized.totals},
         "fits_sized": fit.ok, "fit_sized": to_jsonable(fit), "fit_sized_table": fit.table(),
         "deeper_than_charged": deeper,

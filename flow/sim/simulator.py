@@ -20,8 +20,10 @@ from typing import ClassVar
 import numpy as np
 
 from trimflow import FlowError
-from trimflow.artifacts import atomic_dir, digest, file_digest, read_json, write_json
+from trimflow.artifacts import atomic_dir, digest, file_digest, read_json, to_jsonable, write_json
 from trimflow.finn.adapter import finn_session
+from trimflow.finn.design import DESIGN_FILE
+from trimflow.finn.design import load as load_design
 from trimflow.logs import progress
 from trimflow.resources import HW_DIR
 from trimflow.sim import stitch
@@ -46,7 +48,10 @@ class SimConfig:
         "clk_ns": "the board file decides it (boards/<board>.yaml: clock_period_ns)",
     }
 
-    fifo_depth: int = 32  # FIFO between layers when the model has no FINN-sized StreamingFIFO nodes; 0 = none
+    # FIFO depth on every link between two layers instead of the compiled design's (trimflow.finn.design: the depths
+    # it records, or for a bare HW model the ones trimflow.finn.estimates assumes); 0 = layers connected directly.
+    # A join's short branch keeps at least the depth the design says it needs. null: the design's depths.
+    fifo_depth: int | None = None
     max_cycles: int = 200_000_000  # hard limit for one run
     stall_cycles: int = 100_000  # watchdog: no handshake on any link for this many cycles = deadlock
     build_jobs: int = 2
@@ -57,8 +62,10 @@ class SimConfig:
     size_fifos: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.fifo_depth, int) or self.fifo_depth < 0 or self.fifo_depth == 1:
-            raise FlowError(f"SimConfig.fifo_depth must be 0 (no FIFOs) or >= 2, got {self.fifo_depth!r}")
+        if self.fifo_depth is not None and (not isinstance(self.fifo_depth, int) or isinstance(self.fifo_depth, bool)
+                                            or self.fifo_depth < 0 or self.fifo_depth == 1):
+            raise FlowError(f"SimConfig.fifo_depth must be null (the design's depths), 0 (no FIFOs) or >= 2, got "
+                            f"{self.fifo_depth!r}")
         for name in ("max_cycles", "stall_cycles", "build_jobs"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -109,21 +116,21 @@ def _load_model(path: Path):
 
 
 def _prepare_model(model, fpga_part: str, clk_ns: float):
-    """Make the chain stitchable: width converters where adjacent streams differ (FINN inserts them only when it
-    sizes FIFOs, a step our compile stage skips), and RTL generated for every layer that has none yet.
+    """Make the chain stitchable: the design's width converters where adjacent streams differ (FINN inserts them only
+    when it sizes FIFOs, a step our compile stage skips; trimflow.finn.rules.insert_width_converters names them as
+    the design does), and RTL generated for every layer that has none yet.
 
     Existing layers keep their names and generated code: the module names in that code are the node names.
     """
-    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC  # noqa: PLC0415  (heavy imports)
-    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP  # noqa: PLC0415
+    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP  # noqa: PLC0415  (heavy imports)
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers  # noqa: PLC0415
     from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
 
+    from trimflow.finn.rules import insert_width_converters  # noqa: PLC0415
+
     try:
-        model = model.transform(InsertDWC())
-        for i, node in enumerate(model.graph.node):
-            if not node.name:
-                node.name = f"{node.op_type}_sim_{i}"
+        model = insert_width_converters(model)
+        for node in model.graph.node:
             if not node.op_type.endswith(("_rtl", "_hls")):
                 getCustomOp(node).set_nodeattr("preferred_impl_style", "rtl")
         model = model.transform(SpecializeLayers(fpga_part))
@@ -165,12 +172,15 @@ def _estimates(model) -> dict[str, int]:
 
 
 def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig(), fpga_part: str = DEFAULT_PART,
-                    clk_ns: float = DEFAULT_CLK_NS) -> "Simulator":
+                    clk_ns: float = DEFAULT_CLK_NS, design=None) -> "Simulator":
     """Compile a Verilator simulator for an ONNX model of specialised FINN HW layers (`_rtl`, plus the HLS-only
     layers stitch.OWN_RTL simulates with our RTL; a chain or a graph with forks and joins).
 
     `fpga_part` and `clk_ns` (the board's part and clock period) are only used to generate RTL the model lacks
-    (FINN's PrepareIP). Reuses `out_dir` when it holds a simulator built from the same model file and build settings.
+    (FINN's PrepareIP). The FIFOs between layers are the design's (`design`, a trimflow.finn.design.Design; default:
+    the design file beside the model, else the FIFOs trimflow.finn.estimates.stream_plan gives the bare model),
+    unless cfg.fifo_depth overrides their depth. Reuses `out_dir` when it holds a simulator built from the same
+    model file, design FIFOs and build settings.
     """
     if not isinstance(fpga_part, str) or not fpga_part:
         raise FlowError(f"build_simulator: fpga_part must name an FPGA part, e.g. {DEFAULT_PART!r}")
@@ -180,9 +190,12 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig(), fpga_p
     exe, env, version = find_verilator(cfg.verilator)
     model = _load_model(hw_model_path)
     stitch.check_rtl_only(model)
+    if design is None and (hw_model_path.parent / DESIGN_FILE).is_file():
+        design = load_design(hw_model_path.parent)
+    design_fifos = design.fifos if design is not None else None
     own_sources = [TESTBENCH, *stitch.OWN_SOURCES, *sorted(Path(__file__).parent.glob("*.py"))]
     key = digest(file_digest(hw_model_path), cfg.build_key(fpga_part, clk_ns), [file_digest(p) for p in own_sources],
-                 f"{version}")
+                 f"{version}", to_jsonable(design_fifos))
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file() and (out_dir / BINARY).is_file() and read_json(manifest_path).get("key") == key:
         progress("  Verilator: reusing the simulator built in %s", out_dir)
@@ -193,7 +206,14 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig(), fpga_p
         # Code FINN generates here (missing layers, width converters) is copied into src/ like the rest.
         with finn_session(tmp / "finn"):
             model = _prepare_model(model, fpga_part, clk_ns)
-            design = stitch.plan(model, cfg.fifo_depth)
+            finn_fifos = any(n.op_type == "StreamingFIFO_rtl" for n in model.graph.node)
+            if design_fifos is None and not finn_fifos:
+                from trimflow.finn.estimates import stream_plan  # noqa: PLC0415
+
+                design_fifos = stream_plan(model, fpga_part)[0]
+            design = stitch.plan(model, design_fifos, cfg.fifo_depth)
+            if cfg.fifo_depth is None and not finn_fifos:
+                _check_fifos(design, design_fifos or [])
             spec = _io_spec(model)
             link_beats, estimates = _stage_beats(model, design), _estimates(model)
         sources = stitch.write_sources(design, tmp / "src", tmp)
@@ -223,6 +243,16 @@ def build_simulator(hw_model_path, out_dir, cfg: SimConfig = SimConfig(), fpga_p
             "link_beats_per_image": link_beats, "layer_est_cycles": estimates, "fifos": fifos,
         })
     return Simulator(out_dir, cfg)
+
+
+def _check_fifos(design: stitch.Design, fifos: list) -> None:
+    """The simulator's FIFOs are the design's between two nodes, stream for stream and depth for depth."""
+    built = {(f["producer"], f["producer_port"], f["consumer"], f["consumer_port"], f["depth"]) for f in design.fifos()}
+    wanted = {(*f.ends, f.depth) for f in fifos if f.between_nodes}
+    if built != wanted:
+        diff = sorted(map(str, built ^ wanted))[:3]
+        raise FlowError(f"the simulator's FIFOs differ from the design's ({', '.join(diff)}); the design file does not "
+                        "belong to this HW model (rerun the compile stage)")
 
 
 def _fifo_params(fifos: list[dict]) -> str:

@@ -9,7 +9,7 @@ The graph may fork and join (residual nets): FINN's DuplicateStreams feeds the b
 FINN has both only in HLS on non-Versal parts, so those two nodes are simulated with our own equivalent RTL
 (trimflow.sim.own_rtl: hw/rtl/duplicate_streams.sv, hw/rtl/add_streams.sv, the function of FINN's python model of
 the layer); the FIFO in front of a join input that comes from the shorter branch holds a whole image
-(trimflow.finn.residual.join_fifo_depths) so that the fork never stalls the longer branch into a deadlock. Max pooling (FINN's HLS-only Pool with Function
+(the design's min_depth: trimflow.finn.residual.join_fifo_depths) so that the fork never stalls the longer branch into a deadlock. Max pooling (FINN's HLS-only Pool with Function
 MaxPool, behind a depthwise sliding-window generator) is simulated the same way (hw/rtl/max_pool.sv).
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trimflow import FlowError
+from trimflow.finn.design import INPUT, OUTPUT  # link ends outside the design
 from trimflow.finn.rules import mvau_rtl_folding_issue
 from trimflow.resources import HW_DIR
 from trimflow.sim import own_rtl
@@ -32,7 +33,6 @@ FIFO_SOURCE = HW_DIR / "sim" / "axis_fifo.sv"
 # Our RTL in every simulator (the build cache key covers them).
 OWN_SOURCES = (FIFO_SOURCE, *own_rtl.SOURCES)
 OWN_RTL = own_rtl.OWN_RTL
-INPUT, OUTPUT = "input", "output"  # link ends outside the design
 
 # Layers FINN implements only in HLS (or that the simulator cannot chain), with what to use instead.
 _ALTERNATIVES = {
@@ -254,20 +254,21 @@ def _beats(shape) -> int:
     return n
 
 
-def plan(model, fifo_depth: int) -> Design:
+def plan(model, fifos: list | None = None, fifo_depth: int | None = None) -> Design:
     """Collect stages, links and sources of a specialised, code-generated HW model (nodes in topological order).
 
-    FIFO nodes FINN inserted (StreamingFIFO_rtl) become our FIFO with FINN's depth; a model without FIFO nodes
-    gets a FIFO of `fifo_depth` on every link between two layers (0: layers connected directly), deepened in
-    front of a join input as trimflow.finn.residual.join_fifo_depths requires.
+    FIFO nodes FINN inserted (StreamingFIFO_rtl) become our FIFO with FINN's depth. A model without FIFO nodes gets
+    the FIFOs of the compiled design (`fifos`: trimflow.finn.design.Fifo, each on the stream it names, at its depth)
+    on every link between two layers; the design's FIFOs at the partition's input and output are not simulated (the
+    testbench stands for the DMA: always valid, always ready), except for the depth a join needs there. With
+    `fifo_depth` every FIFO is built that deep instead (0: layers connected directly), but never shallower than
+    the design's `min_depth` (a join's short branch).
     """
     from qonnx.custom_op.registry import getCustomOp  # noqa: PLC0415
 
-    from trimflow.finn.residual import join_fifo_depths  # noqa: PLC0415
-
     check_rtl_only(model)
     has_fifos = any(n.op_type == "StreamingFIFO_rtl" for n in model.graph.node)
-    join_depths = {} if has_fifos else join_fifo_depths(model)
+    by_ends = {f.ends: f for f in fifos or []}
     stages: list[Block] = []
     links: list[Link] = []
     sources: list[Path] = [FIFO_SOURCE]
@@ -297,8 +298,8 @@ def plan(model, fifo_depth: int) -> Design:
                 raise FlowError(f"layer {node.name} reads {tensor} before any layer writes it; sort the HW model "
                                 "topologically (qonnx SortGraph)")
             src, src_port, width, beats = streams[tensor]
-            depth = 0 if has_fifos or src not in layers else fifo_depth
-            depth = max(depth, join_depths.get((node.name, port), 0))
+            depth = 0 if has_fifos else _fifo_depth(by_ends, (src, src_port, node.name, port), src in layers,
+                                                     fifo_depth)
             if depth:
                 fifo = Block(f"fifo_{len(stages)}", "FIFO", FIFO_MODULE, in_width=width, out_width=width,
                              depth=depth)
@@ -318,6 +319,19 @@ def plan(model, fifo_depth: int) -> Design:
     src, src_port, width, beats = streams[model.graph.output[0].name]
     links.append(Link(src, OUTPUT, width, beats, src_port, 0))
     return Design(stages, sources, data_files, links)
+
+
+def _fifo_depth(by_ends: dict, ends: tuple, between_layers: bool, override: int | None) -> int:
+    """The depth of the FIFO the simulator builds on the stream `ends` (0: none); see plan."""
+    fifo = by_ends.get(ends)
+    if fifo is None:
+        if between_layers and override is None:
+            raise FlowError(f"the design has no FIFO on the stream {ends[0]} -> {ends[2]} of the HW model; the "
+                            "design file does not belong to this model (rerun the compile stage)")
+        return override if between_layers else 0
+    if not between_layers:
+        return fifo.min_depth
+    return fifo.depth if override is None else max(override, fifo.min_depth)
 
 
 def write_sources(design: Design, src_dir: Path, run_dir: Path) -> list[Path]:

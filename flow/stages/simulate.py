@@ -3,7 +3,8 @@
 Bit-exact against FINN's python model of the same HW graph, against the QONNX execution (after the host-side tail),
 and the simulated accelerator's accuracy; measured vs estimated cycles; FIFO depths sized by simulation
 (fifo_depths.json, hw_model_sized_fifos.onnx) and their fit on the board; where Vivado exists, the first images also
-through FINN's XSim. Writes verilator/ (the simulation build) and the sizing files.
+through FINN's XSim. Writes verilator/ (the simulation build) and the sizing files, with the sized design
+(trimflow.finn.design.DESIGN_FILE, a new version of the compile stage's).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from trimflow import FlowError
 from trimflow.boards import Board, load_board
 from trimflow.data import ImageSet
 from trimflow.finn.design import HW_MODEL, apply_host_ops, relocate_compile_dir
+from trimflow.finn.design import load as load_design
 from trimflow.logs import progress
 from trimflow.stage_cache import StageContext, StageSpec
 from trimflow.stages.compile import DESIGN_DIR
@@ -40,12 +42,12 @@ def run(b: BuildInputs, ctx: StageContext, scfg) -> SimulateResult | Skipped:
     from trimflow.finn.adapter import vivado_available
     if scfg.images == 0:
         return Skipped("simulate.images is 0")
-    return simulate_compiled(ctx.inputs["compile"] / DESIGN_DIR, ctx.summaries["compile"], ctx.input("export", QONNX),
+    return simulate_compiled(ctx.inputs["compile"] / DESIGN_DIR, ctx.input("export", QONNX),
                              subset(b.data.test, scfg.images, seed=3), scfg.sim, ctx.out_dir,
                              xsim_images=scfg.xsim_images if vivado_available() else 0, board=b.board)
 
 
-def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, images: ImageSet, sim_cfg,
+def simulate_compiled(compile_dir: Path, qonnx_path: Path, images: ImageSet, sim_cfg,
                       out_dir: Path, xsim_images: int = 0, board: Board | None = None) -> SimulateResult:
     """Run the Verilator simulation of a compile stage's design on real images and check it three ways:
     bit-exact against FINN's python model of the same HW graph, against the QONNX execution (after the host-side
@@ -61,13 +63,14 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
     from trimflow.sim import build_simulator
     from trimflow.sim.fifo_sizing import SIZING_DEPTH, SIZING_IMAGES, size_fifos
 
-    board = board or load_board(compiled["board"])
     compile_dir = relocate_compile_dir(compile_dir)  # FINN wrote absolute paths before the stage was renamed
     hw_model = compile_dir / HW_MODEL
+    design = load_design(compile_dir)  # its FIFOs, width converters, host-side ops and fit
+    board = board or load_board(design.board)
     if sim_cfg.size_fifos:  # built deep; the runs below cap each FIFO at its sized depth
-        sim_cfg = dataclasses.replace(sim_cfg, fifo_depth=max(sim_cfg.fifo_depth, SIZING_DEPTH))
+        sim_cfg = dataclasses.replace(sim_cfg, fifo_depth=max(sim_cfg.fifo_depth or 0, SIZING_DEPTH))
     simulator = build_simulator(hw_model, out_dir / "verilator", sim_cfg, fpga_part=board.part,
-                                clk_ns=board.clock_period_ns)
+                                clk_ns=board.clock_period_ns, design=design)
     raw = images.images.numpy()
     sizing = None
     if sim_cfg.size_fifos:
@@ -81,15 +84,15 @@ def simulate_compiled(compile_dir: Path, compiled: dict, qonnx_path: Path, image
     with finn_session(out_dir / "finn-exec"):
         finn_out = execute_hw_model(hw_model, raw.transpose(0, 2, 3, 1))
     sim_out = result.outputs.reshape(finn_out.shape)
-    logits = apply_host_ops(compiled["host_tail"], sim_out.astype(np.float64)).reshape(len(raw), -1)
+    logits = apply_host_ops(design.host_tail, sim_out.astype(np.float64)).reshape(len(raw), -1)
     qonnx_logits = run_qonnx(qonnx_path, images, progress=False).reshape(len(raw), -1)
     agree = compare_logits(qonnx_logits, logits)
     bit_exact = bool(np.array_equal(sim_out, finn_out))
     mismatching = int((sim_out != finn_out).reshape(len(raw), -1).any(1).sum())
     fifo_sizing = None
     if sizing:
-        fifo_sizing = record_sized_fifos(hw_model, sizing, board, out_dir)
-        if compiled["fits"] and not fifo_sizing["fits_sized"]:
+        fifo_sizing = record_sized_fifos(hw_model, sizing, board, out_dir, design)
+        if design.fits and not fifo_sizing["fits_sized"]:
             # the compile stage's fit charged every FIFO at an assumed depth; the depths this design needs are the
             # ones that count: a design that fits only with too-shallow FIFOs does not fit
             raise FlowError(
