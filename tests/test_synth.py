@@ -11,6 +11,7 @@ import pytest
 from trimflow import FlowError
 from trimflow.boards import load_board
 from trimflow.finn import synth
+from tests.helpers import fake_design
 from trimflow.finn.adapter import finn_builder, vivado_available
 from trimflow.finn.synth import SynthConfig, make_package, missing_tools, plan_synthesis
 
@@ -89,6 +90,7 @@ def test_missing_tools_names_each_gap(tmp_path):
 def _fake_compile_dir(root: Path, board: str = "pynq-z2") -> Path:
     root.mkdir(parents=True)
     (root / "compile.json").write_text(json.dumps({"board": board, "node_types": RTL}))
+    fake_design(RTL, board).save(root)
     (root / "hw_model.onnx").write_bytes(b"")
     return root
 
@@ -170,13 +172,18 @@ def test_full_synthesis_gives_a_runnable_deployment_package(tmp_path):
 
 
 def test_auto_fifo_sizing_takes_the_simulate_stages_depths(tmp_path):
-    # the simulate stage's Verilator-sized depths when it wrote them; FINN's XSim sizing otherwise; a user's choice
-    # is never overridden
+    # the simulate stage's Verilator-sized depths when its version of the design has them (and names FINN's FIFO
+    # config beside it); FINN's XSim sizing otherwise; a user's choice is never overridden
+    from trimflow.finn.design import SIMULATED
     from trimflow.finn.synth import resolve_fifo_sizing
     sim = tmp_path / "simulate"
     sim.mkdir()
     assert resolve_fifo_sizing(SynthConfig(), sim).fifo_sizing == "simulation"
     (sim / "fifo_depths.json").write_text("{}")
+    assert resolve_fifo_sizing(SynthConfig(), sim).fifo_sizing == "simulation"  # no sized design: not ours
+    fake_design().save(sim)
+    assert resolve_fifo_sizing(SynthConfig(), sim).fifo_sizing == "simulation"  # the assumed depths only
+    fake_design(fifo_depths=SIMULATED, finn_fifo_config="fifo_depths.json").save(sim)
     assert resolve_fifo_sizing(SynthConfig(), sim).fifo_sizing == str(sim / "fifo_depths.json")
     assert resolve_fifo_sizing(SynthConfig(fifo_sizing="minimal"), sim).fifo_sizing == "minimal"
     assert resolve_fifo_sizing(SynthConfig(), None).fifo_sizing == "simulation"

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trimflow import FlowError
-from trimflow.artifacts import atomic_dir, read_json, write_json
+from trimflow.artifacts import atomic_dir, read_json, to_jsonable, write_json
 from trimflow.boards import Board, load_board
 from trimflow.finn.adapter import finn_session, vivado_available
 from trimflow.finn.compile import dataflow_config
-from trimflow.finn.design import HW_MODEL, RESULT_FILE as COMPILE_RESULT
-from trimflow.finn.fifos import FIFO_CONFIG
+from trimflow.finn.design import DESIGN_FILE, HW_MODEL, SIMULATED
+from trimflow.finn.design import RESULT_FILE as COMPILE_RESULT
+from trimflow.finn.design import load as load_design
 from trimflow.finn.rules import StepTracker
 from trimflow.resources import HW_DIR
 
@@ -100,8 +101,12 @@ def resolve_fifo_sizing(cfg: SynthConfig, simulate_dir: str | os.PathLike | None
     """
     if cfg.fifo_sizing != "auto":
         return cfg
-    sized = Path(simulate_dir) / FIFO_CONFIG if simulate_dir is not None else None
-    return dataclasses.replace(cfg, fifo_sizing=str(sized) if sized is not None and sized.is_file() else "simulation")
+    sized = None
+    if simulate_dir is not None and (Path(simulate_dir) / DESIGN_FILE).is_file():
+        design = load_design(simulate_dir)  # the simulate stage's version of the design: its sized FIFOs
+        if design.fifo_depths == SIMULATED and (Path(simulate_dir) / design.finn_fifo_config).is_file():
+            sized = Path(simulate_dir) / design.finn_fifo_config
+    return dataclasses.replace(cfg, fifo_sizing=str(sized) if sized is not None else "simulation")
 
 
 def plan_synthesis(cfg: SynthConfig, board: Board, node_types: list[str]) -> SynthPlan:
@@ -269,11 +274,12 @@ def make_package(compile_dir: str | os.PathLike, board: Board, out_dir: str | os
         raise FlowError(f"{compile_dir} holds no compile stage output ({COMPILE_RESULT}, {HW_MODEL}); run "
                         f"`trimflow compile --board {board.name}` first")
     res = read_json(result_path)
-    if res.get("board") != board.name:
-        raise FlowError(f"{result_path} was compiled for board {res.get('board')}, not {board.name}; "
+    design = load_design(compile_dir)  # the host-side ops, the accelerator's ends and its layers
+    if design.board != board.name:
+        raise FlowError(f"{compile_dir / DESIGN_FILE} was compiled for board {design.board}, not {board.name}; "
                         f"compile for {board.name} first")
-    accel_in, accel_out = res["accel_input"], res["accel_output"]
-    head = res.get("host_head", [])
+    accel_in, accel_out = to_jsonable(design.accel_input), to_jsonable(design.accel_output)
+    head = to_jsonable(design.host_head)
     input_shape = _frame_shape(accel_in["shape"], head)
     with atomic_dir(out_dir) as tmp:
         files: dict[str, str | None] = {"bitfile": None, "hwh": None, "driver_settings": None}
@@ -289,10 +295,10 @@ def make_package(compile_dir: str | os.PathLike, board: Board, out_dir: str | os
                          driver_settings="driver/settings.json")
         (tmp / "model").mkdir()
         shutil.copyfile(compile_dir / HW_MODEL, tmp / "model" / HW_MODEL)
-        _emulation_model(compile_dir, list(res.get("node_types", [])), tmp / "model" / "accel.onnx")
+        _emulation_model(compile_dir, [x.op_type for x in design.layers], tmp / "model" / "accel.onnx")
         files.update(hw_model=f"model/{HW_MODEL}", accel_model="model/accel.onnx")
         shutil.copytree(RUNTIME_SRC, tmp / RUNTIME_SRC.name, ignore=shutil.ignore_patterns("__pycache__"))
-        tail = res.get("host_tail", [])
+        tail = to_jsonable(design.host_tail)
         manifest = {
             "format": MANIFEST_FORMAT,
             "board": board.name,
@@ -365,7 +371,7 @@ def synthesize(compile_dir: str | os.PathLike, board: Board, cfg: SynthConfig, o
     if not (compile_dir / COMPILE_RESULT).is_file():
         raise FlowError(f"{compile_dir / COMPILE_RESULT} does not exist; run `trimflow compile --board "
                         f"{board.name}` first")
-    node_types = list(read_json(compile_dir / COMPILE_RESULT).get("node_types", []))
+    node_types = [x.op_type for x in load_design(compile_dir).layers]
     plan = plan_synthesis(cfg, board, node_types)
     _require_tools(plan)
     if not atomic:
