@@ -35,7 +35,7 @@ from trimflow.boards import load_board  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WORK = Path("/tmp/trimflow-bench-fifo")
-OLD_DEPTH = 32  # the simulator's FIFO depth before sizing (SimConfig.fifo_depth)
+OLD_DEPTH = 32  # the simulator's FIFO depth before sizing (SimConfig.fifo_depth's default until the design owned it)
 
 
 def _slug(name: str) -> str:
@@ -72,10 +72,10 @@ def ptq_compile(name: str, config: str | None) -> tuple[Path, str]:
 def bench_design(name: str, compile_dir: Path, config: str | None, n_images: int) -> dict:
     from trimflow.config import load_flow_config
     from trimflow.finn.adapter import finn_session
+    from trimflow.finn.design import load as load_design
     from trimflow.finn.design import relocate_compile_dir
     from trimflow.finn.execute import execute_hw_model
     from trimflow.finn.fifos import record_sized_fifos
-    from trimflow.finn.residual import join_fifo_depths
     from trimflow.sim import SimConfig, build_simulator
     from trimflow.sim.fifo_sizing import SIZING_DEPTH, SIZING_IMAGES, size_fifos
 
@@ -95,15 +95,16 @@ def bench_design(name: str, compile_dir: Path, config: str | None, n_images: int
     sizing = size_fifos(sim, images[:SIZING_IMAGES])
     print(f"  sized {len(sizing.fifos)} FIFOs in {sizing.seconds:.0f} s: II {sizing.ii_sized:.1f} "
           f"(deep {sizing.ii_deep:.1f}), rounds {sizing.rounds}", flush=True)
-    record = record_sized_fifos(hw, sizing, board, work)
+    design = load_design(compile_dir)
+    record = record_sized_fifos(hw, sizing, board, work, design)
     run = images[:n_images]
     sized = sim.run(run, fifo_limits=sizing.limits())
     # the simulator's old design: OLD_DEPTH per link, a whole image in front of each join (as SimConfig built it)
-    from qonnx.core.modelwrapper import ModelWrapper
+    def old_depth(f: dict) -> int:
+        fifo = design.fifo_at(f["producer"], f["producer_port"], f["consumer"], f["consumer_port"])
+        return max(OLD_DEPTH, fifo.min_depth if fifo is not None else 0)
 
-    joins = join_fifo_depths(ModelWrapper(str(hw)))
-    old_limits = {f["name"]: max(OLD_DEPTH, joins.get((f["consumer"], f["consumer_port"]), 0))
-                  for f in sim.manifest["fifos"]}
+    old_limits = {f["name"]: old_depth(f) for f in sim.manifest["fifos"]}
     old = sim.run(run, fifo_limits=old_limits)
     with finn_session(work / "finn-exec"):
         ref = execute_hw_model(hw, run.transpose(0, 2, 3, 1)).reshape(sized.outputs.shape)

