@@ -1,7 +1,7 @@
 """Compile a QONNX model into FINN dataflow layers for a board: estimates, generated RTL, fit check, verification.
 
 The hardware partition is meant to be all-RTL, so that it can be simulated with Verilator and synthesised without
-Vitis HLS. Three graph edits, run as custom builder steps, get it there:
+Vitis HLS. Three graph edits (trimflow.finn.graph_edits), run as custom builder steps, get it there:
 - the input becomes raw integer pixels (`x / input_divisor` is moved into the first thresholds by streamlining),
   so the accelerator never sees floats;
 - the float scale/bias after the last MatMul (the "tail") is cut off after streamlining and recorded, so the host
@@ -11,10 +11,12 @@ Vitis HLS. Three graph edits, run as custom builder steps, get it there:
 nets, FINN's fork/join reorderings after its chain streamlining: trimflow.finn.residual. Their forks and adds become
 DuplicateStreams / ElementwiseAdd, HLS-only on non-Versal parts, so such a design is not all-RTL.)
 
-Outputs in out_dir: compile.json (CompileResult), hw_model.onnx (specialised HW layers with generated code under
+Outputs in out_dir: compile.json (CompileResult), design.json (trimflow.finn.design.Design: the hardware with every
+FIFO and width converter FINN will insert), hw_model.onnx (specialised HW layers with generated code under
 codegen/), dataflow_parent.onnx (host head + partition), finn/ (FINN's log, reports, intermediate models) and, for
 folding="optimize", folding.json (and pareto.json with compile.pareto_points). After moving out_dir, call
-trimflow.finn.design.relocate_compile_dir(out_dir) before using them.
+trimflow.finn.design.relocate_compile_dir(out_dir) before using them. The check against QONNX on real images is
+trimflow.finn.verification.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from trimflow import FlowError
 from trimflow.artifacts import atomic_dir, write_json
 from trimflow.boards import Board, BoardFitError, FitReport, check_fit
 from trimflow.finn.adapter import finn_session
-from trimflow.finn.design import (CODEGEN_DIR, FINN_DIR, FOLDING_FILE, HW_MODEL, PARENT_MODEL, RESULT_FILE, Design,
-                                  FOLDING_ATTRS, ASSUMED, HostOp, Layer, TensorInfo)
+from trimflow.finn.design import (ASSUMED, CODEGEN_DIR, FINN_DIR, FOLDING_ATTRS, FOLDING_FILE, HW_MODEL, PARENT_MODEL,
+                                  RESULT_FILE, Design, HostOp, Layer, TensorInfo)
 from trimflow.finn.pareto import PARETO_FILE, read_pareto_summary
 from trimflow.finn.reports import EstimateReport, parse_estimates
-from trimflow.finn.residual import streamline_residual
 from trimflow.finn.graph_edits import detach_tail, host_head, integer_input, prefer_impl
+from trimflow.finn.residual import streamline_residual
 from trimflow.finn.rules import StepTracker, rewrite_paths
 from trimflow.finn.verification import Verification, verify_streamlined
 from trimflow.finn.verification import verify_images as verify_images_of
