@@ -13,11 +13,11 @@ from trimflow.finn.compile import CompileConfig
 from trimflow.finn.synth import SynthConfig
 from trimflow.hwtrim import HwTrimConfig
 from trimflow.quant_config import QuantConfig
-from trimflow.relevance import RelevanceConfig
+from trimflow.relevance_config import RelevanceConfig
 from trimflow.resources import locate
 from trimflow.sim import SimConfig
 from trimflow.train import TrainConfig
-from trimflow.trim import TrimConfig
+from trimflow.trim_config import TrimConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from trimflow.data import ImageSet, make_loader, subset
 from trimflow.graph import ChannelGraph, build_graph
 from trimflow.relevance import RelevanceConfig, RelevanceScores, check_input, compute_relevance, normalize
 
-CRITERIA = ("relevance", "l1", "l2", "bn_gamma", "taylor", "apoz", "random")
+from trimflow.relevance_config import CRITERIA  # noqa: E402  (torch-free, for the trim config)
 
 
 def _producers(graph: ChannelGraph) -> list[str]:

@@ -17,7 +17,6 @@ the larger `fallback_ridge` instead, and the report names every such layer (noth
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -28,49 +27,8 @@ from trimflow import FlowError
 from trimflow.data import ImageSet, make_loader
 from trimflow.graph import ChannelGraph
 
-ON_FEW_SAMPLES = ("ridge", "error")
-
-
-@dataclasses.dataclass(frozen=True)
-class ReconstructConfig:
-    """trim.compensation = reconstruct: how each consumer layer is refitted (see trimflow.reconstruct)."""
-
-    positions: int = 32  # output positions sampled per image for a convolution (all of them if the map is smaller)
-    # always added: this fraction of the mean diagonal of X^T X, pulling the fit towards the layer's current
-    # weights (numerical safety; keeps weights the images do not determine)
-    ridge: float = 1e-4
-    # added instead when a layer has fewer samples than unknowns or its X^T X is ill-conditioned (see `condition`)
-    fallback_ridge: float = 1e-2
-    condition: float = 1e8  # condition number of X^T X above which a layer counts as ill-conditioned
-    on_few_samples: str = "ridge"  # fewer samples than unknowns: ridge (fallback_ridge, named in the report) | error
-    batch_size: int = 250
-    seed: int = 0
-    # memory for the untrimmed net's sampled outputs; layers beyond it get another pass of the untrimmed net
-    cache_mb: float = 512.0
-    # Give each refitted conv/linear that a BN follows its untrimmed weight scale back (per output channel), the BN's
-    # running statistics absorbing the factor: the net computes exactly the same, but a fine-tune then moves the
-    # weights as fast as it would the pretrained ones. The refit makes up for the lost inputs with larger weights
-    # (2-4x the RMS on CNV at 16x fewer MACs, the classifier 8x), and an optimiser's step is a smaller fraction of
-    # a larger weight. Under a long fine-tune (2 epochs, Adam 1e-3; bench/results/trim-zoo-longft.md) it gained
-    # +0.2 pt on CNV and +2.7 / +1.3 pt on the held-out CNV-likes at 16x; off because the default build's distilled
-    # SGD fine-tune and QAT ended 0.23 pt lower with it (W4A4 91.84 vs 92.07 %).
-    rescale: bool = False
-
-    def __post_init__(self):
-        if self.positions < 1:
-            raise FlowError(f"trim.reconstruct.positions must be >= 1, got {self.positions}")
-        if self.ridge < 0 or self.fallback_ridge <= 0:
-            raise FlowError(f"trim.reconstruct: ridge must be >= 0 and fallback_ridge > 0, got {self.ridge}, "
-                            f"{self.fallback_ridge}")
-        if self.condition <= 1:
-            raise FlowError(f"trim.reconstruct.condition must be > 1, got {self.condition}")
-        if self.on_few_samples not in ON_FEW_SAMPLES:
-            raise FlowError(f"trim.reconstruct.on_few_samples {self.on_few_samples!r} unknown; use one of "
-                            f"{', '.join(ON_FEW_SAMPLES)}")
-        if self.batch_size < 1:
-            raise FlowError(f"trim.reconstruct.batch_size must be >= 1, got {self.batch_size}")
-        if self.cache_mb <= 0:
-            raise FlowError(f"trim.reconstruct.cache_mb must be > 0, got {self.cache_mb}")
+# the config lives apart from the torch code (trimflow.trim_config), so that loading a flow config does not import torch
+from trimflow.trim_config import ON_FEW_SAMPLES, ReconstructConfig  # noqa: E402,F401
 
 
 class _Stop(Exception):

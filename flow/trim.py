@@ -27,114 +27,14 @@ from tqdm import tqdm
 
 from trimflow import FlowError
 from trimflow.artifacts import digest, read_json, write_json
-from trimflow.criteria import CRITERIA
 from trimflow.data import ImageSet, make_loader, subset
 from trimflow.graph import ChannelGraph, build_graph, count_params_macs, example_input
-from trimflow.reconstruct import ReconstructConfig, reconstruct
-from trimflow.relevance import NORMALIZE, RelevanceScores, input_means, normalize
+from trimflow.reconstruct import reconstruct
+from trimflow.relevance import RelevanceScores, input_means, normalize
 
-POLICIES = ("uniform", "global", "budget")
-METRICS = ("macs", "params")
-ALLOCATIONS = ("rank", "sensitivity")
-SENSITIVITY_METRICS = ("kl", "loss", "accuracy")
-GUARDS = ("rank", "none")
-COMPENSATIONS = ("none", "mean", "reconstruct")
-
-
-@dataclasses.dataclass(frozen=True)
-class SensitivityConfig:
-    """allocation="sensitivity": how each channel group's sensitivity to losing kernels is measured."""
-
-    # Widths each group is trimmed to on its own (fractions of its kernels, rounded like the trim itself); the
-    # fewest kernels min_keep/round_to allow is always probed too, so every count the allocation may pick lies
-    # between two measured ones (linear interpolation in between).
-    keep_ratios: tuple[float, ...] = (0.75, 0.5, 0.375, 0.25)
-    # Calibration images the loss is measured on; BN statistics of each probe are re-estimated on as many others
-    # (on the same ones when the calibration set is smaller than twice this).
-    images: int = 500
-    # kl: mean KL divergence of the probe's outputs from the untrimmed net's (needs no labels) | loss: mean
-    # cross-entropy increase | accuracy: top-1 drop (coarser on a small slice); loss and accuracy read labels
-    metric: str = "kl"
-    batch_size: int = 250
-    # rank: the whole net trimmed by this allocation is compared with the one trimmed by one fraction per layer
-    # (allocation=rank), both compensated, by KL divergence from the untrimmed net on the measure images (no
-    # labels); the closer one is used and the report says which. The per-group drops are measured one group at a
-    # time and assumed to add up; when many groups are cut deep at once they do not: on the zoo's MobileNet at 16x
-    # fewer MACs the allocation put two groups at 1-2 kernels and the net fell to 16 % right after trimming, where
-    # one fraction per layer kept 61 % (bench/results/trim-zoo.md). none: use the allocation unchecked.
-    guard: str = "rank"
-
-    def __post_init__(self):
-        if not self.keep_ratios or any(not 0.0 < r < 1.0 for r in self.keep_ratios):
-            raise FlowError(f"trim.sensitivity: keep_ratios must be a non-empty list of fractions in (0, 1), "
-                            f"got {list(self.keep_ratios)}")
-        if self.images < 1:
-            raise FlowError(f"trim.sensitivity: images must be >= 1, got {self.images}")
-        if self.metric not in SENSITIVITY_METRICS:
-            raise FlowError(f"trim.sensitivity: metric {self.metric!r} unknown; use one of "
-                            f"{', '.join(SENSITIVITY_METRICS)}")
-        if self.batch_size < 1:
-            raise FlowError(f"trim.sensitivity: batch_size must be >= 1, got {self.batch_size}")
-        if self.guard not in GUARDS:
-            raise FlowError(f"trim.sensitivity: guard {self.guard!r} unknown; use one of {', '.join(GUARDS)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrimConfig:
-    criterion: str = "relevance"  # which scores the pipeline computes (trimflow.criteria.CRITERIA)
-    policy: str = "uniform"  # uniform: same keep ratio per layer; global: one threshold; budget: hit a cost
-    keep: float = 0.5  # uniform/global: fraction of kernels kept
-    budget: float = 0.5  # budget: fraction of the original budget_metric kept
-    budget_metric: str = "macs"  # macs | params
-    min_keep: int = 1  # never fewer kernels in a layer (capped at the layer's width)
-    round_to: int = 1  # kept counts rounded up to a multiple of this, so PE/SIMD folding divides them
-    # How global/budget compare one layer's scores with another's. "rank" (percentiles) measured best on CNV for
-    # consumer-weighted relevance at 50% and 25% MACs: "none", "l2" and "max" let a global threshold strip conv5 or
-    # conv1 to a few kernels and lost 8-49 pt before fine-tuning (Taylor: rank best at 50%, "max" 2.5 pt better at
-    # 25%). With "rank" every layer keeps about the same fraction (budget searches that fraction for the target).
-    normalize: str = "rank"
-    # budget policy: how the kernels to remove are shared out between groups. rank: the threshold above (normalize);
-    # sensitivity: by each group's measured loss increase per MAC/param saved (needs a calibration set, costs a
-    # few seconds of forward passes; see SensitivityConfig).
-    allocation: str = "rank"
-    sensitivity: SensitivityConfig = SensitivityConfig()
-    # What makes up for the removed kernels: none | mean (fold their mean output into the consumers' biases) |
-    # reconstruct (refit every later conv/linear layer by least squares to reproduce the untrimmed net's output on
-    # the calibration images, no labels; trimflow.reconstruct)
-    compensation: str = "mean"
-    reconstruct: ReconstructConfig = ReconstructConfig()
-    recalibrate_bn: bool = False  # re-estimate BN running statistics on the calibration set (after compensation)
-    calib_images: int = 2000  # images of the calibration set used for means / BN statistics
-    batch_size: int = 250
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.criterion not in CRITERIA:
-            raise FlowError(f"trim: criterion {self.criterion!r} unknown; use one of {', '.join(CRITERIA)}")
-        if self.policy not in POLICIES:
-            raise FlowError(f"trim: policy {self.policy!r} unknown; use one of {', '.join(POLICIES)}")
-        if not 0.0 < self.keep <= 1.0:
-            raise FlowError(f"trim: keep must be in (0, 1], got {self.keep}")
-        if not 0.0 < self.budget <= 1.0:
-            raise FlowError(f"trim: budget must be in (0, 1] (fraction of the original kept), got {self.budget}")
-        if self.budget_metric not in METRICS:
-            raise FlowError(f"trim: budget_metric {self.budget_metric!r} unknown; use one of {', '.join(METRICS)}")
-        if self.min_keep < 1:
-            raise FlowError(f"trim: min_keep must be >= 1 (a layer never loses every kernel), got {self.min_keep}")
-        if self.round_to < 1:
-            raise FlowError(f"trim: round_to must be >= 1, got {self.round_to}")
-        if self.normalize not in NORMALIZE:
-            raise FlowError(f"trim: normalize {self.normalize!r} unknown; use one of {', '.join(NORMALIZE)}")
-        if self.allocation not in ALLOCATIONS:
-            raise FlowError(f"trim: allocation {self.allocation!r} unknown; use one of {', '.join(ALLOCATIONS)}")
-        if self.allocation == "sensitivity" and self.policy != "budget":
-            raise FlowError(f"trim: allocation='sensitivity' shares out a budget; it needs policy='budget', "
-                            f"got policy={self.policy!r}")
-        if self.compensation not in COMPENSATIONS:
-            raise FlowError(f"trim: compensation {self.compensation!r} unknown; use one of {', '.join(COMPENSATIONS)}")
-        if self.calib_images < 1 or self.batch_size < 1:
-            raise FlowError(f"trim: calib_images and batch_size must be >= 1, got {self.calib_images}, "
-                            f"{self.batch_size}")
+# the configs live apart from the torch code, so that loading a flow config does not import torch
+from trimflow.trim_config import (ALLOCATIONS, COMPENSATIONS, GUARDS, METRICS, POLICIES,  # noqa: E402,F401
+                                  SENSITIVITY_METRICS, SensitivityConfig, TrimConfig)
 
 
 @dataclasses.dataclass

@@ -58,17 +58,33 @@ def test_stage_config_validation_is_reported():
         from_dict(TrainConfig, {"optimizer": "lbfgs"})
 
 
-def test_loading_a_yaml_config_does_not_import_brevitas():
-    # A config is read by the CLI, the sweep driver and `config --explain` long before (or without) any stage runs;
-    # Brevitas takes seconds to import and is only needed by the quantize stage. A fresh interpreter, so that
-    # modules other tests imported do not hide an import.
+def _fresh_python(code: str) -> str:
+    """What `code` prints in a fresh interpreter (run in the repository root), so that modules other tests imported
+    do not hide an import."""
     import subprocess
     import sys
     from pathlib import Path
 
-    code = ("import sys; from trimflow.config import load_flow_config; "
-            "load_flow_config('configs/mnist-zoo.yaml', ['quantize.weight_bits=2']); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('brevitas', 'finn', 'qonnx')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent)
-    assert out.stdout.strip() == "[]", out.stdout
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+
+
+def test_trim_and_relevance_configs_import_without_torch():
+    # their own modules are torch-free (the stage code that uses them is not); the old import paths still work
+    out = _fresh_python("import sys; from trimflow.trim_config import TrimConfig, SensitivityConfig, "
+                        "ReconstructConfig; from trimflow.relevance_config import RelevanceConfig; TrimConfig(); "
+                        "RelevanceConfig(); print('torch' in sys.modules)")
+    assert out == "False", out
+    from trimflow import reconstruct, relevance, relevance_config, trim, trim_config
+    assert trim.TrimConfig is trim_config.TrimConfig and trim.SensitivityConfig is trim_config.SensitivityConfig
+    assert reconstruct.ReconstructConfig is trim_config.ReconstructConfig
+    assert relevance.RelevanceConfig is relevance_config.RelevanceConfig
+
+
+def test_loading_a_yaml_config_does_not_import_brevitas():
+    # A config is read by the CLI, the sweep driver and `config --explain` long before (or without) any stage runs;
+    # Brevitas takes seconds to import and is only needed by the quantize stage.
+    out = _fresh_python("import sys; from trimflow.config import load_flow_config; "
+                        "load_flow_config('configs/mnist-zoo.yaml', ['quantize.weight_bits=2']); "
+                        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('brevitas', 'finn', 'qonnx')))")
+    assert out == "[]", out
