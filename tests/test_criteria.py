@@ -9,7 +9,8 @@ from torch import nn
 from trimflow import FlowError
 from trimflow.criteria import CRITERIA, score
 from trimflow.relevance import RelevanceConfig, compute_relevance
-from tests.test_relevance import _images, _model
+from tests.helpers import small_net as _model
+from tests.helpers import synthetic_images as _images
 
 
 def test_every_criterion_scores_the_same_layers():

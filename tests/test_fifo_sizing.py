@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_rtlsim import PART, _hw_model
+from tests.helpers import SIM_PART as PART
+from tests.helpers import rtl_hw_model as _hw_model
 from trimflow import FlowError
 from trimflow.finn.fifos import MIN_DEPTH, fifo_style, finn_depth
 

@@ -13,7 +13,7 @@ from trimflow.models import build_model
 from trimflow.reconstruct import ReconstructConfig
 from trimflow.relevance import RelevanceScores
 from trimflow.trim import TrimConfig, trim_model
-from tests.test_relevance import _images
+from tests.helpers import synthetic_images as _images
 
 
 def _scores(model: torch.nn.Module, shape, low: dict[str, list[int]] | None = None) -> RelevanceScores:

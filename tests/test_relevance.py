@@ -8,39 +8,15 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import small_net as _model
+from tests.helpers import synthetic_images as _images
 from trimflow import FlowError
 from trimflow.data import ImageSet
 from trimflow.models import build_model
 from trimflow.relevance import RelevanceConfig, RelevanceScores, compute_relevance, normalize
 
 
-class Small(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.bn1, self.r1 = nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU()
-        self.c2, self.bn2, self.r2 = nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU()
-        self.fc = nn.Linear(4 * 4 * 4, 3)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.r2(self.bn2(self.c2(self.r1(self.bn1(self.c1(x)))))), 1))
-
-
-def _images(n: int, shape=(1, 8, 8), seed: int = 0) -> ImageSet:
-    g = torch.Generator().manual_seed(seed)
-    return ImageSet("synthetic", torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
-                    torch.randint(0, 3, (n,), generator=g), 3)
-
-
-def _model() -> Small:
-    torch.manual_seed(0)
-    m = Small()
-    with torch.no_grad():
-        for bn in (m.bn1, m.bn2):
-            bn.bias.uniform_(-0.3, 0.3)  # some kernels mostly off, some mostly on
-    return m.double().eval()
-
-
-def _direct(model: Small, data: ImageSet):
+def _direct(model: nn.Module, data: ImageSet):
     x = data.float_images().double()
     with torch.no_grad():
         pre1 = model.bn1(model.c1(x))

@@ -16,7 +16,7 @@ from torch import nn
 from trimflow import FlowError
 from trimflow.models import build_model
 from trimflow.quantize import QuantConfig, calibrate_activations, convert_model
-from tests.test_streamline_patterns import _randomize_bn  # non-trivial BN statistics, negative scales included
+from tests.helpers import randomize_bn as _randomize_bn  # non-trivial BN statistics, negative scales included
 
 PART = "xc7z020clg400-1"
 # Two blocks: an identity shortcut (stride 1, 4 -> 4 channels) and a projection shortcut (stride 2, 4 -> 8).

@@ -18,7 +18,7 @@ from trimflow.models import build_model
 from trimflow.relevance import RelevanceConfig, compute_relevance
 from trimflow.trim import (SensitivityConfig, TrimConfig, allocate_by_sensitivity, measure_sensitivity, probe_counts,
                        trim_model)
-from tests.test_relevance import _images
+from tests.helpers import synthetic_images as _images
 
 SENS = TrimConfig(policy="budget", budget=0.5, round_to=4, allocation="sensitivity", compensation="mean",
                   recalibrate_bn=True, sensitivity=SensitivityConfig(images=32, keep_ratios=(0.5, 0.25)))

@@ -42,6 +42,7 @@ from qonnx.transformation.infer_shapes import InferShapes  # noqa: E402
 from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul  # noqa: E402
 from qonnx.util.cleanup import cleanup_model  # noqa: E402
 
+from tests.helpers import randomize_bn  # noqa: E402
 from trimflow import FlowError  # noqa: E402
 from trimflow.data import load_dataset, subset  # noqa: E402
 from trimflow.export import check_streamlined, export_qonnx, require_streamlined, run_qonnx  # noqa: E402
@@ -94,23 +95,10 @@ def images():
     return train, test
 
 
-def _randomize_bn(model: nn.Module, seed: int = 0, negate_every: int = 5) -> None:
-    # Non-trivial BN statistics, including negative scales, so streamlining has to split signs and shifts.
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.randn(n, generator=g).abs() + 0.5
-            m.weight.data[::negate_every] *= -1
-            m.bias.data = 0.3 * torch.randn(n, generator=g)
-            m.running_mean = 0.2 * torch.randn(n, generator=g)
-            m.running_var = torch.rand(n, generator=g) + 0.5
-
-
 def _lowered(float_model, cfg, images, tmp_path):
     train, test = images
     torch.manual_seed(0)
-    _randomize_bn(float_model)
+    randomize_bn(float_model)
     quant = convert_model(float_model, cfg)
     calibrate_activations(quant, train, batches=1, batch_size=32)
     path = export_qonnx(quant, (1, 28, 28), tmp_path / "model.onnx")

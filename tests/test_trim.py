@@ -14,7 +14,7 @@ from trimflow.graph import build_graph, count_params_macs
 from trimflow.models import build_model, load_checkpoint, save_checkpoint
 from trimflow.relevance import RelevanceConfig, RelevanceScores, compute_relevance
 from trimflow.trim import TrimConfig, recalibrate_bn, trim_model
-from tests.test_relevance import _images
+from tests.helpers import synthetic_images as _images
 
 CNV_WIDTHS = {"features.0": 16, "features.3": 32, "features.6": 32, "features.9": 64, "features.12": 64}
 
