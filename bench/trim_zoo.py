@@ -26,6 +26,10 @@ random criterion. Methods:
     trimflow-sens        the sensitivity allocation unchecked (guard=none): the flow's default before the guard
     trimflow-rescale     the default with trim.reconstruct.rescale (refitted weights scaled back to the untrimmed
                          RMS, the BN absorbing it: the same function, a different start for the fine-tune)
+    trimflow-PART[-PART...]
+                         other variants, named by what they change (VARIANT_PARTS below: rank, sens, rescale, grad,
+                         plain, norefit, ridge<r>), e.g. trimflow-grad-norefit; l1-refit / taylor-refit: a peer's
+                         kernels with trimflow's refit. Tried under the long fine-tune (trim-zoo-longft.md)
     (Stored rows were renamed twice on 2026-11-30, see trim-zoo-commands.txt: the rank variant was "trimflow" and
     the unchecked sensitivity allocation "trimflow-sens", then "trimflow", before the guard.)
     l1 / l2 / bn_gamma / taylor / apoz / random -uniform
@@ -77,17 +81,57 @@ from trimflow.relevance import RelevanceConfig  # noqa: E402
 from trimflow.train import TrainConfig, evaluate, train  # noqa: E402
 from trimflow.trim import SensitivityConfig, TrimConfig, recalibrate_bn, trim_model  # noqa: E402
 
-# "trimflow" is the flow's default (TrimConfig in trimflow.config); the other entries are its variants, shown in the
-# per-net tables and the variant column, never ranked among the peers
-OURS = {"trimflow": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity"},
-        "trimflow-rank": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "rank"},
-        "trimflow-sens": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity",
-                          "sensitivity": SensitivityConfig(guard="none")},
-        "trimflow-rescale": {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity",
-                             "reconstruct": ReconstructConfig(rescale=True)}}
+# "trimflow" is the flow's default (TrimConfig in trimflow.config). Its variants are named by what they change,
+# joined by "-" (trimflow-rank-rescale-ridge0.1): shown in the per-net tables and the variant column, never ranked
+# among the peers. "l1-refit" / "taylor-refit": a peer's kernels with trimflow's refit (one fraction per layer).
+VARIANT_PARTS = {
+    "rank": "one fraction of kernels per layer (allocation=rank)",
+    "sens": "the sensitivity allocation unchecked (sensitivity.guard=none)",
+    "rescale": "reconstruct.rescale: refitted weights back to the untrimmed RMS, the BN absorbing it",
+    "grad": "relevance.weighting=gradient (|activation x gradient| of the net's own prediction)",
+    "plain": "relevance.weighting=none (the paper's mean activation)",
+    "norefit": "the peers' treatment: one fraction per layer, no refit, BN statistics re-estimated",
+    "ridge<r>": "reconstruct.ridge=r (pulls the refit towards the kept pretrained weights)",
+}
+
+
+def ours(method: str) -> dict | None:
+    """TrimConfig fields (plus "relevance" / "criterion" overrides) of one of our methods; None for a peer."""
+    first, *parts = method.split("-")
+    if first in ("l1", "taylor") and parts == ["refit"]:
+        return {"criterion": first, "compensation": "reconstruct", "recalibrate_bn": False, "allocation": "rank"}
+    if first != "trimflow":
+        return None
+    cfg: dict = {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity"}
+    rel: dict = {}
+    rec: dict = {}
+    for part in parts:
+        if part == "rank":
+            cfg["allocation"] = "rank"
+        elif part == "sens":
+            cfg["sensitivity"] = SensitivityConfig(guard="none")
+        elif part == "rescale":
+            rec["rescale"] = True
+        elif part in ("grad", "plain"):
+            rel["weighting"] = "gradient" if part == "grad" else "none"
+        elif part == "norefit":
+            cfg.update(compensation="none", recalibrate_bn=True, allocation="rank")
+        elif part.startswith("ridge"):
+            r = float(part[5:])
+            rec.update(ridge=r, fallback_ridge=max(r, ReconstructConfig.fallback_ridge))
+        else:
+            raise SystemExit(f"method {method!r}: unknown part {part!r}; trimflow variants combine "
+                             f"{', '.join(VARIANT_PARTS)}")
+    if rec:
+        cfg["reconstruct"] = ReconstructConfig(**rec)
+    if rel:
+        cfg["relevance"] = rel
+    return cfg
+
+
 PEERS_UNIFORM = ("l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 PEERS_GLOBAL = {"bn_gamma": "none", "taylor": "l2", "l1": "max"}  # criterion -> per-layer normalisation
-METHODS = (tuple(OURS) + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
+METHODS = (("trimflow", "trimflow-rank", "trimflow-sens", "trimflow-rescale") + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
            + ("tp-l1group-uniform", "tp-l1group-global"))
 OUT = ROOT / "bench" / "results" / "trim-zoo"  # --out: rows, tables, plot and cost under another prefix
 COST = OUT.with_name("trim-zoo-cost.jsonl")  # --cost: trimflow's trim timed with the current code, no fine-tune
@@ -129,13 +173,16 @@ def trim_one(model, method: str, budget: float, calib, seed: int, args,
         trimmed = tp_trim(model, family, budget, calib, 1, args.batch_size, global_pruning=alloc == "global")
         recalibrate_bn(trimmed, calib)
         return trimmed, info
-    if method in OURS:
-        crit, norm, extra = "relevance", "rank", OURS[method]
+    rel: dict = {}
+    if ours(method) is not None:
+        crit, norm, extra = "relevance", "rank", ours(method)
+        rel = extra.pop("relevance", {})
+        crit = extra.pop("criterion", crit)
     else:
         crit, alloc = method.rsplit("-", 1)
         norm = "rank" if alloc == "uniform" else PEERS_GLOBAL[crit]
         extra = {"compensation": "none", "recalibrate_bn": True, "allocation": "rank"}
-    scores = score(model, calib, crit, RelevanceConfig(images=None, seed=seed))
+    scores = score(model, calib, crit, RelevanceConfig(images=None, seed=seed, **rel))
     cfg = TrimConfig(criterion=crit, policy="budget", budget=budget, budget_metric="macs", round_to=1,
                      normalize=norm, calib_images=len(calib), seed=seed, **extra)
     # one sensitivity table serves every budget (as in the flow's hardware-aware search): measured once per model
@@ -203,7 +250,7 @@ def summarise(rows: list[dict], key: str = "finetuned") -> dict:
         for budget in sorted({b for (n, b, _) in c if n == net}, reverse=True):
             fam: dict[str, tuple[str, float, float]] = {}
             for (n, b, m), v in c.items():
-                if n != net or b != budget or not v[key] or (m in OURS and m != "trimflow"):
+                if n != net or b != budget or not v[key] or (ours(m) is not None and m != "trimflow"):
                     continue  # trimflow's variants are in the per-net tables, not among the peers
                 mean, std = ms(v[key])
                 f = peer_family(m)
@@ -281,7 +328,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
     measured = COST.exists()
     cost: dict = {}
     for r in ([json.loads(line) for line in COST.read_text().splitlines()] if measured else rows):
-        if r["method"] in OURS:
+        if ours(r["method"]) is not None:
             cost.setdefault((r["net"], r["method"]), []).append(
                 (r.get("trim_cpu_seconds"), r["trim_seconds"], r.get("threads", 1)))
     if cost:
@@ -303,7 +350,8 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
         budgets = sorted({b for (n, b, _) in c if n == net}, reverse=True)
         lines += [f"### {net}", "", "| method | " + " | ".join(f"{1 / b:.0f}x" for b in budgets) + " |",
                   "|---|" + "---|" * len(budgets)]
-        for m in METHODS:
+        present = {m for (n, _, m) in c if n == net}
+        for m in [m for m in METHODS if m in present] + sorted(present - set(METHODS)):
             cols = []
             for b in budgets:
                 v = c.get((net, b, m))
@@ -393,6 +441,10 @@ def main() -> None:
     unknown = [n for n in args.nets if n not in NETS]
     if unknown:
         raise SystemExit(f"--nets: unknown net(s) {', '.join(unknown)}; known: {', '.join(NETS)} (or --add one)")
+    bad = [m for m in args.methods if ours(m) is None and m not in METHODS]
+    if bad:
+        raise SystemExit(f"--methods: unknown method(s) {', '.join(bad)}; peers: {', '.join(METHODS[4:])}; ours: "
+                         f"trimflow and its variants trimflow-PART[-PART...] with PART in {', '.join(VARIANT_PARTS)}")
     torch.set_num_threads(args.threads)
     if args.cost:
         measure_cost(args)
@@ -437,7 +489,7 @@ def measure_cost(args) -> None:
 
     Rows of the nets and methods measured now replace their old rows in trim-zoo-cost.jsonl; the others stay.
     """
-    methods = [m for m in args.methods if m in OURS] or ["trimflow"]
+    methods = [m for m in args.methods if ours(m) is not None] or ["trimflow"]
     old = [json.loads(line) for line in COST.read_text().splitlines()] if COST.exists() else []
     rows = [r for r in old if not (r["net"] in args.nets and r["method"] in methods)]
     for net in args.nets:

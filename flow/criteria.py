@@ -11,12 +11,12 @@ import dataclasses
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from trimflow import FlowError
-from trimflow.data import ImageSet, make_loader, subset
+from trimflow.data import ImageSet, subset
 from trimflow.graph import ChannelGraph, build_graph
-from trimflow.relevance import RelevanceConfig, RelevanceScores, check_input, compute_relevance, normalize
+from trimflow.relevance import (RelevanceConfig, RelevanceScores, activation_gradients, check_input,
+                                compute_relevance, normalize)
 
 from trimflow.relevance_config import CRITERIA  # noqa: E402  (torch-free, for the trim config)
 
@@ -42,51 +42,9 @@ def _bn_gamma(model: nn.Module, graph: ChannelGraph) -> dict[str, torch.Tensor]:
 
 
 def _taylor(model: nn.Module, data: ImageSet, graph: ChannelGraph, cfg: RelevanceConfig) -> dict[str, torch.Tensor]:
-    """Molchanov et al.'s first-order Taylor: mean over images of |sum over positions of activation x gradient|.
-
-    Read on the module output the relevance tap names (the activation module, or the BN/conv output when the
-    activation is functional), in eval mode so BN statistics stay untouched.
-    """
-    producers = _producers(graph)
-    taps = {p: graph.post_taps[p] if cfg.where != "pre_act" else graph.pre_taps[p] for p in producers}
-    sums = {p: torch.zeros(graph.group(graph.uses[p].out_group).size, dtype=torch.float64) for p in producers}
-    seen = 0
-
-    def hook(names):
-        def fwd(module, args, out):
-            if not out.requires_grad:
-                return
-
-            def grad_hook(grad, out=out.detach()):
-                contrib = (out * grad)
-                contrib = contrib.flatten(2).sum(2) if contrib.ndim > 2 else contrib
-                for n in names:
-                    sums[n] += contrib.abs().sum(0, dtype=torch.float64)
-            out.register_hook(grad_hook)
-        return fwd
-
-    by_module: dict[str, list[str]] = {}
-    for p, t in taps.items():
-        by_module.setdefault(t.module, []).append(p)
-    handles = [model.get_submodule(m).register_forward_hook(hook(ns)) for m, ns in by_module.items()]
-    dtype = next(model.parameters()).dtype
-    was_training = model.training
-    model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    try:
-        for x, y in tqdm(make_loader(data, cfg.batch_size), desc="taylor", leave=False, dynamic_ncols=True):
-            model.zero_grad(set_to_none=True)
-            loss_fn(model(x.to(dtype)), y).backward()
-            seen += len(y)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    for name, s in sums.items():
-        if not torch.isfinite(s).all():
-            raise FlowError(f"criterion taylor: layer {name} has NaN/Inf activation x gradient on {data.name!r}")
-    return {p: s / seen for p, s in sums.items()}
+    """Molchanov et al.'s first-order Taylor: mean over images of |sum over positions of activation x gradient| of
+    the loss on the true labels (trimflow.relevance.activation_gradients)."""
+    return activation_gradients(model, data, graph, cfg.where, cfg.batch_size, targets="labels", desc="taylor")
 
 
 def score(model: nn.Module, data: ImageSet, criterion: str,

@@ -7,7 +7,9 @@ reads a trimmable channel: removing a kernel later folds that mean into the cons
 The default score is the kernel's mean post-activation times the L2 norm of the (BN-folded) weights that read it
 downstream (weighting="consumer"): a kernel that fires a lot into weights that ignore it is not relevant, and a
 busy-looking first-layer kernel is not comparable to a deep one without them. weighting="none" is the paper's plain
-statistic. bench/trim.py holds the comparison with the other criteria.
+statistic; weighting="gradient" weights each activation by how much the net's own decision depends on it
+(activation_gradients, also the engine of the Taylor criterion). bench/trim.py holds the comparison with the other
+criteria.
 """
 
 from __future__ import annotations
@@ -226,6 +228,60 @@ def collect(model: nn.Module, data: ImageSet, graph: ChannelGraph, statistic: st
     return acc, inputs
 
 
+def activation_gradients(model: nn.Module, data: ImageSet, graph: ChannelGraph, where: str, batch_size: int,
+                         targets: str = "predicted", desc: str = "gradient") -> dict[str, torch.Tensor]:
+    """Per trimmable producer: mean over images of |sum over positions of activation x d(log-likelihood)/d(activation)|.
+
+    targets="labels": the cross-entropy on the set's labels (Molchanov et al.'s Taylor criterion).
+    targets="predicted": the log-probability of the class the untrimmed net predicts, so no labels are read: the
+    first-order change of the net's own decision when the kernel's output is zeroed, i.e. gradient x activation,
+    the simplest relevance propagated back from the output. Read at the module the relevance tap names (the
+    activation module, or the BN/conv output when the activation is functional), in eval mode so BN statistics
+    stay untouched.
+    """
+    producers = [p for g in graph.prunable() for p in g.producers]
+    taps = {p: graph.post_taps[p] if where != "pre_act" else graph.pre_taps[p] for p in producers}
+    sums = {p: torch.zeros(graph.group(graph.uses[p].out_group).size, dtype=torch.float64) for p in producers}
+    seen = 0
+
+    def hook(names):
+        def fwd(module, args, out):
+            if not out.requires_grad:
+                return
+
+            def grad_hook(grad, out=out.detach()):
+                contrib = (out * grad)
+                contrib = contrib.flatten(2).sum(2) if contrib.ndim > 2 else contrib
+                for n in names:
+                    sums[n] += contrib.abs().sum(0, dtype=torch.float64)
+            out.register_hook(grad_hook)
+        return fwd
+
+    by_module: dict[str, list[str]] = {}
+    for p, t in taps.items():
+        by_module.setdefault(t.module, []).append(p)
+    handles = [model.get_submodule(m).register_forward_hook(hook(ns)) for m, ns in by_module.items()]
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    try:
+        for x, y in tqdm(make_loader(data, batch_size), desc=desc, leave=False, dynamic_ncols=True):
+            model.zero_grad(set_to_none=True)
+            logits = model(x.to(dtype))
+            loss_fn(logits, y if targets == "labels" else logits.detach().argmax(1)).backward()
+            seen += len(y)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    for name, s in sums.items():
+        if not torch.isfinite(s).all():
+            raise FlowError(f"{desc}: layer {name} has NaN/Inf activation x gradient on {data.name!r}")
+    return {p: s / seen for p, s in sums.items()}
+
+
 def consumer_norms(model: nn.Module, graph: ChannelGraph) -> dict[str, torch.Tensor]:
     """Per trimmable producer: for each kernel, the L2 norm of every weight that reads its output downstream.
 
@@ -280,6 +336,8 @@ def compute_relevance(model: nn.Module, data: ImageSet, cfg: RelevanceConfig = R
     if cfg.weighting == "consumer":
         norms = consumer_norms(model, graph)
         raw = {p: s * norms[p] for p, s in raw.items()}
+    elif cfg.weighting == "gradient":  # the statistic's pass still gives the means compensation folds in
+        raw = activation_gradients(model, data, graph, cfg.where, cfg.batch_size)
     return RelevanceScores(
         criterion="relevance", config=dataclasses.asdict(cfg), input_shape=tuple(data.shape), images=len(data),
         layers={p: normalize(s, cfg.normalize).tolist() for p, s in raw.items()},

@@ -10,7 +10,7 @@ from trimflow import FlowError
 # the kernel-scoring criteria the pipeline computes (trimflow.criteria implements them)
 CRITERIA = ("relevance", "l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 STATISTICS = ("mean", "mean_abs", "apoz", "max", "variance", "std")
-WEIGHTING = ("none", "consumer")
+WEIGHTING = ("none", "consumer", "gradient")
 WHERE = ("post_act", "pre_act", "quant_act")
 NORMALIZE = ("none", "l2", "max", "rank")
 
@@ -23,6 +23,9 @@ class RelevanceConfig:
     # with the BN that follows each of them folded in (consumer_norms): mean x norm is the kernel's expected
     # contribution to the next layer, not just how busy it is. The default since bench/trim.py: on CNV it is the
     # best activation-based score at every MAC budget, after trimming and after the fine-tune ("none" = the paper).
+    # gradient: instead of the statistic, |activation x gradient| of the log-probability of the class the untrimmed
+    # net predicts, summed over positions and averaged over the images (Taylor's criterion without labels). Tried on
+    # the zoo (bench/results/trim-zoo-longft.md): with the refit it trims no better than the default, so not the default.
     weighting: str = "consumer"
     where: str = "post_act"  # post_act | pre_act | quant_act (Brevitas models)
     normalize: str = "none"  # per-layer: none | l2 | max | rank

@@ -76,3 +76,22 @@ def test_taylor_matches_autograd():
         expected = (a * g).sum((2, 3)).abs().mean(0)
         torch.testing.assert_close(s.tensor(name), expected.detach(), atol=1e-12, rtol=1e-9)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_relevance_reads_no_labels():
+    """weighting=gradient: Taylor's |activation x gradient| of the net's own predicted class, so the labels the set
+    carries do not matter, and it equals Taylor wherever the labels are the net's predictions."""
+    import dataclasses  # noqa: PLC0415
+
+    model, data = _model(), _images(12)
+    cfg = RelevanceConfig(images=None, batch_size=5, weighting="gradient")
+    s = compute_relevance(model, data, cfg)
+    shuffled = dataclasses.replace(data, labels=data.labels.roll(1))
+    assert compute_relevance(model, shuffled, cfg).layers == s.layers
+    with torch.no_grad():
+        predicted = model(data.float_images().double()).argmax(1)
+    assert not torch.equal(predicted, data.labels)  # otherwise the comparison below proves nothing
+    t = score(model, dataclasses.replace(data, labels=predicted), "taylor", dataclasses.replace(cfg, weighting="none"))
+    for name in s.layers:
+        torch.testing.assert_close(s.tensor(name), t.tensor(name), atol=1e-12, rtol=1e-9)
+    assert s.input_means and s.channel_means  # the means compensation folds in still come along
