@@ -21,15 +21,20 @@ random criterion. Methods:
                          and refitted, KL divergence from the untrimmed net: no labels), label-free least-squares
                          reconstruction of every later layer (trimflow.reconstruct) on the calibration images
                          checked against one fraction per layer on the whole net (trim.sensitivity.guard=rank: the
-                         allocation closer to the untrimmed net by KL divergence is used)
-    trimflow-rank        the same with the same fraction of kernels kept in every layer (allocation=rank): cheaper
-    trimflow-sens        the sensitivity allocation unchecked (guard=none): the flow's default before the guard
-    trimflow-rescale     the default with trim.reconstruct.rescale (refitted weights scaled back to the untrimmed
-                         RMS, the BN absorbing it: the same function, a different start for the fine-tune)
+                         allocation closer to the untrimmed net by KL divergence is used), then BN statistics
+                         synchronised with the refitted net (trim.sync_bn: the same function in eval mode, and the
+                         fine-tune's batch statistics no longer undo the refit)
+    trimflow-nosync      the default without sync_bn: the flow's default until 2026-12-01 (rows of it and of its
+                         variants measured before are named -nosync, see trim-zoo-commands.txt)
+    trimflow-rank-nosync one fraction of kernels per layer (allocation=rank): cheaper
+    trimflow-sens-nosync the sensitivity allocation unchecked (guard=none): the flow's default before the guard
+    trimflow-rescale(-nosync)
+                         with trim.reconstruct.rescale (refitted weights scaled back to the untrimmed RMS, the BN
+                         absorbing it: the same function, a different start for the fine-tune)
     trimflow-PART[-PART...]
                          other variants, named by what they change (VARIANT_PARTS below: rank, sens, rescale, grad,
-                         plain, norefit, ridge<r>), e.g. trimflow-grad-norefit; l1-refit / taylor-refit: a peer's
-                         kernels with trimflow's refit. Tried under the long fine-tune (trim-zoo-longft.md)
+                         plain, norefit, ridge<r>, nosync), e.g. trimflow-grad-norefit; l1-refit / taylor-refit:
+                         a peer's kernels with trimflow's refit. Tried under the long fine-tune (trim-zoo-longft.md)
     (Stored rows were renamed twice on 2026-11-30, see trim-zoo-commands.txt: the rank variant was "trimflow" and
     the unchecked sensitivity allocation "trimflow-sens", then "trimflow", before the guard.)
     l1 / l2 / bn_gamma / taylor / apoz / random -uniform
@@ -92,6 +97,8 @@ VARIANT_PARTS = {
     "plain": "relevance.weighting=none (the paper's mean activation)",
     "norefit": "the peers' treatment: one fraction per layer, no refit, BN statistics re-estimated",
     "ridge<r>": "reconstruct.ridge=r (pulls the refit towards the kept pretrained weights)",
+    "nosync": "sync_bn=false: BN keeps the refit's running statistics (the default before 2026-12-01 03:50)",
+    "sync": "sync_bn=true, the default since 2026-12-01 (names of rows measured before it was)",
 }
 
 
@@ -116,6 +123,8 @@ def ours(method: str) -> dict | None:
             rel["weighting"] = "gradient" if part == "grad" else "none"
         elif part == "norefit":
             cfg.update(compensation="none", recalibrate_bn=True, allocation="rank")
+        elif part in ("sync", "nosync"):
+            cfg["sync_bn"] = part == "sync"
         elif part.startswith("ridge"):
             r = float(part[5:])
             rec.update(ridge=r, fallback_ridge=max(r, ReconstructConfig.fallback_ridge))
@@ -131,7 +140,9 @@ def ours(method: str) -> dict | None:
 
 PEERS_UNIFORM = ("l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 PEERS_GLOBAL = {"bn_gamma": "none", "taylor": "l2", "l1": "max"}  # criterion -> per-layer normalisation
-METHODS = (("trimflow", "trimflow-rank", "trimflow-sens", "trimflow-rescale") + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
+METHODS = (("trimflow", "trimflow-nosync", "trimflow-rank-nosync", "trimflow-sens-nosync", "trimflow-rescale",
+            "trimflow-rescale-nosync")
+           + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
            + ("tp-l1group-uniform", "tp-l1group-global"))
 OUT = ROOT / "bench" / "results" / "trim-zoo"  # --out: rows, tables, plot and cost under another prefix
 COST = OUT.with_name("trim-zoo-cost.jsonl")  # --cost: trimflow's trim timed with the current code, no fine-tune
@@ -289,9 +300,9 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
              "the two the default was chosen on (label-free accuracy on a validation split of their training "
              "images); `holdout` nets were not looked at while choosing it.", "",
              "`trimflow` is the flow's default trim (relevance x consumer norm, sensitivity allocation measured by "
-             "KL divergence from the untrimmed net, least-squares reconstruction: no labels, no gradient step); "
-             "`trimflow-rank` is the same with one fraction of kernels per layer (cheaper; not ranked among the "
-             "peers).", ""]
+             "KL divergence from the untrimmed net, least-squares reconstruction: no labels, no gradient step), "
+             "then BN statistics synchronised with the refitted net (`trim.sync_bn`); `trimflow-nosync` is the same "
+             "without that step, the default until 2026-12-01 (not ranked among the peers).", ""]
     lines += ["## Nets", "", "| net | role | what | float test accuracy | params | MACs |", "|---|---|---|---|---|---|"]
     for net, f in floats.items():
         lines.append(f"| {net} | {NETS[net]['role']} | {NETS[net]['what']} | {f['accuracy']:.4f} | {f['params']:,} "
@@ -300,7 +311,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
                              ("Right after trimming: no labels (except taylor), no fine-tune", s_lf, "trimmed")):
         lines += ["", f"## {title}", "",
                   "| net | MACs kept | seeds | trimflow | best peer | random | trimflow rank | within 1 std of best "
-                  "| trimflow-rank |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| trimflow-nosync |", "|---|---|---|---|---|---|---|---|---|"]
         ranks = []
         for (net, budget), s in summ.items():
             fam = s["families"]
@@ -313,7 +324,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
             lines.append(f"| {net} | {1 / budget:.0f}x ({budget:g}) | {s['seeds']} | {tm:.4f} ± {ts:.4f} | "
                          f"{fam[bp][0] if bp else '—'} {fam[bp][1]:.4f} ± {fam[bp][2]:.4f} | "
                          f"{f'{rnd[1]:.4f}' if rnd else '—'} | {s['rank']['trimflow']} / {len(fam)} | "
-                         f"{'yes' if ok else '**no**'} | {variant(c, net, budget, 'trimflow-rank', key)} |")
+                         f"{'yes' if ok else '**no**'} | {variant(c, net, budget, 'trimflow-nosync', key)} |")
         if ranks:
             fams = sorted({f for r in ranks for f in r})
             mean_rank = {f: statistics.mean(r[f] for r in ranks if f in r) for f in fams}
@@ -443,7 +454,7 @@ def main() -> None:
         raise SystemExit(f"--nets: unknown net(s) {', '.join(unknown)}; known: {', '.join(NETS)} (or --add one)")
     bad = [m for m in args.methods if ours(m) is None and m not in METHODS]
     if bad:
-        raise SystemExit(f"--methods: unknown method(s) {', '.join(bad)}; peers: {', '.join(METHODS[4:])}; ours: "
+        raise SystemExit(f"--methods: unknown method(s) {', '.join(bad)}; peers: {', '.join(METHODS[6:])}; ours: "
                          f"trimflow and its variants trimflow-PART[-PART...] with PART in {', '.join(VARIANT_PARTS)}")
     torch.set_num_threads(args.threads)
     if args.cost:

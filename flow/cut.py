@@ -161,3 +161,58 @@ def recalibrate_bn(model: nn.Module, data: ImageSet, batch_size: int = 250) -> b
             bn.momentum = m
         model.eval()
     return True
+
+
+def sync_bn_statistics(model: nn.Module, data: ImageSet, batch_size: int = 250) -> list[str]:
+    """Give every BN the statistics its input really has, moving the difference into its affine parameters.
+
+    After a refit the BN running statistics no longer describe the BN's input: the refit matches the untrimmed
+    net's pre-activations in eval mode, and shifts it absorbed went into running_mean. A fine-tune runs BN in train
+    mode, normalising by the batch's own statistics, so its first step would see another function than the refitted
+    one. With gamma' = gamma * s_new / s_old and beta' = beta + gamma * (m_new - m_old) / s_old (s = sqrt(var +
+    eps)) and the running statistics set to the measured ones, eval mode computes exactly what it did, and train
+    mode the same up to batch noise. Statistics are measured in eval mode, where every BN already computes the
+    intended function. Returns the BNs changed (those with running statistics and affine parameters).
+    """
+    bns = {name: m for name, m in model.named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.affine}
+    if not bns:
+        return []
+    sums: dict[str, list] = {}
+
+    def hook(name):
+        def pre(module, args):
+            x = args[0].detach().double()
+            x = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, everything else)
+            s = sums.setdefault(name, [0, torch.zeros(x.shape[0], dtype=torch.float64),
+                                       torch.zeros(x.shape[0], dtype=torch.float64)])
+            s[0] += x.shape[1]
+            s[1] += x.sum(1)
+            s[2] += x.square().sum(1)
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in bns.items()]
+    was_training = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    try:
+        with torch.no_grad():
+            for x, _ in make_loader(data, batch_size):
+                model(x.to(dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    with torch.no_grad():
+        for name, bn in bns.items():
+            n, s1, s2 = sums[name]
+            mean = s1 / n
+            var = (s2 / n - mean.square()).clamp_min(0.0) * n / max(n - 1, 1)  # unbiased, as BN keeps it
+            s_old = (bn.running_var.double() + bn.eps).sqrt()
+            s_new = (var + bn.eps).sqrt()
+            gamma = bn.weight.detach().double()
+            bn.bias += (gamma * (mean - bn.running_mean.double()) / s_old).to(bn.bias.dtype)
+            bn.weight.copy_((gamma * s_new / s_old).to(bn.weight.dtype))
+            bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+            bn.running_var.copy_(var.to(bn.running_var.dtype))
+    return list(bns)

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from trimflow import FlowError
 from trimflow.artifacts import digest, read_json, write_json
-from trimflow.cut import compensate, compensate_trimmed, recalibrate_bn, remove_channels  # noqa: F401 (re-exported)
+from trimflow.cut import (compensate, compensate_trimmed, recalibrate_bn, remove_channels,  # noqa: F401 (re-exported)
+                          sync_bn_statistics)
 from trimflow.data import ImageSet, make_loader, subset
 from trimflow.graph import ChannelGraph, build_graph, count_params_macs
 from trimflow.relevance import RelevanceScores, input_means, normalize
@@ -53,6 +54,7 @@ class TrimReport:
     reconstruction: list[dict[str, Any]] | None = None  # compensation="reconstruct": one record per refitted layer
     # allocation="sensitivity" with guard="rank": which allocation was used and the KL divergences that decided it
     allocation_check: dict[str, Any] | None = None
+    bn_synced: list[str] | None = None  # sync_bn: the BNs given their input's statistics (trimflow.cut)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -401,13 +403,16 @@ def trim_model(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig = Trim
             if kl["rank"] < kl["sensitivity"]:
                 check["used"] = "rank"
                 keep, trimmed, done = alt
+    synced = None
+    if cfg.sync_bn and cfg.compensation != "none" and calib_small is not None:
+        synced = sync_bn_statistics(trimmed, calib_small, cfg.batch_size)
     p0, m0 = count_params_macs(model, graph.input_shape)
     p1, m1 = count_params_macs(trimmed, graph.input_shape)
     layers = [{"name": g.name, "producers": g.producers, "total": g.size, "kept": int(keep[g.id].numel()),
                "kept_indices": keep[g.id].tolist()} for g in graph.prunable()]
     report = TrimReport(scores.criterion, dataclasses.asdict(cfg), layers, p0, p1, m0, m1, done["compensated"],
                         done["bn_recalibrated"], sensitivity if cfg.allocation == "sensitivity" else None,
-                        done["reconstruction"] or None, check)
+                        done["reconstruction"] or None, check, synced)
     return trimmed, report
 
 

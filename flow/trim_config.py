@@ -33,8 +33,9 @@ class ReconstructConfig:
     # weights as fast as it would the pretrained ones. The refit makes up for the lost inputs with larger weights
     # (2-4x the RMS on CNV at 16x fewer MACs, the classifier 8x), and an optimiser's step is a smaller fraction of
     # a larger weight. Under a long fine-tune (2 epochs, Adam 1e-3; bench/results/trim-zoo-longft.md) it gained
-    # +0.2 pt on CNV and +2.7 / +1.3 pt on the held-out CNV-likes at 16x; off because the default build's distilled
-    # SGD fine-tune and QAT ended 0.23 pt lower with it (W4A4 91.84 vs 92.07 %).
+    # +0.5 pt on CNV and +1.8 / +2.1 pt on the held-out GAP-head / wide CNVs at 16x; under the short one it is
+    # neutral (+0.14 pt over 26 paired rows), and the default build's W4A4 ended 0.15 pt lower (91.92 vs 92.07 %,
+    # one thread), so it is off.
     rescale: bool = False
 
     def __post_init__(self):
@@ -125,6 +126,13 @@ class TrimConfig:
     compensation: str = "mean"
     reconstruct: ReconstructConfig = ReconstructConfig()
     recalibrate_bn: bool = False  # re-estimate BN running statistics on the calibration set (after compensation)
+    # After the compensation, give every BN the statistics its input really has and move the difference into its
+    # gamma / beta (trimflow.cut.sync_bn_statistics): the trimmed net computes the same in eval mode, and a
+    # fine-tune, which runs BN on batch statistics, starts from that function instead of another one. Without it
+    # the zoo's MobileNet at 16x fewer MACs is at 53 % after the refit but 20 % under batch statistics, and the
+    # short fine-tune ended at 19 %; with it 56 % (bench/results/trim-zoo.md). Elsewhere +0.4 pt (CNV at 16x, long
+    # fine-tune) or within noise; the default build's W4A4 92.04 vs 91.96 %.
+    sync_bn: bool = True
     calib_images: int = 2000  # images of the calibration set used for means / BN statistics
     batch_size: int = 250
     seed: int = 0
