@@ -29,22 +29,22 @@ SOURCES = [(RESULTS / "ftlen" / f"trim-zoo-ft{n}.jsonl", n, 1) for n in (3000, 1
 
 
 def collect() -> dict[str, dict[int, list[float]]]:
-    """method -> fine-tune steps -> accuracies over SEEDS (steps 0: right after trimming)."""
+    """method -> fine-tune steps -> accuracies over SEEDS (steps 0: right after trimming, once per seed)."""
     acc: dict[str, dict[int, list[float]]] = {m: {} for m in METHODS}
+    trimmed: dict[str, dict[int, float]] = {m: {} for m in METHODS}  # method -> seed -> before the fine-tune
     for path, images, epochs in SOURCES:
         if not path.exists():
             continue
         steps = math.ceil(images / BATCH) * epochs
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            if (r["net"], r["budget"], r["method"]) != (NET, BUDGET, r["method"]) or r["method"] not in METHODS \
-                    or r["seed"] not in SEEDS or "finetuned" not in r:
+            if r["method"] not in METHODS or (r["net"], r["budget"]) != (NET, BUDGET) or r["seed"] not in SEEDS \
+                    or "finetuned" not in r:
                 continue
             acc[r["method"]].setdefault(steps, []).append(r["finetuned"])
-            if r["seed"] not in [s for s, _ in acc[r["method"]].get(-1, [])]:
-                acc[r["method"]].setdefault(-1, []).append((r["seed"], r["trimmed"]))
+            trimmed[r["method"]].setdefault(r["seed"], r["trimmed"])
     for m in METHODS:
-        acc[m][0] = [a for _, a in acc[m].pop(-1, [])]
+        acc[m][0] = list(trimmed[m].values())
     return acc
 
 

@@ -185,10 +185,11 @@ def trim_one(model, method: str, budget: float, calib, seed: int, args,
         recalibrate_bn(trimmed, calib)
         return trimmed, info
     rel: dict = {}
-    if ours(method) is not None:
-        crit, norm, extra = "relevance", "rank", ours(method)
+    extra = ours(method)
+    if extra is not None:
+        norm = "rank"
         rel = extra.pop("relevance", {})
-        crit = extra.pop("criterion", crit)
+        crit = extra.pop("criterion", "relevance")
     else:
         crit, alloc = method.rsplit("-", 1)
         norm = "rank" if alloc == "uniform" else PEERS_GLOBAL[crit]

@@ -140,6 +140,14 @@ def compensate_trimmed(original: nn.Module, trimmed: nn.Module, graph: ChannelGr
     return done
 
 
+def _forward_all(model: nn.Module, data: ImageSet, batch_size: int) -> None:
+    """Run every image of `data` through `model` (in the mode it is in) for what its hooks or BN layers record."""
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        for x, _ in make_loader(data, batch_size):
+            model(x.to(dtype))
+
+
 def recalibrate_bn(model: nn.Module, data: ImageSet, batch_size: int = 250) -> bool:
     """Re-estimate BN running statistics as exact averages over `data` (weights untouched)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -151,11 +159,8 @@ def recalibrate_bn(model: nn.Module, data: ImageSet, batch_size: int = 250) -> b
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average instead of an exponential one
         bn.train()
-    dtype = next(model.parameters()).dtype
     try:
-        with torch.no_grad():
-            for x, _ in make_loader(data, batch_size):
-                model(x.to(dtype))
+        _forward_all(model, data, batch_size)
     finally:
         for bn, m in zip(bns, momenta):
             bn.momentum = m
@@ -194,11 +199,8 @@ def sync_bn_statistics(model: nn.Module, data: ImageSet, batch_size: int = 250) 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in bns.items()]
     was_training = model.training
     model.eval()
-    dtype = next(model.parameters()).dtype
     try:
-        with torch.no_grad():
-            for x, _ in make_loader(data, batch_size):
-                model(x.to(dtype))
+        _forward_all(model, data, batch_size)
     finally:
         for h in handles:
             h.remove()
