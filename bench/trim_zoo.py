@@ -227,8 +227,9 @@ def one_row(net: str, model, method: str, budget: float, seed: int, sets, args, 
     row.update(params_kept=round(p1 / p0, 4), macs_kept=round(m1 / m0, 4))
     row["trimmed"] = evaluate(trimmed, test_set)
     if args.ft_epochs > 0:
-        ft = TrainConfig(epochs=args.ft_epochs, lr=args.ft_lr, optimizer="adam", schedule="cosine",
-                         weight_decay=0.0, augment=True, hflip=False, seed=seed)
+        ft = TrainConfig(epochs=args.ft_epochs, lr=args.ft_lr, optimizer=args.ft_optimizer,
+                         schedule=args.ft_schedule, weight_decay=args.ft_weight_decay, augment=True, hflip=False,
+                         seed=seed)
         t = time.perf_counter()
         train(trimmed, subset(train_set, args.ft_images, seed + 1000), ft, progress=False)
         row["ft_seconds"] = round(time.perf_counter() - t, 1)
@@ -427,7 +428,10 @@ def main() -> None:
     p.add_argument("--ft-images", type=int, default=3000, help="fine-tune subset of the training split")
     p.add_argument("--test-images", type=int, default=2000, help="fixed test subset (seed 0) every row is scored on")
     p.add_argument("--ft-epochs", type=float, default=1.0)
-    p.add_argument("--ft-lr", type=float, default=3e-4)
+    p.add_argument("--ft-lr", type=float, default=3e-4, help="the learning rate (onecycle: its peak)")
+    p.add_argument("--ft-optimizer", choices=("adam", "adamw"), default="adam")
+    p.add_argument("--ft-schedule", choices=("cosine", "onecycle"), default="cosine")
+    p.add_argument("--ft-weight-decay", type=float, default=0.0, help="conv / linear weights only")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="K/N: run every N-th (seed, net) group starting at K")

@@ -23,9 +23,14 @@ class TrainConfig:
     epochs: float = 10.0  # fractional epochs let a fine-tune see part of the set; 0 = no training step at all
     batch_size: int = 128
     lr: float = 0.05
-    optimizer: Literal["sgd", "adam"] = "sgd"  # sgd: momentum 0.9, nesterov
-    weight_decay: float = 5e-4
-    schedule: Literal["cosine", "constant"] = "cosine"  # after warmup: cosine decay to 0, or lr throughout
+    # sgd: momentum 0.9, nesterov; adam: L2 decay in the gradient; adamw: decay decoupled from it (Loshchilov &
+    # Hutter), as in the recipes most Torch users fine-tune with
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    weight_decay: float = 5e-4  # conv / linear weights only, never BN parameters or biases
+    # after warmup: cosine decay to 0, or lr throughout; onecycle: torch's OneCycleLR with its defaults (warm-up
+    # over the first 30 % of the steps from lr / 25, cosine down to lr / 25e4; for adam/adamw it also cycles beta1
+    # 0.95 -> 0.85 -> 0.95), its own warm-up, so warmup_steps must stay 0
+    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
     warmup_steps: int = 0
     augment: bool = True  # random shifts (and flips, see hflip) of the training images
     shift: int = 2  # augment: largest shift in pixels, each direction (zero fill)
@@ -38,10 +43,13 @@ class TrainConfig:
     def __post_init__(self):
         if not self.epochs >= 0:
             raise FlowError(f"train: epochs must be >= 0 (0 = no training), got {self.epochs}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise FlowError(f"train: optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise FlowError(f"train: schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise FlowError(f"train: optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant", "onecycle"):
+            raise FlowError(f"train: schedule must be 'cosine', 'constant' or 'onecycle', got {self.schedule!r}")
+        if self.schedule == "onecycle" and self.warmup_steps:
+            raise FlowError(f"train: schedule 'onecycle' warms up by itself; set warmup_steps to 0 (got "
+                            f"{self.warmup_steps})")
         if self.shift < 0:
             raise FlowError(f"train: shift must be >= 0 pixels, got {self.shift}")
         if not 0.0 <= self.distill_weight <= 1.0:
@@ -61,8 +69,8 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer in ("adam", "adamw"):
+        return (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
 
 
@@ -83,6 +91,10 @@ def train(model: nn.Module, data: ImageSet, cfg: TrainConfig, teacher: nn.Module
     if teacher is not None:
         teacher.eval()
 
+    # onecycle: the library's scheduler owns the learning rate (and beta1) and steps once per batch
+    cycle = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps)
+             if cfg.schedule == "onecycle" else None)
+
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -102,8 +114,9 @@ def train(model: nn.Module, data: ImageSet, cfg: TrainConfig, teacher: nn.Module
         for x, y in loader:
             if step >= total_steps:
                 break
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+            if cycle is None:
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step)
             out = model(x)
             loss = criterion(out, y)
             if teacher is not None and cfg.distill_weight > 0:
@@ -118,6 +131,8 @@ def train(model: nn.Module, data: ImageSet, cfg: TrainConfig, teacher: nn.Module
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if cycle is not None:
+                cycle.step()
             running += loss.item() * len(y)
             seen += len(y)
             step += 1
