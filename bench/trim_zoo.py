@@ -24,17 +24,17 @@ random criterion. Methods:
                          allocation closer to the untrimmed net by KL divergence is used), then BN statistics
                          synchronised with the refitted net (trim.sync_bn: the same function in eval mode, and the
                          fine-tune's batch statistics no longer undo the refit)
-    trimflow-nosync      the default without sync_bn: the flow's default until 2026-12-01 (rows of it and of its
-                         variants measured before are named -nosync, see trim-zoo-commands.txt)
+    trimflow-norescale   the default without trim.reconstruct.rescale: the flow's default until 2026-12-01 05:30
+                         (rows measured before are renamed, see trim-zoo-commands.txt)
+    trimflow-nosync      the default without sync_bn (the flow's default until 2026-12-01 03:50 was
+                         trimflow-norescale-nosync)
     trimflow-rank-nosync one fraction of kernels per layer (allocation=rank): cheaper
     trimflow-sens-nosync the sensitivity allocation unchecked (guard=none): the flow's default before the guard
-    trimflow-rescale(-nosync)
-                         with trim.reconstruct.rescale (refitted weights scaled back to the untrimmed RMS, the BN
-                         absorbing it: the same function, a different start for the fine-tune)
     trimflow-PART[-PART...]
-                         other variants, named by what they change (VARIANT_PARTS below: rank, sens, rescale, grad,
-                         plain, norefit, ridge<r>, nosync), e.g. trimflow-grad-norefit; l1-refit / taylor-refit:
-                         a peer's kernels with trimflow's refit. Tried under the long fine-tune (trim-zoo-longft.md)
+                         other variants, named by what they change (VARIANT_PARTS below: rank, sens, norescale,
+                         grad, plain, norefit, ridge<r>, nosync), e.g. trimflow-grad-norefit; l1-refit /
+                         taylor-refit: a peer's kernels with trimflow's refit (one fraction per layer), -norescale
+                         as above. Tried under the long fine-tune (trim-zoo-longft.md)
     (Stored rows were renamed twice on 2026-11-30, see trim-zoo-commands.txt: the rank variant was "trimflow" and
     the unchecked sensitivity allocation "trimflow-sens", then "trimflow", before the guard.)
     l1 / l2 / bn_gamma / taylor / apoz / random -uniform
@@ -87,26 +87,27 @@ from trimflow.train import TrainConfig, evaluate, train  # noqa: E402
 from trimflow.trim import SensitivityConfig, TrimConfig, recalibrate_bn, trim_model  # noqa: E402
 
 # "trimflow" is the flow's default (TrimConfig in trimflow.config). Its variants are named by what they change,
-# joined by "-" (trimflow-rank-rescale-ridge0.1): shown in the per-net tables and the variant column, never ranked
+# joined by "-" (trimflow-rank-ridge0.1): shown in the per-net tables and the variant column, never ranked
 # among the peers. "l1-refit" / "taylor-refit": a peer's kernels with trimflow's refit (one fraction per layer).
 VARIANT_PARTS = {
     "rank": "one fraction of kernels per layer (allocation=rank)",
     "sens": "the sensitivity allocation unchecked (sensitivity.guard=none)",
-    "rescale": "reconstruct.rescale: refitted weights back to the untrimmed RMS, the BN absorbing it",
+    "norescale": "reconstruct.rescale=false: the refitted weights keep the scale the refit gave them (the default "
+                 "until 2026-12-01 05:30)",
     "grad": "relevance.weighting=gradient (|activation x gradient| of the net's own prediction)",
     "plain": "relevance.weighting=none (the paper's mean activation)",
     "norefit": "the peers' treatment: one fraction per layer, no refit, BN statistics re-estimated",
     "ridge<r>": "reconstruct.ridge=r (pulls the refit towards the kept pretrained weights)",
     "nosync": "sync_bn=false: BN keeps the refit's running statistics (the default before 2026-12-01 03:50)",
-    "sync": "sync_bn=true, the default since 2026-12-01 (names of rows measured before it was)",
 }
 
 
 def ours(method: str) -> dict | None:
     """TrimConfig fields (plus "relevance" / "criterion" overrides) of one of our methods; None for a peer."""
     first, *parts = method.split("-")
-    if first in ("l1", "taylor") and parts == ["refit"]:
-        return {"criterion": first, "compensation": "reconstruct", "recalibrate_bn": False, "allocation": "rank"}
+    if first in ("l1", "taylor") and parts[:1] == ["refit"] and set(parts[1:]) <= {"norescale"}:
+        return {"criterion": first, "compensation": "reconstruct", "recalibrate_bn": False, "allocation": "rank",
+                **({"reconstruct": ReconstructConfig(rescale=False)} if parts[1:] else {})}
     if first != "trimflow":
         return None
     cfg: dict = {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity"}
@@ -117,14 +118,14 @@ def ours(method: str) -> dict | None:
             cfg["allocation"] = "rank"
         elif part == "sens":
             cfg["sensitivity"] = SensitivityConfig(guard="none")
-        elif part == "rescale":
-            rec["rescale"] = True
+        elif part == "norescale":
+            rec["rescale"] = False
         elif part in ("grad", "plain"):
             rel["weighting"] = "gradient" if part == "grad" else "none"
         elif part == "norefit":
             cfg.update(compensation="none", recalibrate_bn=True, allocation="rank")
-        elif part in ("sync", "nosync"):
-            cfg["sync_bn"] = part == "sync"
+        elif part == "nosync":
+            cfg["sync_bn"] = False
         elif part.startswith("ridge"):
             r = float(part[5:])
             rec.update(ridge=r, fallback_ridge=max(r, ReconstructConfig.fallback_ridge))
@@ -140,8 +141,7 @@ def ours(method: str) -> dict | None:
 
 PEERS_UNIFORM = ("l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 PEERS_GLOBAL = {"bn_gamma": "none", "taylor": "l2", "l1": "max"}  # criterion -> per-layer normalisation
-METHODS = (("trimflow", "trimflow-nosync", "trimflow-rank-nosync", "trimflow-sens-nosync", "trimflow-rescale",
-            "trimflow-rescale-nosync")
+METHODS = (("trimflow", "trimflow-norescale", "trimflow-nosync", "trimflow-norescale-nosync")
            + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
            + ("tp-l1group-uniform", "tp-l1group-global"))
 OUT = ROOT / "bench" / "results" / "trim-zoo"  # --out: rows, tables, plot and cost under another prefix
@@ -303,8 +303,9 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
              "images); `holdout` nets were not looked at while choosing it.", "",
              "`trimflow` is the flow's default trim (relevance x consumer norm, sensitivity allocation measured by "
              "KL divergence from the untrimmed net, least-squares reconstruction: no labels, no gradient step), "
-             "then BN statistics synchronised with the refitted net (`trim.sync_bn`); `trimflow-nosync` is the same "
-             "without that step, the default until 2026-12-01 (not ranked among the peers).", ""]
+             "then BN statistics synchronised with the refitted net (`trim.sync_bn`) and the refitted weights scaled "
+             "back to the untrimmed scale (`trim.reconstruct.rescale`; the same function); `trimflow-norescale` is "
+             "the same without rescale, the default until 2026-12-01 05:30 (not ranked among the peers).", ""]
     lines += ["## Nets", "", "| net | role | what | float test accuracy | params | MACs |", "|---|---|---|---|---|---|"]
     for net, f in floats.items():
         lines.append(f"| {net} | {NETS[net]['role']} | {NETS[net]['what']} | {f['accuracy']:.4f} | {f['params']:,} "
@@ -313,7 +314,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
                              ("Right after trimming: no labels (except taylor), no fine-tune", s_lf, "trimmed")):
         lines += ["", f"## {title}", "",
                   "| net | MACs kept | seeds | trimflow | best peer | random | trimflow rank | within 1 std of best "
-                  "| trimflow-nosync |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| trimflow-norescale |", "|---|---|---|---|---|---|---|---|---|"]
         ranks = []
         for (net, budget), s in summ.items():
             fam = s["families"]
@@ -326,7 +327,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
             lines.append(f"| {net} | {1 / budget:.0f}x ({budget:g}) | {s['seeds']} | {tm:.4f} ± {ts:.4f} | "
                          f"{fam[bp][0] if bp else '—'} {fam[bp][1]:.4f} ± {fam[bp][2]:.4f} | "
                          f"{f'{rnd[1]:.4f}' if rnd else '—'} | {s['rank']['trimflow']} / {len(fam)} | "
-                         f"{'yes' if ok else '**no**'} | {variant(c, net, budget, 'trimflow-nosync', key)} |")
+                         f"{'yes' if ok else '**no**'} | {variant(c, net, budget, 'trimflow-norescale', key)} |")
         if ranks:
             fams = sorted({f for r in ranks for f in r})
             mean_rank = {f: statistics.mean(r[f] for r in ranks if f in r) for f in fams}

