@@ -460,7 +460,7 @@ def main() -> None:
         raise SystemExit(f"--nets: unknown net(s) {', '.join(unknown)}; known: {', '.join(NETS)} (or --add one)")
     bad = [m for m in args.methods if ours(m) is None and m not in METHODS]
     if bad:
-        raise SystemExit(f"--methods: unknown method(s) {', '.join(bad)}; peers: {', '.join(METHODS[6:])}; ours: "
+        raise SystemExit(f"--methods: unknown method(s) {', '.join(bad)}; peers: {', '.join(m for m in METHODS if ours(m) is None)}; ours: "
                          f"trimflow and its variants trimflow-PART[-PART...] with PART in {', '.join(VARIANT_PARTS)}")
     torch.set_num_threads(args.threads)
     if args.cost:
