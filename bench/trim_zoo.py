@@ -32,7 +32,7 @@ random criterion. Methods:
     trimflow-sens-nosync the sensitivity allocation unchecked (guard=none): the flow's default before the guard
     trimflow-PART[-PART...]
                          other variants, named by what they change (VARIANT_PARTS below: rank, sens, norescale,
-                         grad, plain, norefit, ridge<r>, nosync), e.g. trimflow-grad-norefit; l1-refit /
+                         grad, plain, norefit, ridge<r>, nosync, recal), e.g. trimflow-grad-norefit; l1-refit /
                          taylor-refit: a peer's kernels with trimflow's refit (one fraction per layer), -norescale
                          as above. Tried under the long fine-tune (trim-zoo-longft.md)
     (Stored rows were renamed twice on 2026-11-30, see trim-zoo-commands.txt: the rank variant was "trimflow" and
@@ -99,6 +99,8 @@ VARIANT_PARTS = {
     "norefit": "the peers' treatment: one fraction per layer, no refit, BN statistics re-estimated",
     "ridge<r>": "reconstruct.ridge=r (pulls the refit towards the kept pretrained weights)",
     "nosync": "sync_bn=false: BN keeps the refit's running statistics (the default before 2026-12-01 03:50)",
+    "recal": "after the refit, BN statistics re-estimated as the peers get them (recalibrate_bn, no sync_bn): each "
+             "refitted layer's output is normalised back to the untrimmed activation scale",
 }
 
 
@@ -126,6 +128,8 @@ def ours(method: str) -> dict | None:
             cfg.update(compensation="none", recalibrate_bn=True, allocation="rank")
         elif part == "nosync":
             cfg["sync_bn"] = False
+        elif part == "recal":
+            cfg.update(recalibrate_bn=True, sync_bn=False)
         elif part.startswith("ridge"):
             r = float(part[5:])
             rec.update(ridge=r, fallback_ridge=max(r, ReconstructConfig.fallback_ridge))
