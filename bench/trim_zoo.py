@@ -31,8 +31,8 @@ random criterion. Methods:
     trimflow-rank-nosync one fraction of kernels per layer (allocation=rank): cheaper
     trimflow-sens-nosync the sensitivity allocation unchecked (guard=none): the flow's default before the guard
     trimflow-PART[-PART...]
-                         other variants, named by what they change (VARIANT_PARTS below: rank, sens, norescale,
-                         grad, plain, norefit, ridge<r>, nosync, recal), e.g. trimflow-grad-norefit; l1-refit /
+                         other variants, named by what they change (the parts are VARIANT_PARTS below, listed
+                         by --help), e.g. trimflow-grad-norefit; l1-refit /
                          taylor-refit: a peer's kernels with trimflow's refit (one fraction per layer), -norescale
                          as above. Tried under the long fine-tune (trim-zoo-longft.md)
     (Stored rows were renamed twice on 2026-11-30, see trim-zoo-commands.txt: the rank variant was "trimflow" and
@@ -98,6 +98,7 @@ VARIANT_PARTS = {
     "plain": "relevance.weighting=none (the paper's mean activation)",
     "norefit": "the peers' treatment: one fraction per layer, no refit, BN statistics re-estimated",
     "ridge<r>": "reconstruct.ridge=r (pulls the refit towards the kept pretrained weights)",
+    "outridge<r>": "reconstruct.output_ridge=r: the ridge of the layer computing the logits only",
     "nosync": "sync_bn=false: BN keeps the refit's running statistics (the default before 2026-12-01 03:50)",
     "recal": "after the refit, BN statistics re-estimated as the peers get them (recalibrate_bn, no sync_bn): each "
              "refitted layer's output is normalised back to the untrimmed activation scale",
@@ -130,6 +131,8 @@ def ours(method: str) -> dict | None:
             cfg["sync_bn"] = False
         elif part == "recal":
             cfg.update(recalibrate_bn=True, sync_bn=False)
+        elif part.startswith("outridge"):
+            rec["output_ridge"] = float(part[8:])
         elif part.startswith("ridge"):
             r = float(part[5:])
             rec.update(ridge=r, fallback_ridge=max(r, ReconstructConfig.fallback_ridge))
@@ -425,7 +428,9 @@ def main() -> None:
     global OUT, COST
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nets", nargs="+", default=list(NETS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   help="peers and our methods (module docstring); trimflow variants join these parts with '-': "
+                        + "; ".join(f"{k}: {v}" for k, v in VARIANT_PARTS.items()))
     p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.25, 0.0625])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--calib-images", type=int, default=2000, help="representative images (training split)")

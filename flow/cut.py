@@ -116,13 +116,14 @@ def compensate(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, kee
 def compensate_trimmed(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, keep: dict[int, torch.Tensor],
                        cfg: TrimConfig, means: dict[str, list[float]] | None, calib: ImageSet | None,
                        layers: list[str] | None = None, batch_size: int | None = None,
-                       targets_cache: dict[str, list] | None = None) -> dict[str, Any]:
+                       targets_cache: dict[str, list] | None = None, prefix: Any = None) -> dict[str, Any]:
     """Make up for the removed kernels as cfg.compensation says, then re-estimate BN statistics if asked.
 
     Reconstruction comes before the BN re-estimation: it refits each layer to the untrimmed net's output under the
     untrimmed BN statistics, and the re-estimation then only corrects what the refit could not reproduce. Returns
     what was done: the compensated layers (mean), the per-layer refit records (reconstruct), whether BN was
-    re-estimated. `layers` limits the refit to these layers (sensitivity probes).
+    re-estimated. `layers` limits the refit to these layers, `prefix` (a trimflow.staged.Prefix of the untrimmed
+    net's pass over `calib`) lets it start where `trimmed` first differs (sensitivity probes).
     """
     done: dict[str, Any] = {"compensated": [], "reconstruction": [], "bn_recalibrated": False}
     if cfg.compensation == "mean":
@@ -131,7 +132,8 @@ def compensate_trimmed(original: nn.Module, trimmed: nn.Module, graph: ChannelGr
         if calib is None:
             raise FlowError("trim: compensation=reconstruct needs a calibration set (representative images)")
         rcfg = cfg.reconstruct if batch_size is None else dataclasses.replace(cfg.reconstruct, batch_size=batch_size)
-        done["reconstruction"] = reconstruct(original, trimmed, graph, keep, calib, rcfg, layers, targets_cache)
+        done["reconstruction"] = reconstruct(original, trimmed, graph, keep, calib, rcfg, layers, targets_cache,
+                                             prefix)
         done["compensated"] = [r["layer"] for r in done["reconstruction"] if "skipped" not in r]
     if cfg.recalibrate_bn:
         if calib is None:

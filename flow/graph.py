@@ -102,7 +102,7 @@ class ChannelGroup:
 class ChannelGraph:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.gm = _trace(model)
+        self.gm = trace(model)
         try:
             ShapeProp(self.gm).propagate(example_input(model, self.input_shape))
         except Exception as e:
@@ -379,7 +379,9 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def _trace(model: nn.Module) -> torch.fx.GraphModule:
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """`model` traced with torch.fx, conv/linear/BN/activation modules kept whole (their parameters shared, not
+    copied: a weight changed in `model` is the one the GraphModule runs). A model fx cannot trace is a FlowError."""
     try:
         graph = _Tracer().trace(model)
     except Exception as e:

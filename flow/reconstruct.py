@@ -17,6 +17,7 @@ the larger `fallback_ridge` instead, and the report names every such layer (noth
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -26,6 +27,7 @@ from torch import nn
 from trimflow import FlowError
 from trimflow.data import ImageSet, make_loader
 from trimflow.graph import ChannelGraph
+from trimflow.staged import Prefix, StagedForward
 
 # the config lives apart from the torch code (trimflow.trim_config), so that loading a flow config does not import torch
 from trimflow.trim_config import ON_FEW_SAMPLES, ReconstructConfig  # noqa: E402,F401
@@ -33,26 +35,6 @@ from trimflow.trim_config import ON_FEW_SAMPLES, ReconstructConfig  # noqa: E402
 
 class _Stop(Exception):
     """Raised from a hook once the layers of interest have been seen: the rest of the forward pass is not needed."""
-
-
-def _capture(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
-    """Run `model` on x only up to module `name`; return that module's input."""
-    box: list[torch.Tensor] = []
-
-    def pre(module, args):
-        box.append(args[0].detach())
-        raise _Stop
-
-    handle = model.get_submodule(name).register_forward_pre_hook(pre)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if not box:
-        raise FlowError(f"reconstruction: layer {name} is not reached by the model's forward pass")
-    return box[0]
 
 
 def _pick(positions: int, n: int, p: int, gen: torch.Generator) -> torch.Tensor | None:
@@ -218,12 +200,15 @@ def _rescale(original: nn.Module, trimmed: nn.Module, use, out_keep: torch.Tenso
 
 def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, keep: dict[int, torch.Tensor],
                 images: ImageSet, cfg: ReconstructConfig = ReconstructConfig(),
-                layers: list[str] | None = None, targets_cache: dict[str, list] | None = None) -> list[dict[str, Any]]:
+                layers: list[str] | None = None, targets_cache: dict[str, list] | None = None,
+                prefix: Prefix | None = None) -> list[dict[str, Any]]:
     """Refit, in execution order, every conv/linear layer of `trimmed` whose input differs from the original's.
 
     `keep` is the kept channel indices per trimmed group (as trimflow.trim chose them); `layers` restricts the refit
     to these layers (the sensitivity probes refit only the consumers of the probed group); `targets_cache` keeps the
-    untrimmed net's sampled outputs between calls on the same images (the probes of one group share them). Returns
+    untrimmed net's sampled outputs between calls on the same images (the probes of one group share them);
+    `prefix` is the untrimmed net's staged pass over `images` (cfg.batch_size batches) up to where `trimmed` starts
+    to differ from it (the probes of one group share it). Returns
     one record per refitted layer: samples, unknowns, ridge, condition number, fallback reason if any, the relative
     error of the layer's output (residual energy / output variance energy) before and after the refit, and with
     cfg.rescale the mean factor the layer was scaled back by.
@@ -245,6 +230,7 @@ def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, ke
         else:
             fit.append(use)
     out_keep = {u.name: keep.get(graph.find(u.out_group)) if u.out_group is not None else None for u in fit}
+    staged: StagedForward | None = None  # the trimmed net's pass, advanced layer by layer as they are refitted
     for chunk in _chunks(original, fit, images, cfg):
         if targets_cache is None:
             targets = _targets(original, chunk, out_keep, images, cfg)
@@ -257,7 +243,11 @@ def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, ke
             targets = {u.name: [(idx, ys if out_keep[u.name] is None else ys[:, out_keep[u.name]])
                                 for idx, ys in targets_cache[u.name]] for u in chunk}
         for use in chunk:
-            records.append(_refit(trimmed, use, targets.pop(use.name), images, cfg, dtype))
+            if staged is None:
+                staged = (StagedForward(trimmed, prefix=prefix) if prefix is not None else
+                          StagedForward(trimmed, [x.to(dtype) for x, _ in make_loader(images, cfg.batch_size)]))
+            records.append(_refit(trimmed, use, targets.pop(use.name), staged.input_of(use.name),
+                                  _layer_config(graph, use, cfg)))
             if cfg.rescale:
                 records[-1]["rescaled"] = _rescale(original, trimmed, use, out_keep[use.name])
     order = {u.name: i for i, u in enumerate(todo)}
@@ -293,9 +283,18 @@ def _chunks(original: nn.Module, uses: list, images: ImageSet, cfg: ReconstructC
     return [c for c in chunks if c]
 
 
-def _refit(trimmed: nn.Module, use, targets: list, images: ImageSet, cfg: ReconstructConfig,
-           dtype: torch.dtype) -> dict[str, Any]:
-    """Refit one layer of `trimmed` to the cached untrimmed targets, from the trimmed net's actual inputs."""
+def _layer_config(graph: ChannelGraph, use, cfg: ReconstructConfig) -> ReconstructConfig:
+    """cfg, with output_ridge as the ridge of a layer that computes the model's output (the logits)."""
+    if cfg.output_ridge is None or use.out_group is None:
+        return cfg
+    if graph.group(use.out_group).frozen != "model output":
+        return cfg
+    return dataclasses.replace(cfg, ridge=cfg.output_ridge, fallback_ridge=max(cfg.fallback_ridge, cfg.output_ridge))
+
+
+def _refit(trimmed: nn.Module, use, targets: list, inputs: list[torch.Tensor],
+           cfg: ReconstructConfig) -> dict[str, Any]:
+    """Refit one layer of `trimmed` to the cached untrimmed targets, from the trimmed net's inputs (per batch)."""
     mod = trimmed.get_submodule(use.name)
     d = mod.weight[0].numel()
     xtx = torch.zeros(d + 1, d + 1, dtype=torch.float64)
@@ -307,8 +306,11 @@ def _refit(trimmed: nn.Module, use, targets: list, images: ImageSet, cfg: Recons
                      (mod.bias.detach() if mod.bias is not None else torch.zeros(mod.weight.shape[0]))
                      .double()[None]])
     with torch.no_grad():
-        for (x, _), (idx, ys) in zip(make_loader(images, cfg.batch_size), targets):
-            xs = _patches(mod, _capture(trimmed, use.name, x.to(dtype)), idx).float()
+        if len(inputs) != len(targets):
+            raise FlowError(f"internal: reconstruction of layer {use.name} got {len(inputs)} input batches for "
+                            f"{len(targets)} target batches")
+        for x, (idx, ys) in zip(inputs, targets):
+            xs = _patches(mod, x, idx).float()
             xs = torch.cat([xs, torch.ones(xs.shape[0], 1)], 1)
             # one batch's products in float32 (a few thousand rows: ~1e-6 relative error, 4x faster than
             # float64), summed over batches in float64

@@ -33,6 +33,7 @@ from trimflow.cut import (compensate, compensate_trimmed, recalibrate_bn, remove
 from trimflow.data import ImageSet, make_loader, subset
 from trimflow.graph import ChannelGraph, build_graph, count_params_macs
 from trimflow.relevance import RelevanceScores, input_means, normalize
+from trimflow.staged import StagedForward
 
 # the configs live apart from the torch code, so that loading a flow config does not import torch
 from trimflow.trim_config import (ALLOCATIONS, COMPENSATIONS, GUARDS, METRICS, POLICIES,  # noqa: E402,F401
@@ -212,6 +213,12 @@ def measure_sensitivity(model: nn.Module, scores: RelevanceScores, calib: ImageS
     base_loss, base_acc, base_kl = _measures(_logits(base, measure, scfg.batch_size), measure.labels, reference)
     groups = graph.prunable()
     plan = [(g, probe_counts(g.size, cfg)) for g in groups]
+    # Without BN re-estimation a probe computes what the untrimmed net does up to the probed group's producers:
+    # the untrimmed passes over both slices are staged and each probe resumes from them (refit and logits)
+    dtype = next(model.parameters()).dtype
+    staged = None if cfg.recalibrate_bn else tuple(
+        StagedForward(model.eval(), [x.to(dtype) for x, _ in make_loader(part, scfg.batch_size)])
+        for part in (measure, recal))
     bar = tqdm(total=sum(len(c) - 1 for _, c in plan), desc="sensitivity", leave=False, dynamic_ncols=True,
                disable=not progress)
     table: dict[str, Any] = {}
@@ -222,11 +229,17 @@ def measure_sensitivity(model: nn.Module, scores: RelevanceScores, calib: ImageS
             readers = [u.name for u in graph.uses.values() if u.kind in ("conv", "linear")
                        and any(graph.find(seg.group) == g.id for seg in u.inputs)]
             targets: dict[str, list] = {}  # the readers' untrimmed outputs: the same for every probe of the group
+            at_measure, at_recal = (None, None) if staged is None else (s.prefix_before(g.producers) for s in staged)
             for k in counts[1:]:
                 keep = {g.id: torch.sort(order[:k]).values}
                 probe = remove_channels(model, graph, keep)
-                compensate_trimmed(model, probe, graph, keep, cfg, means, recal, readers, scfg.batch_size, targets)
-                loss, acc, kl = _measures(_logits(probe, measure, scfg.batch_size), measure.labels, reference)
+                compensate_trimmed(model, probe, graph, keep, cfg, means, recal, readers, scfg.batch_size, targets,
+                                   at_recal)
+                if at_measure is None:
+                    logits = _logits(probe, measure, scfg.batch_size)
+                else:
+                    logits = torch.cat([y.double() for y in StagedForward(probe.eval(), prefix=at_measure).outputs()])
+                loss, acc, kl = _measures(logits, measure.labels, reference)
                 if not (math.isfinite(loss) and math.isfinite(kl)):
                     raise FlowError(f"trim: layer {g.name} trimmed to {k} kernels gives a NaN/Inf loss on the "
                                     "calibration set; check the checkpoint and the calibration images")

@@ -38,6 +38,10 @@ class ReconstructConfig:
     # trim-zoo-longft-short-pretrain.jsonl); under the short one +0.09 pt over 63 paired rows
     # (neutral), with no fine-tune the same function; the default build's W4A4 within QAT seed noise.
     rescale: bool = True
+    # The ridge of the layers that compute the model's output (the logits), instead of `ridge`; None: `ridge`. A
+    # large one (1) keeps the classifier close to its pretrained weights, a better start for a long fine-tune on the
+    # tune nets, but a worse label-free net (bench/results/trim-zoo*.md, variant outridge<r>): not the default.
+    output_ridge: float | None = None
 
     def __post_init__(self):
         if self.positions < 1:
@@ -45,6 +49,8 @@ class ReconstructConfig:
         if self.ridge < 0 or self.fallback_ridge <= 0:
             raise FlowError(f"trim.reconstruct: ridge must be >= 0 and fallback_ridge > 0, got {self.ridge}, "
                             f"{self.fallback_ridge}")
+        if self.output_ridge is not None and self.output_ridge < 0:
+            raise FlowError(f"trim.reconstruct.output_ridge must be >= 0 (or null: ridge), got {self.output_ridge}")
         if self.condition <= 1:
             raise FlowError(f"trim.reconstruct.condition must be > 1, got {self.condition}")
         if self.on_few_samples not in ON_FEW_SAMPLES:

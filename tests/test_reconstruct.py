@@ -194,3 +194,25 @@ def test_rescale_restores_the_weight_scale_and_changes_no_output():
         kept = [layer["kept_indices"] for layer in out[True][1].layers if name in layer["producers"]]
         ref = ref[kept[0]] if kept else ref
         assert torch.allclose(w.flatten(1).pow(2).mean(1).sqrt(), ref.flatten(1).pow(2).mean(1).sqrt(), rtol=1e-4)
+
+
+def test_output_ridge_reaches_only_the_layer_computing_the_logits():
+    torch.manual_seed(3)
+    net = build_model("cnv").eval()
+    data = _images(128, shape=(1, 28, 28))
+    scores = _scores(net, data.shape)
+    cfg = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct", calib_images=128)
+    _, plain = trim_model(net, scores, cfg, data)
+    held = dataclasses.replace(cfg, reconstruct=ReconstructConfig(output_ridge=1.0))
+    trimmed, report = trim_model(net, scores, held, data)
+    ridges = {r["layer"]: r["ridge"] for r in report.reconstruction}
+    # 128 samples for the classifier's 1,569 unknowns: its fallback ridge is raised to the output ridge too
+    assert ridges.pop("classifier") == 1.0
+    assert ridges == {r["layer"]: r["ridge"] for r in plain.reconstruction if r["layer"] != "classifier"}
+    # pulled harder towards the pretrained classifier than the default refit; _scores keeps the first kernels, so
+    # the kept inputs after the flatten are the first columns
+    old = net.classifier.weight.detach()
+    kept = trimmed.classifier.weight.shape[1]
+    again, _ = trim_model(net, scores, cfg, data)
+    dist = lambda m: float((m.classifier.weight.detach() - old[:, :kept]).norm())  # noqa: E731
+    assert dist(trimmed) < dist(again)
