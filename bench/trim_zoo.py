@@ -355,9 +355,10 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
     if cost:
         lines += ["", "## Cost of trimflow's trim (scoring + allocation + reconstruction, 2,000 images)", ""]
         if measured:  # the rows above span code versions; this table is one run of the current code
-            lines += [f"Measured by `.venv/bin/python bench/trim_zoo.py --cost` (the current code, every net at "
-                      f"2x/4x/16x, seed 0; `{_shown(COST)}`; the command of each run is in "
-                      f"{OUT.name}-commands.txt).", ""]
+            lines += [f"Measured by `.venv/bin/python bench/trim_zoo.py --cost` (every net at 2x/4x/16x, seed 0; "
+                      f"`{_shown(COST)}`). A (net, method) row is replaced whenever it is measured again, so the "
+                      f"rows of different methods may come from different versions of the code: the command and "
+                      f"date of each run are in {OUT.name}-commands.txt.", ""]
         lines += ["| net | method | threads | CPU s (mean, max) | wall s (mean, max) |", "|---|---|---|---|---|"]
         for (net, method), v in cost.items():
             cpu = [c for c, _, _ in v if c is not None]

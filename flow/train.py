@@ -18,6 +18,11 @@ from trimflow.data import ImageSet, make_loader
 from trimflow.data.registry import default_hflip
 
 
+# The choices, once: the Literal types below (read by the config parser and docs) and the checks use them
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "constant", "onecycle")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 10.0  # fractional epochs let a fine-tune see part of the set; 0 = no training step at all
@@ -25,12 +30,12 @@ class TrainConfig:
     lr: float = 0.05
     # sgd: momentum 0.9, nesterov; adam: L2 decay in the gradient; adamw: decay decoupled from it (Loshchilov &
     # Hutter), as in the recipes most Torch users fine-tune with
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: Literal[OPTIMIZERS] = "sgd"
     weight_decay: float = 5e-4  # conv / linear weights only, never BN parameters or biases
     # after warmup: cosine decay to 0, or lr throughout; onecycle: torch's OneCycleLR with its defaults (warm-up
     # over the first 30 % of the steps from lr / 25, cosine down to lr / 25e4; for adam/adamw it also cycles beta1
     # 0.95 -> 0.85 -> 0.95), its own warm-up, so warmup_steps must stay 0
-    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
+    schedule: Literal[SCHEDULES] = "cosine"
     warmup_steps: int = 0
     augment: bool = True  # random shifts (and flips, see hflip) of the training images
     shift: int = 2  # augment: largest shift in pixels, each direction (zero fill)
@@ -43,10 +48,10 @@ class TrainConfig:
     def __post_init__(self):
         if not self.epochs >= 0:
             raise FlowError(f"train: epochs must be >= 0 (0 = no training), got {self.epochs}")
-        if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise FlowError(f"train: optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant", "onecycle"):
-            raise FlowError(f"train: schedule must be 'cosine', 'constant' or 'onecycle', got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise FlowError(f"train: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise FlowError(f"train: schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.schedule == "onecycle" and self.warmup_steps:
             raise FlowError(f"train: schedule 'onecycle' warms up by itself; set warmup_steps to 0 (got "
                             f"{self.warmup_steps})")
