@@ -327,6 +327,8 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
             fam = s["families"]
             _, tm, ts = fam["trimflow"]
             bp = s["best_peer"]
+            if bp is None:  # only our methods measured in this cell (e.g. one default row): nothing to compare
+                continue
             best_mean = max(v[1] for v in fam.values())
             ok = tm >= best_mean - ts - 1e-12 or s["rank"]["trimflow"] == 1
             rnd = fam.get("random")

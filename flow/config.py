@@ -70,8 +70,8 @@ class FlowConfig:
     # vs 54.2k on CNV), which the long distilled fine-tune and QAT below turn into accuracy (W4A4 91.73 % with one
     # fraction per layer). bench/results/trim-zoo.md: first in all 21 cells of the zoo (7 nets, 2x/4x/16x, 3 seeds,
     # 5 nets held out, trained to convergence) after an identical short fine-tune and right after trimming. Under a
-    # long fine-tune (trim-zoo-longft.md) first in mean rank, within its std in 8 of 12 cells, behind Taylor / TP
-    # on the tune nets and ResNet-14 at 16x: see README. The refitted weights
+    # long fine-tune (trim-zoo-longft.md) first in mean rank, within its std in 9 of 16 cells, behind Taylor / TP
+    # on the tune nets and ResNet-14 (4x, 16x): see README. The refitted weights
     # are scaled back to the untrimmed scale (trim.reconstruct.rescale, the same function), which is what the long
     # fine-tune needed most.
     trim: TrimConfig = TrimConfig(policy="budget", budget=0.5, budget_metric="macs", round_to=4,
