@@ -16,6 +16,7 @@ from trimflow import FlowError
 from trimflow.data import ImageSet, make_loader
 from trimflow.graph import ChannelGraph, example_input
 from trimflow.reconstruct import reconstruct
+from trimflow.staged import Prefix
 from trimflow.trim_config import TrimConfig
 
 
@@ -116,14 +117,14 @@ def compensate(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, kee
 def compensate_trimmed(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, keep: dict[int, torch.Tensor],
                        cfg: TrimConfig, means: dict[str, list[float]] | None, calib: ImageSet | None,
                        layers: list[str] | None = None, batch_size: int | None = None,
-                       targets_cache: dict[str, list] | None = None, prefix: Any = None) -> dict[str, Any]:
+                       targets_cache: dict[str, list] | None = None, prefix: Prefix | None = None) -> dict[str, Any]:
     """Make up for the removed kernels as cfg.compensation says, then re-estimate BN statistics if asked.
 
     Reconstruction comes before the BN re-estimation: it refits each layer to the untrimmed net's output under the
     untrimmed BN statistics, and the re-estimation then only corrects what the refit could not reproduce. Returns
     what was done: the compensated layers (mean), the per-layer refit records (reconstruct), whether BN was
-    re-estimated. `layers` limits the refit to these layers, `prefix` (a trimflow.staged.Prefix of the untrimmed
-    net's pass over `calib`) lets it start where `trimmed` first differs (sensitivity probes).
+    re-estimated. `layers` limits the refit to these layers, `prefix` (the untrimmed net's staged pass over `calib`)
+    lets it start where `trimmed` first differs (sensitivity probes).
     """
     done: dict[str, Any] = {"compensated": [], "reconstruction": [], "bn_recalibrated": False}
     if cfg.compensation == "mean":
