@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 OUT = RESULTS / "trim-ft-length"
 NET, BUDGET, SEEDS, BATCH = "cnv", 0.0625, (0, 1), 128
-METHODS = ("trimflow", "trimflow-outridge1", "trimflow-norescale", "trimflow-norescale-nosync", "taylor-uniform",
-           "tp-l1group-global")
+METHODS = ("trimflow", "trimflow-nocv", "trimflow-outridge1-nocv", "trimflow-norescale-nocv",
+           "trimflow-norescale-nosync-nocv", "taylor-uniform", "tp-l1group-global")
 SOURCES = [(RESULTS / "ftlen" / f"trim-zoo-ft{n}.jsonl", n, 1) for n in (3000, 12000, 30000, 60000)] + [
     (RESULTS / "trim-zoo-longft.jsonl", 60000, 2)]
 

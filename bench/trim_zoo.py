@@ -23,11 +23,14 @@ random criterion. Methods:
                          checked against one fraction per layer on the whole net (trim.sensitivity.guard=rank: the
                          allocation closer to the untrimmed net by KL divergence is used), then BN statistics
                          synchronised with the refitted net (trim.sync_bn: the same function in eval mode, and the
-                         fine-tune's batch statistics no longer undo the refit)
+                         fine-tune's batch statistics no longer undo the refit); each layer's ridge chosen by
+                         cross-validation on the calibration images (trim.reconstruct.ridge_search)
+    trimflow-nocv        the default with one fixed ridge: the flow's default until 2026-12-02 14:00 (rows
+                         measured before are renamed, "trimflow-X" to "trimflow-X-nocv", see trim-zoo-commands.txt)
     trimflow-norescale   the default without trim.reconstruct.rescale: the flow's default until 2026-12-01 05:30
-                         (rows measured before are renamed, see trim-zoo-commands.txt)
+                         was trimflow-norescale-nocv (rows measured before are renamed, see trim-zoo-commands.txt)
     trimflow-nosync      the default without sync_bn (the flow's default until 2026-12-01 03:50 was
-                         trimflow-norescale-nosync)
+                         trimflow-norescale-nosync-nocv)
     trimflow-rank-nosync one fraction of kernels per layer (allocation=rank): cheaper
     trimflow-sens-nosync the sensitivity allocation unchecked (guard=none): the flow's default before the guard
     trimflow-PART[-PART...]
@@ -99,6 +102,8 @@ VARIANT_PARTS = {
     "norefit": "the peers' treatment: one fraction per layer, no refit, BN statistics re-estimated",
     "ridge<r>": "reconstruct.ridge=r (pulls the refit towards the kept pretrained weights)",
     "outridge<r>": "reconstruct.output_ridge=r: the ridge of the layer computing the logits only",
+    "nocv": "reconstruct.ridge_search=(): every layer refitted with the fixed ridge, no search (the default until "
+            "2026-12-02 14:00)",
     "nosync": "sync_bn=false: BN keeps the refit's running statistics (the default before 2026-12-01 03:50)",
     "recal": "after the refit, BN statistics re-estimated as the peers get them (recalibrate_bn, no sync_bn): each "
              "refitted layer's output is normalised back to the untrimmed activation scale",
@@ -108,9 +113,11 @@ VARIANT_PARTS = {
 def ours(method: str) -> dict | None:
     """TrimConfig fields (plus "relevance" / "criterion" overrides) of one of our methods; None for a peer."""
     first, *parts = method.split("-")
-    if first in ("l1", "taylor") and parts[:1] == ["refit"] and set(parts[1:]) <= {"norescale"}:
+    if first in ("l1", "taylor") and parts[:1] == ["refit"] and set(parts[1:]) <= {"norescale", "nocv"}:
+        rec = {**({"rescale": False} if "norescale" in parts else {}), **({"ridge_search": ()} if "nocv" in parts
+                                                                          else {})}
         return {"criterion": first, "compensation": "reconstruct", "recalibrate_bn": False, "allocation": "rank",
-                **({"reconstruct": ReconstructConfig(rescale=False)} if parts[1:] else {})}
+                **({"reconstruct": ReconstructConfig(**rec)} if rec else {})}
     if first != "trimflow":
         return None
     cfg: dict = {"compensation": "reconstruct", "recalibrate_bn": False, "allocation": "sensitivity"}
@@ -131,6 +138,8 @@ def ours(method: str) -> dict | None:
             cfg["sync_bn"] = False
         elif part == "recal":
             cfg.update(recalibrate_bn=True, sync_bn=False)
+        elif part == "nocv":
+            rec["ridge_search"] = ()
         elif part.startswith("outridge"):
             rec["output_ridge"] = float(part[8:])
         elif part.startswith("ridge"):
@@ -148,7 +157,7 @@ def ours(method: str) -> dict | None:
 
 PEERS_UNIFORM = ("l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 PEERS_GLOBAL = {"bn_gamma": "none", "taylor": "l2", "l1": "max"}  # criterion -> per-layer normalisation
-METHODS = (("trimflow", "trimflow-norescale", "trimflow-nosync", "trimflow-norescale-nosync")
+METHODS = (("trimflow", "trimflow-nocv")
            + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
            + ("tp-l1group-uniform", "tp-l1group-global"))
 OUT = ROOT / "bench" / "results" / "trim-zoo"  # --out: rows, tables, plot and cost under another prefix
@@ -311,8 +320,10 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
              "`trimflow` is the flow's default trim (relevance x consumer norm, sensitivity allocation measured by "
              "KL divergence from the untrimmed net, least-squares reconstruction: no labels, no gradient step), "
              "then BN statistics synchronised with the refitted net (`trim.sync_bn`) and the refitted weights scaled "
-             "back to the untrimmed scale (`trim.reconstruct.rescale`; the same function); `trimflow-norescale` is "
-             "the same without rescale, the default until 2026-12-01 05:30 (not ranked among the peers).", ""]
+             "back to the untrimmed scale (`trim.reconstruct.rescale`; the same function), each layer's ridge "
+             "chosen by cross-validation on the calibration images (`trim.reconstruct.ridge_search`); "
+             "`trimflow-nocv` is the same with one fixed ridge, the default until 2026-12-02 14:00 (not ranked "
+             "among the peers).", ""]
     lines += ["## Nets", "", "| net | role | what | float test accuracy | params | MACs |", "|---|---|---|---|---|---|"]
     for net, f in floats.items():
         lines.append(f"| {net} | {NETS[net]['role']} | {NETS[net]['what']} | {f['accuracy']:.4f} | {f['params']:,} "
@@ -321,7 +332,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
                              ("Right after trimming: no labels (except taylor), no fine-tune", s_lf, "trimmed")):
         lines += ["", f"## {title}", "",
                   "| net | MACs kept | seeds | trimflow | best peer | random | trimflow rank | within 1 std of best "
-                  "| trimflow-norescale |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| trimflow-nocv |", "|---|---|---|---|---|---|---|---|---|"]
         ranks = []
         for (net, budget), s in summ.items():
             fam = s["families"]
@@ -336,7 +347,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
             lines.append(f"| {net} | {1 / budget:.0f}x ({budget:g}) | {s['seeds']} | {tm:.4f} ± {ts:.4f} | "
                          f"{fam[bp][0] if bp else '—'} {fam[bp][1]:.4f} ± {fam[bp][2]:.4f} | "
                          f"{f'{rnd[1]:.4f}' if rnd else '—'} | {s['rank']['trimflow']} / {len(fam)} | "
-                         f"{'yes' if ok else '**no**'} | {variant(c, net, budget, 'trimflow-norescale', key)} |")
+                         f"{'yes' if ok else '**no**'} | {variant(c, net, budget, 'trimflow-nocv', key)} |")
         if ranks:
             fams = sorted({f for r in ranks for f in r})
             mean_rank = {f: statistics.mean(r[f] for r in ranks if f in r) for f in fams}

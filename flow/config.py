@@ -70,10 +70,10 @@ class FlowConfig:
     # vs 54.2k on CNV), which the long distilled fine-tune and QAT below turn into accuracy (W4A4 91.73 % with one
     # fraction per layer). bench/results/trim-zoo.md: first in all 21 cells of the zoo (7 nets, 2x/4x/16x, 3 seeds,
     # 5 nets held out, trained to convergence) after an identical short fine-tune and right after trimming. Under a
-    # long fine-tune (trim-zoo-longft.md) first in mean rank, within its std in 9 of 16 cells, behind Taylor / TP
-    # on the tune nets and ResNet-14 (4x, 16x): see README. The refitted weights
-    # are scaled back to the untrimmed scale (trim.reconstruct.rescale, the same function), which is what the long
-    # fine-tune needed most.
+    # long fine-tune (trim-zoo-longft.md) first in mean rank and first or within its std in all cells but CNV at
+    # 16x: see README. What the long fine-tune needed: the refitted weights scaled back to the untrimmed scale
+    # (trim.reconstruct.rescale, the same function) and each layer's ridge chosen by cross-validation on the
+    # calibration images (trim.reconstruct.ridge_search).
     trim: TrimConfig = TrimConfig(policy="budget", budget=0.5, budget_metric="macs", round_to=4,
                                   compensation="reconstruct", recalibrate_bn=False, allocation="sensitivity")
     # Float fine-tune right after trimming, distilled from the untrimmed net (+0.2–0.4 pt at 50 % MACs in bench/trim.py).

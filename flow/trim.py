@@ -199,6 +199,9 @@ def measure_sensitivity(model: nn.Module, scores: RelevanceScores, calib: ImageS
     counts as better than a wider one) and never negative. With metric="kl" no label is read.
     """
     scfg = cfg.sensitivity
+    # The probes refit with the configured ridge, not a searched one: a search per probe would multiply the cost
+    # (each group is probed at several widths), and the full trim searches anyway
+    cfg = dataclasses.replace(cfg, reconstruct=dataclasses.replace(cfg.reconstruct, ridge_search=()))
     if len(calib) == 0:
         raise FlowError("trim: allocation='sensitivity' got an empty calibration set")
     graph = build_graph(model, calib.shape)

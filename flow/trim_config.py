@@ -22,6 +22,16 @@ class ReconstructConfig:
     ridge: float = 1e-4
     # added instead when a layer has fewer samples than unknowns or its X^T X is ill-conditioned (see `condition`)
     fallback_ridge: float = 1e-2
+    # Ridges (same units as `ridge`) tried per layer: the one whose fits on the other folds of the calibration images
+    # best reproduce the untrimmed net's output on each held-out fold is used (cross-validation, no labels).
+    # Candidates below `ridge` (below `fallback_ridge` on a fallback layer) are skipped; empty: always `ridge`. Why:
+    # a classifier after a flatten is refitted from one sample per image (2,000 samples for 1,569 unknowns on CNV
+    # at 4x fewer MACs), and the plain refit interpolates them, far from its pretrained weights; the search gives
+    # it 0.1 there and keeps 1e-4 / 1e-3 on the conv layers. Default since 2026-12-02 (bench/results/
+    # trim-zoo-longft.md, trim-zoo.md; the `-nocv` rows are without it): see README. The sensitivity probes refit
+    # with `ridge` alone (trimflow.trim).
+    ridge_search: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    folds: int = 4  # image folds of that cross-validation
     condition: float = 1e8  # condition number of X^T X above which a layer counts as ill-conditioned
     on_few_samples: str = "ridge"  # fewer samples than unknowns: ridge (fallback_ridge, named in the report) | error
     batch_size: int = 250
@@ -51,6 +61,10 @@ class ReconstructConfig:
                             f"{self.fallback_ridge}")
         if self.output_ridge is not None and self.output_ridge < 0:
             raise FlowError(f"trim.reconstruct.output_ridge must be >= 0 (or null: ridge), got {self.output_ridge}")
+        if any(r < 0 for r in self.ridge_search):
+            raise FlowError(f"trim.reconstruct.ridge_search: ridges must be >= 0, got {list(self.ridge_search)}")
+        if self.folds < 2:
+            raise FlowError(f"trim.reconstruct.folds must be >= 2 (one fold is held out), got {self.folds}")
         if self.condition <= 1:
             raise FlowError(f"trim.reconstruct.condition must be > 1, got {self.condition}")
         if self.on_few_samples not in ON_FEW_SAMPLES:

@@ -89,7 +89,9 @@ def test_few_samples_get_the_fallback_ridge_or_an_error():
     net = build_model("cnv").eval()
     data = _images(40, shape=(1, 28, 28))  # 40 images < the classifier's 32 x 7 x 7 + 1 unknowns
     scores = _scores(net, data.shape)
-    cfg = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct", calib_images=40)
+    # without the ridge search: the fallback ridge itself (the search keeps it as its floor, tested below)
+    cfg = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct", calib_images=40,
+                     reconstruct=ReconstructConfig(ridge_search=()))
     _, report = trim_model(net, scores, cfg, data)
     fallback = {r["layer"]: r for r in report.reconstruction if "fallback" in r}
     assert "classifier" in fallback
@@ -201,17 +203,71 @@ def test_output_ridge_reaches_only_the_layer_computing_the_logits():
     net = build_model("cnv").eval()
     data = _images(128, shape=(1, 28, 28))
     scores = _scores(net, data.shape)
-    cfg = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct", calib_images=128)
+    # fixed ridges (no search), so that the classifier's is the plain refit's fallback ridge
+    cfg = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct", calib_images=128,
+                     reconstruct=ReconstructConfig(ridge_search=()))
     default, plain = trim_model(net, scores, cfg, data)
-    held = dataclasses.replace(cfg, reconstruct=ReconstructConfig(output_ridge=1.0))
+    held = dataclasses.replace(cfg, reconstruct=ReconstructConfig(ridge_search=(), output_ridge=1.0))
     trimmed, report = trim_model(net, scores, held, data)
     ridges = {r["layer"]: r["ridge"] for r in report.reconstruction}
     # 128 samples for the classifier's 1,569 unknowns: its fallback ridge is raised to the output ridge too
     assert ridges.pop("classifier") == 1.0
     assert ridges == {r["layer"]: r["ridge"] for r in plain.reconstruction if r["layer"] != "classifier"}
+    # with the ridge search on, the output ridge is still taken as it is (not searched)
+    _, searched = trim_model(net, scores, dataclasses.replace(cfg, reconstruct=ReconstructConfig(output_ridge=1.0)),
+                             data)
+    last = searched.reconstruction[-1]
+    assert last["layer"] == "classifier" and last["ridge"] == 1.0 and "held_out_error" not in last
     # pulled harder towards the pretrained classifier than the default refit; _scores keeps the first kernels, so
     # the kept inputs after the flatten are the first columns
     old = net.classifier.weight.detach()
     kept = trimmed.classifier.weight.shape[1]
     dist = lambda m: float((m.classifier.weight.detach() - old[:, :kept]).norm())  # noqa: E731
     assert dist(trimmed) < dist(default)
+
+
+def test_held_out_errors_equal_refitting_on_the_other_folds():
+    # the search's eigendecomposition shortcut (bias eliminated by centring, one decomposition per fold for every
+    # candidate) against plain ridge solves on the rows of the other folds
+    from trimflow.reconstruct import _held_out_errors
+    gen = torch.Generator().manual_seed(0)
+    n, d, o = 120, 12, 3
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64) + 0.5
+    x = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], 1)
+    y = x[:, :4].sum(1, keepdim=True) + torch.randn(n, o, generator=gen, dtype=torch.float64)
+    prior = torch.randn(d + 1, o, generator=gen, dtype=torch.float64)
+    fold = torch.arange(n) % 4
+    folds = [(x[fold == f].T @ x[fold == f], x[fold == f].T @ y[fold == f], y[fold == f].square().sum(0))
+             for f in range(4)]
+    ridges = [1e-4, 1e-2, 1.0, 10.0]
+    got = _held_out_errors(x.T @ x, x.T @ y, prior, folds, ridges)
+    for r, g in zip(ridges, got):
+        want = 0.0
+        for f in range(4):
+            xt, yt = x[fold != f], y[fold != f]
+            reg = torch.full((d + 1,), r * float((xt.T @ xt).diagonal()[:d].mean()), dtype=torch.float64)
+            reg[d] = 0  # the bias is not penalised
+            w = torch.linalg.solve(xt.T @ xt + torch.diag(reg), xt.T @ yt + reg[:, None] * prior)
+            want += float((y[fold == f] - x[fold == f] @ w).square().sum())
+        assert float(g) == pytest.approx(want, rel=1e-9)
+
+
+def test_ridge_search_takes_the_best_held_out_ridge_and_keeps_the_fallback_floor():
+    torch.manual_seed(3)
+    net = build_model("cnv").eval()
+    data = _images(128, shape=(1, 28, 28))
+    scores = _scores(net, data.shape)
+    search = (1e-4, 1e-2, 1.0, 100.0)
+    cfg = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct", calib_images=128,
+                     reconstruct=ReconstructConfig(ridge_search=search))
+    _, report = trim_model(net, scores, cfg, data)
+    for r in report.reconstruction:
+        errors = {float(k): v for k, v in r["held_out_error"].items()}
+        assert r["ridge"] == min(errors, key=errors.get), r
+        if "fallback" in r:  # 128 samples for the classifier's 1,569 unknowns: never below the fallback ridge
+            assert min(errors) == cfg.reconstruct.fallback_ridge and r["ridge"] >= cfg.reconstruct.fallback_ridge
+        else:
+            assert sorted(errors) == list(search)
+    assert "fallback" in {r["layer"]: r for r in report.reconstruction}["classifier"]
+    with pytest.raises(FlowError, match="folds must be >= 2"):
+        ReconstructConfig(ridge_search=(1.0,), folds=1)

@@ -45,12 +45,15 @@ def compensation_section(rep: dict[str, Any]) -> list[str]:
              f"{r['error_after']:.4f}", f"{r['ridge']:g}", r.get("fallback", "")) if "skipped" not in r
             else (r["layer"], "", "", "", "", "", f"not refitted: {r['skipped']}") for r in records]
     fallback = [r["layer"] for r in records if r.get("fallback")]
+    searched = any("held_out_error" in r for r in records)
     return ["## Compensation: least-squares refit of each later layer", "",
             "Each layer whose input changed was refitted on the representative images (no labels) to reproduce "
             "the untrimmed net's output. Error: residual energy of the layer's output relative to its variance, "
-            "with the trimmed weights (before) and after the refit. Layers with fewer samples than unknowns or an "
-            "ill-conditioned system get the larger ridge term: "
-            + (", ".join(fallback) if fallback else "none") + ".", "",
+            "with the trimmed weights (before) and after the refit. "
+            + ("Ridge: the one of trim.reconstruct.ridge_search whose fits on the other folds of the images "
+               "reproduced each held-out fold best (per-ridge errors in report.json). " if searched else "")
+            + "Layers with fewer samples than unknowns or an ill-conditioned system get at least the larger "
+            "(fallback) ridge term: " + (", ".join(fallback) if fallback else "none") + ".", "",
             table(("layer", "samples", "unknowns", "error before", "error after", "ridge", "note"), rows), ""]
 
 
