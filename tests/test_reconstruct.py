@@ -271,3 +271,20 @@ def test_ridge_search_takes_the_best_held_out_ridge_and_keeps_the_fallback_floor
     assert "fallback" in {r["layer"]: r for r in report.reconstruction}["classifier"]
     with pytest.raises(FlowError, match="folds must be >= 2"):
         ReconstructConfig(ridge_search=(1.0,), folds=1)
+
+
+def test_build_report_names_the_searched_ridge_and_the_fallback_layers():
+    from trimflow.report.build_report import compensation_section
+    torch.manual_seed(3)
+    net = build_model("cnv").eval()
+    data = _images(128, shape=(1, 28, 28))
+    scores = _scores(net, data.shape)
+    for search in ((), (1e-4, 1.0)):
+        cfg = TrimConfig(policy="uniform", keep=0.5, compensation="reconstruct", calib_images=128,
+                         reconstruct=ReconstructConfig(ridge_search=search))
+        _, report = trim_model(net, scores, cfg, data)
+        text = "\n".join(compensation_section({"reconstruction": report.reconstruction}))
+        assert ("trim.reconstruct.ridge_search" in text) == bool(search)
+        named = text.split("(fallback) ridge term: ")[1].split(".\n")[0].split(", ")
+        assert named == [r["layer"] for r in report.reconstruction if "fallback" in r] and "classifier" in named
+        assert "| classifier | 128 | 1,569 |" in text
