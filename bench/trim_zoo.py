@@ -114,8 +114,11 @@ def ours(method: str) -> dict | None:
     """TrimConfig fields (plus "relevance" / "criterion" overrides) of one of our methods; None for a peer."""
     first, *parts = method.split("-")
     if first in ("l1", "taylor") and parts[:1] == ["refit"] and set(parts[1:]) <= {"norescale", "nocv"}:
-        rec = {**({"rescale": False} if "norescale" in parts else {}), **({"ridge_search": ()} if "nocv" in parts
-                                                                          else {})}
+        rec: dict = {}
+        if "norescale" in parts:
+            rec["rescale"] = False
+        if "nocv" in parts:
+            rec["ridge_search"] = ()
         return {"criterion": first, "compensation": "reconstruct", "recalibrate_bn": False, "allocation": "rank",
                 **({"reconstruct": ReconstructConfig(**rec)} if rec else {})}
     if first != "trimflow":

@@ -147,7 +147,7 @@ def _solve(xtx: torch.Tensor, xty: torch.Tensor, prior: torch.Tensor, samples: i
     least = cfg.ridge
     if few:
         least, info["fallback"] = cfg.fallback_ridge, "fewer samples than unknowns"
-    elif cond is not None and cond > cfg.condition:
+    elif cond > cfg.condition:  # not few: the condition number was computed
         least, info["fallback"] = cfg.fallback_ridge, f"ill-conditioned (condition {cond:.3g})"
     ridge = least
     if cfg.ridge_search and folds and d:
@@ -340,8 +340,9 @@ def _refit(trimmed: nn.Module, use, targets: list, inputs: list[torch.Tensor],
     yty = torch.zeros(mod.weight.shape[0], dtype=torch.float64)
     ysum = torch.zeros(mod.weight.shape[0], dtype=torch.float64)
     samples = images = 0
-    # per fold of images (image i in fold i % folds): X^T X, X^T Y, sum of Y^2, for the ridge search
-    k = cfg.folds if cfg.ridge_search else 0
+    # per fold of images (image i in fold i % folds; one fold without the ridge search): X^T X, X^T Y, sum of Y^2.
+    # The totals are the folds' sums.
+    k = cfg.folds if cfg.ridge_search else 1
     folds = [(torch.zeros_like(xtx), torch.zeros_like(xty), torch.zeros_like(yty)) for _ in range(k)]
     old = torch.cat([mod.weight.detach().flatten(1).T.double(),
                      (mod.bias.detach() if mod.bias is not None else torch.zeros(mod.weight.shape[0]))
@@ -355,19 +356,14 @@ def _refit(trimmed: nn.Module, use, targets: list, inputs: list[torch.Tensor],
             xs = torch.cat([xs, torch.ones(xs.shape[0], 1)], 1)
             # one batch's products in float32 (a few thousand rows: ~1e-6 relative error, 4x faster than
             # float64), summed over batches in float64
-            if folds:
-                # rows are image-major (per image: its sampled positions), so an image's rows share a fold; the
-                # totals are the folds' sums
+            parts = [(xs, ys)]
+            if k > 1:  # rows are image-major (per image: its sampled positions), so an image's rows share a fold
                 fold = ((torch.arange(x.shape[0]) + images) % k).repeat_interleave(xs.shape[0] // x.shape[0])
-                for f, (fx, fy, fyy) in enumerate(folds):
-                    xf, yf = xs[fold == f], ys[fold == f]
-                    fx += (xf.T @ xf).double()
-                    fy += (xf.T @ yf).double()
-                    fyy += yf.square().sum(0).double()
-            else:
-                xtx += (xs.T @ xs).double()
-                xty += (xs.T @ ys).double()
-                yty += ys.square().sum(0).double()
+                parts = [(xs[fold == f], ys[fold == f]) for f in range(k)]
+            for (fx, fy, fyy), (xf, yf) in zip(folds, parts):
+                fx += (xf.T @ xf).double()
+                fy += (xf.T @ yf).double()
+                fyy += yf.square().sum(0).double()
             ysum += ys.sum(0).double()
             samples += xs.shape[0]
             images += x.shape[0]
@@ -378,7 +374,7 @@ def _refit(trimmed: nn.Module, use, targets: list, inputs: list[torch.Tensor],
         if not (torch.isfinite(xtx).all() and torch.isfinite(xty).all()):
             raise FlowError(f"reconstruction of layer {use.name}: NaN/Inf activations on the calibration images; "
                             "check the checkpoint and that images are scaled to [0, 1]")
-        sol, info = _solve(xtx, xty, old, samples, use.name, cfg, folds)
+        sol, info = _solve(xtx, xty, old, samples, use.name, cfg, folds if k > 1 else None)
         var = (yty - ysum.square() / samples).sum().clamp_min(1e-30)
 
         def residual(w: torch.Tensor) -> float:  # sum of squared errors from the normal equations
