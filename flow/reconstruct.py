@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -281,10 +281,14 @@ def reconstruct(original: nn.Module, trimmed: nn.Module, graph: ChannelGraph, ke
                                 for idx, ys in targets_cache[u.name]] for u in chunk}
         for use in chunk:
             if staged is None:
-                staged = (StagedForward(trimmed, prefix=prefix) if prefix is not None else
-                          StagedForward(trimmed, [x.to(dtype) for x, _ in make_loader(images, cfg.batch_size)]))
+                staged = (StagedForward(trimmed, prefix=prefix, memory_mb=cfg.activation_mb) if prefix is not None
+                          else StagedForward(trimmed, [x.to(dtype) for x, _ in make_loader(images, cfg.batch_size)],
+                                             memory_mb=cfg.activation_mb))
+            before = staged.recomputed
             records.append(_refit(trimmed, use, targets.pop(use.name), staged.input_of(use.name),
                                   _layer_config(graph, use, cfg)))
+            if staged.recomputed > before:  # trim.reconstruct.activation_mb was too small to keep them all
+                records[-1]["recomputed_batches"] = staged.recomputed - before
             if cfg.rescale:
                 records[-1]["rescaled"] = _rescale(original, trimmed, use, out_keep[use.name])
     order = {u.name: i for i, u in enumerate(todo)}
@@ -330,7 +334,7 @@ def _layer_config(graph: ChannelGraph, use, cfg: ReconstructConfig) -> Reconstru
                                ridge_search=())
 
 
-def _refit(trimmed: nn.Module, use, targets: list, inputs: list[torch.Tensor],
+def _refit(trimmed: nn.Module, use, targets: list, inputs: Iterable[torch.Tensor],
            cfg: ReconstructConfig) -> dict[str, Any]:
     """Refit one layer of `trimmed` to the cached untrimmed targets, from the trimmed net's inputs (per batch)."""
     mod = trimmed.get_submodule(use.name)
@@ -348,10 +352,9 @@ def _refit(trimmed: nn.Module, use, targets: list, inputs: list[torch.Tensor],
                      (mod.bias.detach() if mod.bias is not None else torch.zeros(mod.weight.shape[0]))
                      .double()[None]])
     with torch.no_grad():
-        if len(inputs) != len(targets):
-            raise FlowError(f"internal: reconstruction of layer {use.name} got {len(inputs)} input batches for "
-                            f"{len(targets)} target batches")
+        batches = 0
         for x, (idx, ys) in zip(inputs, targets):
+            batches += 1
             xs = _patches(mod, x, idx).float()
             xs = torch.cat([xs, torch.ones(xs.shape[0], 1)], 1)
             # one batch's products in float32 (a few thousand rows: ~1e-6 relative error, 4x faster than
@@ -367,6 +370,9 @@ def _refit(trimmed: nn.Module, use, targets: list, inputs: list[torch.Tensor],
             ysum += ys.sum(0).double()
             samples += xs.shape[0]
             images += x.shape[0]
+        if batches != len(targets):
+            raise FlowError(f"internal: reconstruction of layer {use.name} got {batches} input batches for "
+                            f"{len(targets)} target batches")
         for fx, fy, fyy in folds:
             xtx += fx
             xty += fy

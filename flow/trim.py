@@ -116,11 +116,15 @@ def _budget_fraction(graph: ChannelGraph, cfg: TrimConfig, fixed_params: int) ->
     return fraction
 
 
-def _check_floor(smallest: float, cfg: TrimConfig) -> None:
+def _check_floor(graph: ChannelGraph, smallest: float, cfg: TrimConfig) -> None:
     if smallest > cfg.budget + 1e-12:
+        # the layers kept whole are what a user can change (a grouped conv), so they are named; the image channels
+        # and the logits are kept whole in every net
+        whole = sorted({g.frozen for g in graph.groups if g.frozen and g.frozen not in ("model input", "model output")})
         raise FlowError(f"trim: budget {cfg.budget} of the original {cfg.budget_metric} is below what "
                         f"min_keep={cfg.min_keep} and round_to={cfg.round_to} allow (at least {smallest:.4f}); "
-                        "raise the budget or lower min_keep/round_to")
+                        "raise the budget or lower min_keep/round_to"
+                        + (f"; kept whole: {'; '.join(whole)}" if whole else ""))
 
 
 def choose_counts(graph: ChannelGraph, group_score: dict[int, torch.Tensor], cfg: TrimConfig,
@@ -132,7 +136,7 @@ def choose_counts(graph: ChannelGraph, group_score: dict[int, torch.Tensor], cfg
     if cfg.policy == "global":
         return _counts_top(ranked, round(cfg.keep * len(ranked)), sizes, cfg)
     fraction = _budget_fraction(graph, cfg, fixed_params)
-    _check_floor(fraction(_counts_top(ranked, 0, sizes, cfg)), cfg)
+    _check_floor(graph, fraction(_counts_top(ranked, 0, sizes, cfg)), cfg)
     lo, hi = 0, len(ranked)  # largest m whose cost fits: cost grows with m
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -220,7 +224,8 @@ def measure_sensitivity(model: nn.Module, scores: RelevanceScores, calib: ImageS
     # the untrimmed passes over both slices are staged and each probe resumes from them (refit and logits)
     dtype = next(model.parameters()).dtype
     staged = None if cfg.recalibrate_bn else tuple(
-        StagedForward(model.eval(), [x.to(dtype) for x, _ in make_loader(part, scfg.batch_size)])
+        StagedForward(model.eval(), [x.to(dtype) for x, _ in make_loader(part, scfg.batch_size)],
+                      memory_mb=cfg.reconstruct.activation_mb / 2)  # the two slices share the bound
         for part in (measure, recal))
     bar = tqdm(total=sum(len(c) - 1 for _, c in plan), desc="sensitivity", leave=False, dynamic_ncols=True,
                disable=not progress)
@@ -241,7 +246,8 @@ def measure_sensitivity(model: nn.Module, scores: RelevanceScores, calib: ImageS
                 if at_measure is None:
                     logits = _logits(probe, measure, scfg.batch_size)
                 else:
-                    logits = torch.cat([y.double() for y in StagedForward(probe.eval(), prefix=at_measure).outputs()])
+                    logits = torch.cat([y.double() for y in StagedForward(
+                        probe.eval(), prefix=at_measure, memory_mb=cfg.reconstruct.activation_mb / 2).outputs()])
                 loss, acc, kl = _measures(logits, measure.labels, reference)
                 if not (math.isfinite(loss) and math.isfinite(kl)):
                     raise FlowError(f"trim: layer {g.name} trimmed to {k} kernels gives a NaN/Inf loss on the "
@@ -332,7 +338,7 @@ def allocate_by_sensitivity(graph: ChannelGraph, sensitivity: dict[str, Any], cf
     r = cfg.round_to
     floor = {gid: _clamp(0, g.size, cfg) for gid, g in groups.items()}
     fraction = _budget_fraction(graph, cfg, fixed_params)
-    _check_floor(fraction(floor), cfg)
+    _check_floor(graph, fraction(floor), cfg)
     counts = {gid: g.size for gid, g in groups.items()}
     now = fraction(counts)
     limit = cfg.budget + 1e-12
@@ -396,8 +402,8 @@ def trim_model(model: nn.Module, scores: RelevanceScores, cfg: TrimConfig = Trim
     check = None
     if cfg.allocation == "sensitivity":
         # an unreachable budget fails before the measurement, not after it
-        _check_floor(_budget_fraction(graph, cfg, fixed)({g.id: _clamp(0, g.size, cfg) for g in graph.prunable()}),
-                     cfg)
+        floor = {g.id: _clamp(0, g.size, cfg) for g in graph.prunable()}
+        _check_floor(graph, _budget_fraction(graph, cfg, fixed)(floor), cfg)
         if sensitivity is None:
             if calib_small is None:
                 raise FlowError("trim: allocation='sensitivity' needs a calibration set to measure the layers' "

@@ -12,7 +12,7 @@ from trimflow.data import ImageSet
 from trimflow.models import build_model
 from trimflow.reconstruct import ReconstructConfig
 from trimflow.relevance import RelevanceScores
-from trimflow.trim import TrimConfig, trim_model
+from trimflow.trim import SensitivityConfig, TrimConfig, trim_model
 from tests.helpers import synthetic_images as _images
 
 
@@ -288,3 +288,26 @@ def test_build_report_names_the_searched_ridge_and_the_fallback_layers():
         named = text.split("(fallback) ridge term: ")[1].split(".\n")[0].split(", ")
         assert named == [r["layer"] for r in report.reconstruction if "fallback" in r] and "classifier" in named
         assert "| classifier | 128 | 1,569 |" in text
+
+
+def test_activation_memory_bound_changes_nothing_but_is_reported():
+    # trim.reconstruct.activation_mb=0 keeps no batch's activations between layers (refit and sensitivity probes):
+    # each layer's input is run again from the images, which must give bit for bit the same trim, and the report
+    # counts the recomputed batches
+    net = _duplicated_net()
+    data = _images(64, shape=(1, 28, 28))
+    scores = _scores(net, data.shape)
+    base = TrimConfig(policy="budget", budget=0.5, compensation="reconstruct", allocation="sensitivity",
+                      sensitivity=SensitivityConfig(images=32, batch_size=16))
+    results = []
+    for mb in (2048.0, 0.0):
+        cfg = dataclasses.replace(base, reconstruct=ReconstructConfig(positions=16, batch_size=16, activation_mb=mb))
+        trimmed, report = trim_model(net, scores, cfg, data, progress=False)
+        results.append((trimmed.state_dict(), report))
+    (want, full), (got, bounded) = results
+    for k, v in want.items():
+        assert torch.equal(v, got[k]), k
+    assert full.sensitivity == bounded.sensitivity
+    assert not any("recomputed_batches" in r for r in full.reconstruction)
+    later = [r for r in bounded.reconstruction if "samples" in r][1:]  # the first refitted layer needs no recompute
+    assert later and all(r.get("recomputed_batches") == 4 for r in later)

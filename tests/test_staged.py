@@ -78,7 +78,7 @@ def test_inputs_follow_weights_changed_between_stages():
 def test_out_of_order_request_starts_again_from_the_images():
     net, batches = _net(), _batches()
     staged = StagedForward(net, batches)
-    staged.input_of("head")
+    list(staged.input_of("head"))  # lazy: consumed to advance the pass
     with torch.no_grad():
         net.stem[0].weight.mul_(2)  # a layer before the one asked for next: must be run again
     for got, x in zip(staged.input_of("b"), batches):
@@ -116,3 +116,37 @@ def test_bad_requests_are_one_clear_error():
     prefix = StagedForward(net, batches).prefix_before(["a"])
     with pytest.raises(FlowError, match="resumed on another graph"):
         StagedForward(Other(), prefix=prefix)
+
+
+@pytest.mark.parametrize("memory_mb", [0.0, 0.03])
+def test_memory_bound_drops_batches_and_gives_the_same_values(memory_mb):
+    # 0: no batch kept between requests; 0.03 MB: at b's input (two 4 x 8 x 10 x 10 maps live, 25.6 kB a batch) the
+    # first batch fits, the others are dropped and run again from the images. Either way every value is the
+    # unbounded pass's.
+    net, batches = _net(), _batches(4)
+    staged = StagedForward(net, batches, memory_mb=memory_mb)
+    for name in ("a", "b", "head", "fc"):
+        for got, x in zip(staged.input_of(name), batches):
+            assert torch.equal(got, _input_by_hook(net, name, x)), name
+        if name == "a":
+            with torch.no_grad():
+                net.a.weight.mul_(-1.5)  # changed between stages, as the refit does: recomputed batches see it too
+        if name == "b":
+            assert sum(1 for env in staged._envs if env) == (0 if memory_mb == 0 else 1)
+    # the three requests after the first run every dropped batch from the images
+    assert staged.recomputed == 12 if memory_mb == 0 else 0 < staged.recomputed < 12
+    with torch.no_grad():
+        want = [net(x) for x in batches]
+    assert all(torch.equal(g, w) for g, w in zip(staged.outputs(), want))
+    # a prefix of a bounded pass: the probe runs the batches it dropped from the images, with the same result
+    graph = build_graph(net, (1, 10, 10))
+    group = next(g for g in graph.prunable() if g.producers == ["a"])
+    prefix = StagedForward(net, batches, memory_mb=memory_mb).prefix_before(group.producers)
+    dropped = prefix.positions.count(0)
+    assert dropped == 4 if memory_mb == 0 else 0 < dropped < 4
+    probe = remove_channels(net, graph, {group.id: torch.arange(3)}).eval()
+    with torch.no_grad():
+        want = [probe(x) for x in batches]
+    resumed = StagedForward(probe, prefix=prefix)
+    assert all(torch.equal(g, w) for g, w in zip(resumed.outputs(), want))
+    assert resumed.recomputed == dropped

@@ -62,6 +62,16 @@ def test_budget_policy_meets_budget(cnv, metric):
         trim_model(model, scores, TrimConfig(policy="budget", budget=0.01, min_keep=8, compensation="none"))
 
 
+def test_unreachable_budget_names_the_layers_kept_whole():
+    # a grouped conv keeps its input and output channels whole: the floor it sets is explained, not just stated
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 22 * 22, 3)).eval()
+    scores = score(model, _images(8, shape=(1, 28, 28)), "l1")
+    with pytest.raises(FlowError, match=r"at least 0\.\d+\); raise the budget .*; kept whole: grouped conv 2 "
+                                        r"\(groups=2\)$"):
+        trim_model(model, scores, TrimConfig(policy="budget", budget=0.05, compensation="none"))
+
+
 def test_global_policy_keeps_top_fraction(cnv):
     model, data, scores = cnv
     _, report = trim_model(model, scores, TrimConfig(policy="global", keep=0.25, normalize="rank",
