@@ -109,3 +109,28 @@ def test_editing_a_stages_source_reruns_it(tmp_path, monkeypatch):
     calls.clear()
     Pipeline(tmp_path / "build", stages()).run()
     assert calls == []
+
+
+def test_stage_keys_do_not_depend_on_where_the_board_file_lies(tmp_path):
+    # `make synth` mounts the checkout elsewhere in its container, and a user may move a checkout: the same board
+    # read from another path must give the same key to every stage, or the whole build would run again
+    import shutil
+
+    from trimflow.boards import load_board
+    from trimflow.build import make_pipeline
+    from trimflow.config import load_flow_config
+    from trimflow.resources import BOARDS_DIR
+
+    moved = tmp_path / "elsewhere" / "pynq-z2.yaml"
+    moved.parent.mkdir()
+    shutil.copyfile(BOARDS_DIR / "pynq-z2.yaml", moved)
+    cfg = load_flow_config(None)
+    keys = []
+    for board in (load_board("pynq-z2"), load_board(moved)):
+        assert board.source  # the two really come from two files
+        pipeline = make_pipeline(cfg, board, tmp_path / "build" / board.name)
+        done: dict[str, str] = {}
+        for name in pipeline.order():
+            done[name] = pipeline.key(name, done)
+        keys.append(done)
+    assert keys[0] == keys[1] and "compile" in keys[0]

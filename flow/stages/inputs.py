@@ -91,4 +91,6 @@ class BuildInputs:
 
     @property
     def board_salt(self) -> dict:
-        return dataclasses.asdict(self.board)
+        # what the board is, not where its YAML lies: a checkout moved, or mounted elsewhere by `make synth`'s
+        # container, must reuse its stages
+        return {k: v for k, v in dataclasses.asdict(self.board).items() if k != "source"}
