@@ -185,6 +185,37 @@ def test_board_too_small_raises_fit_error_with_table(qonnx_path, tmp_path):
     assert info.value.result.totals["DSP"] == dsp["dataflow"]
 
 
+def test_finn_prints_become_trimflow_log_records(qonnx_path, tmp_path, capsys):
+    # FINN's builder prints its steps and temporary paths, time-stamped, to stdout, which -q does not silence: they
+    # must reach trimflow's logger instead (steps at INFO, the rest at DEBUG) and stdout must be ours again after
+    import logging
+    import sys
+
+    from trimflow.finn.compile import CompileConfig, compile_model
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("trimflow")
+    logger.addHandler(handler)
+    saved_level, stdout = logger.level, sys.stdout
+    logger.setLevel(logging.DEBUG)
+    try:
+        compile_model(qonnx_path, load_board("pynq-z2"), CompileConfig(folding_fps=1000, verify=False,
+                                                                        generate_code=False), tmp_path / "out")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+    printed = capsys.readouterr()
+    assert "Running step" not in printed.out + printed.err and "Build log is at" not in printed.out + printed.err
+    assert sys.stdout is stdout
+    info = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert any(m.startswith("FINN step_streamline [") and m.endswith("]") for m in info), info
+    assert any(m.startswith("FINN: Build log is at ") for m in debug), debug
+    assert not any(m.startswith("FINN: [20") for m in debug)  # FINN's time stamps are dropped
+
+
 def test_finn_failure_is_flow_error_naming_step_and_node(qonnx_path, tmp_path):
     from trimflow.finn.compile import CompileConfig, compile_model
 

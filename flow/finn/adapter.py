@@ -8,8 +8,10 @@ version bump of finn-plus is handled here and nowhere else.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import re
 import shutil
 import sys
 import types
@@ -103,6 +105,46 @@ def finn_builder() -> types.SimpleNamespace:
     )
 
 
+class _FinnStdout(io.TextIOBase):
+    """What FINN prints, as records of trimflow's logger: its step lines at INFO ("FINN step_streamline [3/15]"),
+    everything else at DEBUG (shown with -v; always in build.log). FINN's builder mirrors every print to the stdout
+    it found, time-stamped, together with paths inside a temporary folder that is gone once the stage is done; on
+    stdout they would pass -q, which silences only stderr (stdout carries a command's results)."""
+
+    _STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ")
+    _STEP = re.compile(r"^Running step: (\S+) \[(\d+/\d+)\]")
+
+    def __init__(self) -> None:
+        self._line = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:  # rich asks: no colours, no cursor tricks
+        return False
+
+    def write(self, s: str) -> int:
+        *done, self._line = (self._line + s).split("\n")
+        for line in done:
+            self._emit(line)
+        return len(s)
+
+    def _emit(self, line: str) -> None:
+        line = self._STAMP.sub("", line.rstrip())
+        if not line:
+            return
+        step = self._STEP.match(line)
+        if step:
+            logging.getLogger("trimflow").info(f"FINN {step[1]} [{step[2]}]")
+        else:
+            logging.getLogger("trimflow").debug(f"FINN: {line}")
+
+    def flush(self) -> None:
+        if self._line:
+            self._emit(self._line)
+            self._line = ""
+
+
 @contextlib.contextmanager
 def finn_session(build_dir: str | os.PathLike) -> Iterator[types.SimpleNamespace]:
     """Run FINN code with settings pointing at `build_dir`; undo FINN's process-wide side effects afterwards.
@@ -110,7 +152,7 @@ def finn_session(build_dir: str | os.PathLike) -> Iterator[types.SimpleNamespace
     FINN's builder swaps sys.stdout/sys.stderr for loggers that write into its build log, reconfigures the root
     logger (`basicConfig(force=True)`) and captures warnings; none of that is undone when it returns, so later
     prints and pytest's capture would go to a closed log file. We save and restore all of it, plus the environment
-    variables we set.
+    variables we set. While it runs, stdout goes to trimflow's logger (_FinnStdout).
     """
     saved_env = {k: os.environ.get(k) for k in ("FINN_BUILD_DIR", "FINN_SETTINGS", "XILINX_VIVADO")}
     saved_stdio = (sys.stdout, sys.stderr)
@@ -119,10 +161,13 @@ def finn_session(build_dir: str | os.PathLike) -> Iterator[types.SimpleNamespace
     import finn.util.settings as finn_settings
 
     saved_settings = finn_settings._SETTINGS
+    finn_stdout = _FinnStdout()
     try:
         init_finn_settings(build_dir)
+        sys.stdout = finn_stdout
         yield finn_builder()
     finally:
+        finn_stdout.flush()
         sys.stdout, sys.stderr = saved_stdio
         for h in list(root.handlers):
             if h not in saved_handlers:
