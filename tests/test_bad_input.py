@@ -357,7 +357,7 @@ ROWS = [
     Row("model-is-state-dict", lambda e: flow(e, f"model={e.files['state']}"),
         (r"net_state\.pt is not a trimflow checkpoint", r"trimflow import .*--class")),
     Row("model-is-torchscript", lambda e: flow(e, f"model={e.files['script']}"),
-        (r"net_script\.pt is not a trimflow checkpoint", r"trimflow import")),
+        (r"net_script\.pt is a TorchScript file, not a trimflow checkpoint", r"trimflow import")),
     Row("model-empty-file", lambda e: flow(e, f"model={cfg_file(e, b'', 'empty.pt')}"),
         (r"empty\.pt is not a trimflow checkpoint", r"trimflow import")),
     Row("model-text-file", lambda e: flow(e, f"model={cfg_file(e, 'hello', 'notes.pt')}"),
@@ -471,7 +471,7 @@ ROWS = [
         (r"cannot import no_such_module", r"PYTHONPATH")),
     Row("import-wrong-state", lambda e: imp(e, e.files["lstm"], "--class", f"{e.files['nets']}:Net",
                                             "--input-shape", "1,28,28"), (r"lstm_state\.pt does not match the model",)),
-    Row("import-torchscript-no-shape", lambda e: imp(e, e.files["script"]), (r"needs input_shape",)),
+    Row("import-torchscript-no-shape", lambda e: imp(e, e.files["script"]), (r"needs --input-shape C,H,W or a --dataset",)),
     Row("import-out-disk-full", lambda e: imp(e, e.files["state"], "--class", f"{e.files['nets']}:Net",
                                               "--input-shape", "1,28,28", out=tmpfs(e, "tiny", "size=12k") / "m.pt"),
         (r"cannot write .*m\.pt", r"the disk is full", r"free some space")),
@@ -493,7 +493,7 @@ def _stage_dirs(build: Path) -> dict[str, float]:
         for board in build.iterdir():
             if board.is_dir():
                 for d in board.iterdir():
-                    if d.is_dir():
+                    if d.is_dir() and d.name != ".cache":  # the sensitivity tables' cache, not a stage
                         stamp = d / "stage.json"
                         out[d.name] = stamp.stat().st_mtime_ns if stamp.exists() else -1
     return out

@@ -175,15 +175,47 @@ def test_model_that_does_not_fit_the_dataset():
 def test_config_validation():
     with pytest.raises(FlowError, match="kind must be one of"):
         ImportConfig(source="x", kind="keras")
-    with pytest.raises(FlowError, match="needs class_path"):
+    with pytest.raises(FlowError, match="needs the model's class, --class MODULE:CLASS"):
         ImportConfig(source="x", kind="pytorch")
     with pytest.raises(FlowError, match="input_scale must be a positive"):
         ImportConfig(source="x", input_scale=0)
     with pytest.raises(FlowError, match="does not exist"):
         import_model(ImportConfig(source="nowhere.onnx"), "x.pt")
     assert ImportConfig(source="m.onnx").resolved_kind() == "onnx"
-    assert ImportConfig(source="m.pt").resolved_kind() == "torchscript"
     assert ImportConfig(source="m.pt", class_path="a:B").resolved_kind() == "pytorch"
+
+
+def test_auto_kind_looks_into_the_file_and_errors_are_one_line(tmp_path):
+    # A state_dict without --class used to be taken for TorchScript and called corrupted; a pickled model object
+    # brought torch's many-line weights_only text along
+    from trimflow.models.importers import check_model_file, file_kind
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    torch.save(net, tmp_path / "whole.pt")
+    torch.jit.script(net).save(str(tmp_path / "scripted.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a model at all")
+    kinds = {n: file_kind(tmp_path / n) for n in ("weights.pt", "whole.pt", "scripted.pt", "junk.pt")}
+    assert kinds == {"weights.pt": "torch.save", "whole.pt": "torch.save", "scripted.pt": "torchscript",
+                     "junk.pt": None}
+    assert ImportConfig(source=str(tmp_path / "scripted.pt")).resolved_kind() == "torchscript"
+    errors = {}
+    for name, extra in (("weights.pt", {}), ("junk.pt", {}), ("whole.pt", {"class_path": "torch.nn:Identity"})):
+        with pytest.raises(FlowError) as info:
+            import_model(ImportConfig(source=str(tmp_path / name), dataset="fashion-mnist", **extra), tmp_path / "o.pt")
+        errors[name] = str(info.value)
+    assert "is a torch.save file (a state_dict or a pickled model), not TorchScript: give the model's class with " \
+           "--class MODULE:CLASS" in errors["weights.pt"]
+    assert "is neither an ONNX file (.onnx), a TorchScript file nor a torch.save state_dict" in errors["junk.pt"]
+    assert "holds a pickled model object, not a state_dict" in errors["whole.pt"]
+    assert all("\n" not in e and "corrupted" not in e for e in errors.values()), errors
+    assert not (tmp_path / "o.pt").exists()
+    # the flow's `model:` given a TorchScript file: the import command, no torch warning on the way
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FlowError, match=r"scripted\.pt is a TorchScript file, not a trimflow checkpoint; convert"):
+            check_model_file(tmp_path / "scripted.pt")
 
 
 def test_rescale_divides_logits_by_a_power_of_two_exactly(tmp_path):

@@ -27,6 +27,7 @@ import math
 import os
 import tempfile
 import types
+import zipfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,11 @@ class ImportConfig:
         if self.kind not in KINDS:
             raise FlowError(f"import: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.kind == "pytorch" and not self.class_path:
-            raise FlowError("import: kind 'pytorch' needs class_path ('package.module:ClassName')")
+            raise FlowError("import: kind 'pytorch' needs the model's class, --class MODULE:CLASS ('package.module:"
+                            "ClassName' or 'path/file.py:ClassName')")
         if self.class_path is not None and ":" not in self.class_path:
-            raise FlowError(f"import: class_path {self.class_path!r} must look like 'package.module:ClassName'")
+            raise FlowError(f"import: --class {self.class_path!r} must look like 'package.module:ClassName' or "
+                            "'path/file.py:ClassName'")
         if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
             raise FlowError(f"import: input_shape must be C, H, W, got {self.input_shape}")
         if not math.isfinite(self.input_scale) or self.input_scale <= 0:
@@ -74,11 +77,41 @@ class ImportConfig:
             raise FlowError(f"import: eval_images must be >= 1, got {self.eval_images}")
 
     def resolved_kind(self) -> str:
+        """The kind to import as; auto looks into the file (FlowError for a torch.save file without --class, or a
+        file that is none of the three)."""
         if self.kind != "auto":
             return self.kind
         if self.class_path:
             return "pytorch"
-        return "onnx" if Path(self.source).suffix.lower() == ".onnx" else "torchscript"
+        found = file_kind(self.source)
+        if found == "torch.save":
+            raise FlowError(f"import: {self.source} is a torch.save file (a state_dict or a pickled model), not "
+                            "TorchScript: give the model's class with --class MODULE:CLASS ('package.module:Class' "
+                            "or 'path/file.py:Class')")
+        if found is None:
+            raise FlowError(f"import: {self.source} is neither an ONNX file (.onnx), a TorchScript file nor a "
+                            "torch.save state_dict; export the model to one of them")
+        return found
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """onnx (by the suffix), torchscript, torch.save (a state_dict or a pickled object), or None, by the file's
+    contents: both torch formats are zip archives (or, torch.save before 1.6, a pickle), but only TorchScript's
+    holds its code."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+            if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+                return "torchscript"
+            return "torch.save" if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names) else None
+        with open(path, "rb") as f:
+            return "torch.save" if f.read(2) == b"\x80\x02" else None  # the legacy format's pickle protocol 2
+    except OSError:
+        return None
 
 
 def import_model(cfg: ImportConfig, out: str | os.PathLike) -> dict[str, Any]:
@@ -103,14 +136,14 @@ def import_model(cfg: ImportConfig, out: str | os.PathLike) -> dict[str, Any]:
         model, arch, diff = _import_onnx(source)
     else:
         if shape is None:
-            raise FlowError(f"import: TorchScript {source} needs input_shape (C, H, W) or a dataset to take it "
+            raise FlowError(f"import: TorchScript {source} needs --input-shape C,H,W or a --dataset to take it "
                             "from")
         model, arch, diff = _import_torchscript(source, shape)
     check_structure(model, f"import: {source}")
     if shape is None:
         shape = tuple(arch["kwargs"]["spec"]["input_shape"]) if arch["name"] == "graph" else None
     if shape is None:
-        raise FlowError(f"import: give input_shape (C, H, W) or a dataset for {source}")
+        raise FlowError(f"import: give --input-shape C,H,W or a --dataset for {source}")
     _check_traceable(model, str(source))
     fold = fold_input_normalization(model, cfg.input_scale, cfg.input_mean, cfg.input_std, shape[0])
     classes = check_model_fits(model, shape, spec_ds.classes if spec_ds else None,
@@ -205,7 +238,11 @@ def _import_pytorch(cfg: ImportConfig, source: Path) -> tuple[nn.Module, dict[st
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FlowError(f"import: {source} is not a loadable state_dict ({type(e).__name__}: {e}); save it with "
+        if "Weights only load failed" in str(e):  # torch.save(model): unpickling it would run arbitrary code
+            raise FlowError(f"import: {source} holds a pickled model object, not a state_dict; save it with "
+                            "torch.save(model.state_dict(), path), or export it to TorchScript or ONNX") from None
+        raise FlowError(f"import: {source} is not a loadable state_dict ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); save it with "
                         "torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):  # common training-script wrappers
@@ -266,8 +303,9 @@ def _import_torchscript(source: Path, shape: tuple[int, ...]) -> tuple[nn.Module
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, but users have files
             scripted = torch.jit.load(str(source), map_location="cpu")
     except Exception as e:
-        raise FlowError(f"import: {source} is not a TorchScript file ({type(e).__name__}: {e}); for a plain "
-                        "state_dict give class_path") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise FlowError(f"import: {source} is not a TorchScript file ({type(e).__name__}: {first}); for a plain "
+                        "state_dict give --class MODULE:CLASS") from None
     scripted.eval()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
@@ -321,8 +359,10 @@ def check_model_file(path: str | os.PathLike) -> None:
     path = Path(path)
     fix = (f"convert it first with `trimflow import {path} --out checkpoints/mine.pt` (add --class module:Class for "
            "a state_dict) and set model: checkpoints/mine.pt")
-    if path.suffix.lower() == ".onnx":
-        raise FlowError(f"model {path} is an ONNX file, not a trimflow checkpoint; {fix}")
+    kind = file_kind(path) if path.is_file() else None
+    if kind in ("onnx", "torchscript"):  # torch.load would warn and dispatch to torch.jit.load for TorchScript
+        raise FlowError(f"model {path} is {'an ONNX' if kind == 'onnx' else 'a TorchScript'} file, not a trimflow "
+                        f"checkpoint; {fix}")
     try:
         payload = read_checkpoint(path)
     except FlowError as e:

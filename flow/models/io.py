@@ -45,7 +45,8 @@ def read_payload(path: str | os.PathLike, fmt: str, what: str, hint: str) -> dic
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FlowError(f"{what} {path} cannot be read ({type(e).__name__}: {e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""  # torch's texts run to many lines
+        raise FlowError(f"{what} {path} cannot be read ({type(e).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise FlowError(f"{path} is not a trimflow {what} (expected format {fmt!r}); {hint}")
     return payload
