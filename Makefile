@@ -78,6 +78,7 @@ docker:
 # scripts hold absolute paths, so the tools are mounted at their host path. NETWORK=host when a licence server must
 # be reached.
 synth:
+	@bash docker/synth-preflight.sh "$(DOCKER)" "$(IMAGE)" "$(XILINX_DIR)" "$(BUILD_DIR)" "$(CONFIG)" "$(MODEL)"
 	$(DOCKER) run --rm --network $(NETWORK) --user "$$(id -u):$$(id -g)" \
 	  -v $(XILINX_DIR):$(XILINX_DIR):ro -e XILINX_ROOT=$(XILINX_DIR) -v "$(CURDIR)":/opt/trimflow -w /opt/trimflow \
 	  -e TRIMFLOW_CACHE=/opt/trimflow/build/.cache \

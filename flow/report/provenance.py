@@ -53,12 +53,41 @@ def collect(command: list[str]) -> dict[str, Any]:
             "git": _git(PACKAGE_DIR), "versions": {**{d: _version(d) for d in TOOLS}, "verilator": _verilator()}}
 
 
-def collect_for_build(command: list[str], board: str, board_root: Path, data_dir: str | None) -> dict[str, Any]:
-    """collect() plus the next commands for a build whose stages live in `board_root` (= BUILD_DIR/<board>)."""
+def collect_for_build(command: list[str], board: str, board_root: Path, data_dir: str | None,
+                      model: Path | None = None) -> dict[str, Any]:
+    """collect() plus the next commands for a build whose stages live in `board_root` (= BUILD_DIR/<board>) and
+    started from the checkpoint `model`, with what stands in their way (synth_caveats)."""
     board_root = Path(board_root)
     synth = synth_command(board, board_root / CONFIG_FILE, board_root.parent, data_dir)
     deploy = f"make deploy BOARD={board} BUILD_DIR={_rel(board_root.parent)} HOST=<board address>"
-    return {**collect(command), "synth_command": synth, "deploy_command": deploy}
+    return {**collect(command), "synth_command": synth, "synth_caveats": synth_caveats(board_root.parent, model),
+            "deploy_command": deploy}
+
+
+def synth_caveats(build_root: Path, model: Path | None) -> list[str]:
+    """Why `make synth` would not run as printed from the working directory: it needs a checkout (its Makefile
+    and Dockerfile are not in the pip package), and its container sees only that checkout, so the build folder
+    and a model of the user's own must lie inside it (the shipped default model is in the image)."""
+    from trimflow.resources import SHIPPED
+
+    cwd = Path.cwd().resolve()
+    makefile = cwd / "Makefile"
+    notes = []
+    if not (makefile.is_file() and "\nsynth:" in makefile.read_text(errors="replace")
+            and (cwd / "docker" / "Dockerfile").is_file()):
+        notes.append(f"`make synth` needs a trimflow checkout (its Makefile and docker/ are not part of the pip "
+                     f"package), and {cwd} is not one: clone trimflow and run it there, with this build's folder "
+                     "inside the checkout (and CONFIG and BUILD_DIR adjusted).")
+    if not Path(build_root).resolve().is_relative_to(cwd):
+        notes.append(f"The container sees only the checkout it is started in: move the build folder {build_root} "
+                     "inside it first (and adjust CONFIG and BUILD_DIR).")
+    if model is not None:
+        model = Path(model).resolve()
+        shipped = {p.resolve() for p in (SHIPPED / "checkpoints").glob("*")}  # links into a checkout resolved too
+        if not model.is_relative_to(cwd) and not model.is_relative_to(SHIPPED.resolve()) and model not in shipped:
+            notes.append(f"The model {model} lies outside the checkout, where the container cannot read it: copy it "
+                         "inside and set `model:` in the config (or MODEL=) to its path relative to the checkout.")
+    return notes
 
 
 def synth_command(board: str, config_path: Path, build_root: Path, data_dir: str | None) -> str:

@@ -25,5 +25,5 @@ def run(b: BuildInputs, ctx: StageContext, _cfg) -> ReportResult:
     from trimflow.report.provenance import collect_for_build
     seconds = {n: stage_seconds(d) for n, d in ctx.inputs.items()}
     paths = write_report(dict(ctx.summaries), b.board, b.cfg, ctx.out_dir, seconds,
-                         provenance=collect_for_build(sys.argv, b.board.name, b.root, b.cfg.data_dir))
+                         provenance=collect_for_build(sys.argv, b.board.name, b.root, b.cfg.data_dir, b.model_path))
     return ReportResult(files=sorted(p.name for p in paths))
