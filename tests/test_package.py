@@ -23,15 +23,15 @@ from trimflow.resources import SHIPPED, locate
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the wheel is built from: the package metadata, the sources and the folders flow/shipped-data/ links to.
-SOURCE = ("pyproject.toml", "README.md", "LICENSE", "flow", "boards", "hw", "configs", "checkpoints")
+SOURCE = ("pyproject.toml", "setup.cfg", "README.md", "LICENSE", "flow", "boards", "hw", "configs", "checkpoints")
 TINY = ["eval_images=200", "relevance.images=200", "trim.allocation=rank", "trim.calib_images=200",
         "finetune.epochs=0.005"]
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The wheel, built from a copy of the sources (setuptools writes build/ and *.egg-info next to them, and the
-    repository's build/ holds the flow's outputs)."""
+    """The wheel, built from a copy of the sources (setuptools writes its build folder and *.egg-info next to
+    them). setup.cfg moves that folder off build/, the flow's default BUILD_DIR, where users build wheels too."""
     src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
     for name in SOURCE:
         if (ROOT / name).is_dir():
@@ -42,6 +42,7 @@ def wheel(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
                     "-w", str(out), str(src)], check=True, capture_output=True, text=True)
     (found,) = out.glob("trimflow-*.whl")
+    assert (src / ".setuptools-build").is_dir() and not (src / "build").exists()
     return found
 
 
