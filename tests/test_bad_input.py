@@ -346,7 +346,8 @@ ROWS = [
     Row("target-fps-old-key", lambda e: flow(e, "compile.target_fps=100"),
         (r"compile\.target_fps is no longer a key", r"compile\.folding_fps", r"hwtrim\.target_fps")),
     Row("force-unknown-stage", lambda e: flow(e, extra=("--force", "trimm")), (r"unknown stage", r"relevance")),
-    Row("unknown-dataset", lambda e: flow(e, "dataset=imagenet"), (r"unknown dataset 'imagenet'", r"known:")),
+    Row("unknown-dataset", lambda e: flow(e, "dataset=imagenet"), (r"unknown dataset 'imagenet'", r"known:"),
+        absent=(r"▶",)),  # before any stage starts
     # ---- the model -------------------------------------------------------------------------------------------------
     Row("model-is-folder", lambda e: flow(e, f"model={e.tmp}"), (r"model checkpoint .* is a folder, not a file",
                                                                 r"set `model:` .* to a trimflow checkpoint")),
@@ -411,7 +412,8 @@ ROWS = [
         (r"build directory .* is in use by pid \d+", r"wait for that build")),
     # ---- datasets --------------------------------------------------------------------------------------------------
     Row("data-dir-missing", lambda e: flow(e, extra=("--data-dir", str(e.tmp / "nodata"))),
-        (r"dataset 'fashion-mnist' \(\w+\) not found; looked in: .*nodata", r"To get it")),
+        (r"data_dir .*nodata is not a folder; give the folder that holds the fashion-mnist files",),
+        absent=(r"▶",)),
     Row("idx-truncated-gz", idx_row(lambda d: truncate(d / "t10k-images-idx3-ubyte.gz")),
         (r"t10k-images-idx3-ubyte\.gz: truncated or corrupt gzip", r"download it again")),
     Row("idx-not-gzip", idx_row(lambda d: (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"plain text, not gzip")),

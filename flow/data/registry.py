@@ -116,6 +116,13 @@ def resolve_dataset(name: str) -> None:
         register_image_folder(name, name.removeprefix("folder:"))
 
 
+def check_dataset_name(name: str) -> None:
+    """FlowError unless `name` is a known dataset (or a "folder:<root>" one, registered here)."""
+    resolve_dataset(name)
+    if name not in DATASETS:
+        raise FlowError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+
+
 def _candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> list[Path]:
     if data_dir is not None:
         return [Path(data_dir)]
@@ -138,9 +145,7 @@ def _torchvision_download(spec: DatasetSpec, split: str) -> tuple[np.ndarray, np
 
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None) -> ImageSet:
     """Load `split` ("train" or "test") of dataset `name` from `data_dir` or the dataset's usual places."""
-    resolve_dataset(name)
-    if name not in DATASETS:
-        raise FlowError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    check_dataset_name(name)
     if split not in ("train", "test"):
         raise FlowError(f"unknown split {split!r}; use 'train' or 'test'")
     spec = DATASETS[name]

@@ -82,6 +82,13 @@ class BuildInputs:
         model_path = locate(cfg.model, "model checkpoint", "set `model:` in your config to a trimflow checkpoint")
         from trimflow.models.importers import check_model_file
         check_model_file(model_path)
+        # a misspelt dataset or data folder fails here, before any stage starts (the data itself is read lazily:
+        # a build whose stages are all cached does not need it)
+        from trimflow.data.registry import check_dataset_name
+        check_dataset_name(cfg.dataset)
+        if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+            raise FlowError(f"data_dir {cfg.data_dir} is not a folder; give the folder that holds the {cfg.dataset} "
+                            "files (--data-dir / DATA_DIR)")
         # The version is part of every key too (the code digest, trimflow.sources, catches changes within a
         # version).
         source = {"model": file_digest(model_path), "dataset": cfg.dataset, "eval_images": cfg.eval_images,
