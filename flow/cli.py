@@ -31,18 +31,23 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-v", "--verbose", action="count", default=0, help="also debug lines, and tracebacks of errors")
 
 
-def _add_flow_args(p: argparse.ArgumentParser) -> None:
-    _add_output_args(p)
-    p.add_argument("--board", default="pynq-z2", help="board name from boards/ (see `trimflow boards`)")
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    """What makes the effective flow config (`trimflow config` takes only these)."""
     p.add_argument("--config", help="YAML file overriding the default flow config")
     # action="extend": a second --set adds to the first instead of replacing it
     p.add_argument("--set", action="extend", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override single config values, e.g. trim.budget=0.4 quantize.weight_bits=2 "
                         "(repeatable; every key: docs/config.md or `trimflow config --explain KEY`)")
     p.add_argument("--data-dir", help="folder with the dataset files (default: the dataset's usual places)")
-    p.add_argument("--build-dir", default="build", help="root of the build folders (default: build/)")
     p.add_argument("--target-fps", type=float, help="throughput to reach: the trim budget is chosen for it "
                    "(hwtrim.target_fps) and the folding aims for it (compile.folding_fps)")
+
+
+def _add_flow_args(p: argparse.ArgumentParser) -> None:
+    _add_output_args(p)
+    p.add_argument("--board", default="pynq-z2", help="board name from boards/ (see `trimflow boards`)")
+    _add_config_args(p)
+    p.add_argument("--build-dir", default="build", help="root of the build folders (default: build/)")
     p.add_argument("--force", action="extend", nargs="*", default=[], metavar="STAGE",
                    help="rerun these stages even if cached (and what depends on them)")
 
@@ -65,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     from trimflow.models.importers import add_cli_arguments
     add_cli_arguments(imp)
     cfg = sub.add_parser("config", help="print the effective flow config as YAML")
-    _add_flow_args(cfg)
+    _add_config_args(cfg)  # no board, build folder, stages or output level: it only prints
     cfg.add_argument("--explain", metavar="KEY", help="print one key's type, default, allowed values and meaning "
                      "(a section such as `trim` lists its keys); every key: docs/config.md")
     from trimflow.sweep.command import add_arguments as add_sweep_arguments

@@ -68,3 +68,15 @@ def test_old_target_fps_key_names_the_new_ones():
     # the folding target alone leaves the trim budget fixed
     cfg = load_flow_config(None, ["compile.folding_fps=100"])
     assert cfg.hwtrim.target_fps is None and cfg.compile.folding_fps == 100
+
+
+def test_config_command_offers_only_what_it_uses(capsys):
+    # `trimflow config` prints the effective config: a board, a build folder, stages to force or an output level
+    # change nothing there, so it does not offer them
+    from trimflow.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["config", "--help"])
+    usage = capsys.readouterr().out
+    assert "--set" in usage and "--explain" in usage
+    assert not any(flag in usage for flag in ("--force", "--board", "--build-dir", "--quiet"))
