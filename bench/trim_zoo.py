@@ -177,7 +177,8 @@ def add_net(spec: str) -> str:
     path = Path(parts[0]).resolve()
     if not path.is_file():
         raise SystemExit(f"--add {name}: checkpoint {path} not found")
-    NETS[name] = {"checkpoint": str(path), "dataset": parts[1], "role": "user", "what": f"user net ({path.name})",
+    # inside the repository: kept relative to it in PREFIX-nets.json, so that a committed file works in any checkout
+    NETS[name] = {"checkpoint": _shown(path), "dataset": parts[1], "role": "user", "what": f"user net ({path.name})",
                   **({"data_dir": str(Path(parts[2]).resolve())} if len(parts) == 3 else {})}
     return name
 

@@ -66,7 +66,11 @@ def test_report_provenance_next_command_classes_and_log(small_build):
                                       "invert": False, "autocontrast": False, "dataset": "fashion-mnist"}
     log = (board_dir / "build.log").read_text().splitlines()
     assert max(map(len, log)) <= MAX_LINE and any("✓ report" in line for line in log)
-    assert any("Running step: step_streamline" in line for line in log)  # FINN's steps as they ran
+    # FINN's steps as they ran, as trimflow's own lines (trimflow.finn.adapter._FinnStdout), not FINN's prints
+    assert any("FINN step_streamline [" in line for line in log)
+    # its other prints (the temporary paths) are debug lines there, never FINN's own time-stamped text
+    assert not any("Running step:" in line for line in log)
+    assert all(" FINN: " in line for line in log if "Build log is at" in line)
 
 
 @pytest.mark.rtlsim
