@@ -10,3 +10,10 @@ except PackageNotFoundError:  # the sources imported without being installed
 
 class FlowError(Exception):
     """An error the user can act on. The CLI prints its message without a traceback."""
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of an error's text: torch's and FINN's messages run to many lines, and a trimflow
+    error is one line."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""

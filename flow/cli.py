@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from trimflow import FlowError, __version__
+from trimflow import FlowError, __version__, first_line
 
 STAGE_COMMANDS = {
     "relevance": "score every kernel by its activation over the representative set",
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: one line by default, the traceback with -v
         if _verbose(args):
             raise
-        print(f"trimflow: internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''} "
+        print(f"trimflow: internal error: {type(e).__name__}: {first_line(e)} "
               "(rerun with -v for the traceback, and please report it)", file=sys.stderr)
         return 1
     finally:

@@ -138,8 +138,10 @@ class StagedForward:
                 self._dropped.discard(b)
             self._run(b, stop)
             yield b
-            size = _nbytes(self._envs[b]) if self.memory is not None else 0
-            if self.memory is not None and kept + size > self.memory:
+            if self.memory is None:
+                continue
+            size = _nbytes(self._envs[b])
+            if kept + size > self.memory:
                 self._envs[b], self._pos[b] = {}, 0
                 self._dropped.add(b)
             else:

@@ -37,7 +37,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from trimflow import FlowError
+from trimflow import FlowError, first_line
 from trimflow.data import load_dataset, subset
 
 KINDS = ("auto", "onnx", "torchscript", "pytorch")
@@ -241,9 +241,8 @@ def _import_pytorch(cfg: ImportConfig, source: Path) -> tuple[nn.Module, dict[st
         if "Weights only load failed" in str(e):  # torch.save(model): unpickling it would run arbitrary code
             raise FlowError(f"import: {source} holds a pickled model object, not a state_dict; save it with "
                             "torch.save(model.state_dict(), path), or export it to TorchScript or ONNX") from None
-        raise FlowError(f"import: {source} is not a loadable state_dict ({type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); save it with "
-                        "torch.save(model.state_dict(), path)") from None
+        raise FlowError(f"import: {source} is not a loadable state_dict ({type(e).__name__}: {first_line(e)}); save "
+                        "it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):  # common training-script wrappers
             if isinstance(state.get(key), dict):
@@ -303,9 +302,8 @@ def _import_torchscript(source: Path, shape: tuple[int, ...]) -> tuple[nn.Module
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, but users have files
             scripted = torch.jit.load(str(source), map_location="cpu")
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise FlowError(f"import: {source} is not a TorchScript file ({type(e).__name__}: {first}); for a plain "
-                        "state_dict give --class MODULE:CLASS") from None
+        raise FlowError(f"import: {source} is not a TorchScript file ({type(e).__name__}: {first_line(e)}); for a "
+                        "plain state_dict give --class MODULE:CLASS") from None
     scripted.eval()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"

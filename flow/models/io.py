@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trimflow import FlowError
+from trimflow import FlowError, first_line
 from trimflow.artifacts import atomic_path, to_jsonable
 from trimflow.models.registry import build_model
 
@@ -45,8 +45,7 @@ def read_payload(path: str | os.PathLike, fmt: str, what: str, hint: str) -> dic
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""  # torch's texts run to many lines
-        raise FlowError(f"{what} {path} cannot be read ({type(e).__name__}: {first})") from None
+        raise FlowError(f"{what} {path} cannot be read ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise FlowError(f"{path} is not a trimflow {what} (expected format {fmt!r}); {hint}")
     return payload
