@@ -99,6 +99,9 @@ VARIANT_PARTS = {
                  "until 2026-12-01 05:30)",
     "grad": "relevance.weighting=gradient (|activation x gradient| of the net's own prediction)",
     "plain": "relevance.weighting=none (the paper's mean activation)",
+    "cond": "relevance.selection=conditional (kernels ranked greedily by what the kernels before them do not "
+            "explain, trimflow.conditional)",
+    "indep": "relevance.selection=independent: each kernel scored alone (the default until 2026-12-02 20:00)",
     "norefit": "the peers' treatment: one fraction per layer, no refit, BN statistics re-estimated",
     "ridge<r>": "reconstruct.ridge=r (pulls the refit towards the kept pretrained weights)",
     "outridge<r>": "reconstruct.output_ridge=r: the ridge of the layer computing the logits only",
@@ -133,6 +136,8 @@ def ours(method: str) -> dict | None:
             cfg["sensitivity"] = SensitivityConfig(guard="none")
         elif part == "norescale":
             rec["rescale"] = False
+        elif part in ("cond", "indep"):
+            rel["selection"] = "conditional" if part == "cond" else "independent"
         elif part in ("grad", "plain"):
             rel["weighting"] = "gradient" if part == "grad" else "none"
         elif part == "norefit":

@@ -59,8 +59,10 @@ def score(model: nn.Module, data: ImageSet, criterion: str,
     if criterion == "relevance":
         return compute_relevance(model, data, cfg)
     if criterion == "apoz":
-        # APoZ is the published criterion as is: no consumer weighting, whatever relevance's default is
-        out = compute_relevance(model, data, dataclasses.replace(cfg, statistic="apoz", weighting="none"))
+        # APoZ is the published criterion as is: no consumer weighting, no conditional order, whatever relevance's
+        # defaults are
+        out = compute_relevance(model, data, dataclasses.replace(cfg, statistic="apoz", weighting="none",
+                                                                 selection="independent"))
         out.criterion = "apoz"
         return out
     check_input(model, data)

@@ -23,13 +23,15 @@ from torch import nn
 from tqdm import tqdm
 
 from trimflow import FlowError
+from trimflow import conditional
 from trimflow.artifacts import read_json, write_json
 from trimflow.data import ImageSet, make_loader, subset
 from trimflow.graph import ChannelGraph, Tap, build_graph
 
 FORMAT = "trimflow-scores/1"
 # the config and its choices live apart from the torch code, so that loading a flow config does not import torch
-from trimflow.relevance_config import NORMALIZE, STATISTICS, WEIGHTING, WHERE, RelevanceConfig  # noqa: E402,F401
+from trimflow.relevance_config import (NORMALIZE, SELECTIONS, STATISTICS, WEIGHTING, WHERE,  # noqa: E402,F401
+                                       RelevanceConfig)
 
 
 @dataclasses.dataclass
@@ -180,8 +182,11 @@ def _value(out: Any) -> torch.Tensor:
 
 
 def collect(model: nn.Module, data: ImageSet, graph: ChannelGraph, statistic: str, where: str,
-            batch_size: int, desc: str = "relevance") -> tuple[dict[str, _Accumulator], dict[str, _Accumulator]]:
-    """One pass over `data`: accumulators per trimmable producer (at its tap) and per consumer input."""
+            batch_size: int, desc: str = "relevance",
+            consumer_adders: dict[str, Any] | None = None) -> tuple[dict[str, _Accumulator], dict[str, _Accumulator]]:
+    """One pass over `data`: accumulators per trimmable producer (at its tap) and per consumer input.
+
+    `consumer_adders`: per consumer, a function that also gets its input (trimflow.conditional's covariances)."""
     producers = [p for g in graph.prunable() for p in g.producers]
     prunable_ids = {g.id for g in graph.prunable()}
     consumers = [u.name for u in graph.uses.values() if u.kind in ("conv", "linear")
@@ -200,15 +205,19 @@ def collect(model: nn.Module, data: ImageSet, graph: ChannelGraph, statistic: st
                 a.add(a.tap.apply(y))
         return hook
 
-    def in_hook(a):
+    def in_hook(a, extra):
         def hook(module, args):
             x = _value(args[0]).detach()
-            # A linear layer's features each get their own mean: that is the flattened mean output map.
-            a.add(x if x.ndim > 2 else x[:, :, None])
+            if a is not None:  # a linear layer's features each get their own mean: the flattened mean output map
+                a.add(x if x.ndim > 2 else x[:, :, None])
+            if extra is not None:
+                extra(x)
         return hook
 
     handles = [model.get_submodule(m).register_forward_hook(out_hook(accs)) for m, accs in by_module.items()]
-    handles += [model.get_submodule(c).register_forward_pre_hook(in_hook(a)) for c, a in inputs.items()]
+    adders = consumer_adders or {}
+    handles += [model.get_submodule(c).register_forward_pre_hook(in_hook(inputs.get(c), adders.get(c)))
+                for c in dict.fromkeys([*inputs, *adders])]
     dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval()
@@ -331,13 +340,16 @@ def compute_relevance(model: nn.Module, data: ImageSet, cfg: RelevanceConfig = R
     check_input(model, data)
     data = subset(data, cfg.images, cfg.seed)
     graph = build_graph(model, data.shape)
-    acc, inputs = collect(model, data, graph, cfg.statistic, cfg.where, cfg.batch_size)
+    covs, adders = conditional.covariance_hooks(graph) if cfg.selection == "conditional" else ({}, None)
+    acc, inputs = collect(model, data, graph, cfg.statistic, cfg.where, cfg.batch_size, consumer_adders=adders)
     raw = {p: a.score() for p, a in acc.items()}
     if cfg.weighting == "consumer":
         norms = consumer_norms(model, graph)
         raw = {p: s * norms[p] for p, s in raw.items()}
     elif cfg.weighting == "gradient":  # the statistic's pass still gives the means compensation folds in
         raw = activation_gradients(model, data, graph, cfg.where, cfg.batch_size)
+    if cfg.selection == "conditional":
+        raw = conditional.conditional_scores(model, graph, covs, raw)
     return RelevanceScores(
         criterion="relevance", config=dataclasses.asdict(cfg), input_shape=tuple(data.shape), images=len(data),
         layers={p: normalize(s, cfg.normalize).tolist() for p, s in raw.items()},

@@ -55,7 +55,7 @@ def test_apoz_is_relevance_fraction_nonzero():
     a = score(model, data, "apoz", RelevanceConfig(images=None, batch_size=7))
     # APoZ stays the published criterion although relevance weights by the consumers by default
     r = compute_relevance(model, data, RelevanceConfig(images=None, statistic="apoz", batch_size=11,
-                                                       weighting="none"))
+                                                       weighting="none", selection="independent"))
     for name in a.layers:
         torch.testing.assert_close(a.tensor(name), r.tensor(name), atol=1e-12, rtol=0)
     assert a.input_means  # data-driven: compensation means come along
@@ -84,7 +84,7 @@ def test_gradient_relevance_reads_no_labels():
     import dataclasses  # noqa: PLC0415
 
     model, data = _model(), _images(12)
-    cfg = RelevanceConfig(images=None, batch_size=5, weighting="gradient")
+    cfg = RelevanceConfig(images=None, batch_size=5, weighting="gradient", selection="independent")
     s = compute_relevance(model, data, cfg)
     shuffled = dataclasses.replace(data, labels=data.labels.roll(1))
     assert compute_relevance(model, shuffled, cfg).layers == s.layers
