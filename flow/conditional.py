@@ -116,8 +116,10 @@ def weight_gram(model: nn.Module, graph: ChannelGraph, consumer: str, offset: in
     return torch.einsum("oit,ojt->ij", w, w)
 
 
-def greedy_order(terms: list[tuple[torch.Tensor, torch.Tensor]], tiebreak: torch.Tensor) -> torch.Tensor:
-    """Channel indices, best first: forward selection minimising sum_c tr(M_c Cov_c(dropped | kept)).
+def greedy_order(terms: list[tuple[torch.Tensor, torch.Tensor]],
+                 tiebreak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel indices, best first, and what each added: forward selection minimising sum_c tr(M_c Cov_c(dropped |
+    kept)); the gain of a channel is how much that error fell when it was added (0 for those that added nothing).
 
     terms: (covariance, M) per consumer segment, all over the same channels. Kept up to date by rank-one updates:
     R_c is the covariance conditional on the kept channels, and the gain of adding channel j is
@@ -130,7 +132,7 @@ def greedy_order(terms: list[tuple[torch.Tensor, torch.Tensor]], tiebreak: torch
     mrs = [m @ r for m, r in zip(ms, rs)]
     floors = [1e-10 * max(float(torch.diagonal(r).max()), 1e-300) for r in rs]
     chosen = torch.zeros(size, dtype=torch.bool)
-    order = []
+    order, gains = [], []
     for _ in range(size):
         gain = torch.zeros(size, dtype=torch.float64)
         for r, mr, floor in zip(rs, mrs, floors):
@@ -141,39 +143,45 @@ def greedy_order(terms: list[tuple[torch.Tensor, torch.Tensor]], tiebreak: torch
         if float(gain.max()) <= 0.0:  # the rest adds nothing the kept ones do not explain
             rest = [int(i) for i in torch.argsort(tiebreak, descending=True, stable=True) if not chosen[i]]
             order += rest
+            gains += [0.0] * len(rest)
             break
         j = int(torch.argmax(gain))
         chosen[j] = True
         order.append(j)
+        gains.append(float(gain[j]))
         for i, (r, m, floor) in enumerate(zip(rs, ms, floors)):
             col = r[:, j].clone()
             if col[j] <= floor:
                 continue
             rs[i] = r - torch.outer(col, col) / col[j]
             mrs[i] = mrs[i] - torch.outer(m @ col, col) / col[j]
-    return torch.tensor(order, dtype=torch.long)
+    return torch.tensor(order, dtype=torch.long), torch.tensor(gains, dtype=torch.float64)
 
 
 def conditional_scores(model: nn.Module, graph: ChannelGraph, covs: dict[tuple[str, int], Covariance],
-                       tiebreak: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per trimmable producer: a score per kernel from its group's greedy order (1 for the first, down to 1/size).
+                       tiebreak: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per trimmable producer: a score per kernel from its group's greedy order (1 for the first, down to 1/size),
+    and per kernel the energy it added when it was ranked (greedy_order's gains; what the report plots).
 
     `covs` come from covariance_hooks through trimflow.relevance.collect; `tiebreak` (the plain relevance, per producer)
-    orders kernels that add nothing new, and a group no consumer reads keeps it as its score.
+    orders kernels that add nothing new, and a group no consumer reads keeps it as its score (and has no gains).
     """
     segments = consumer_inputs(graph)
     terms: dict[int, list] = {}
     for key, (gid, offset, size, spatial) in segments.items():
         terms.setdefault(gid, []).append((covs[key].matrix(), weight_gram(model, graph, key[0], offset, size, spatial)))
-    out = {}
+    out, added = {}, {}
     for g in graph.prunable():
         base = sum(tiebreak[p] for p in g.producers)
         if g.id not in terms:
             scores = base
         else:
-            order = greedy_order(terms[g.id], base)
+            order, gains = greedy_order(terms[g.id], base)
             scores = torch.empty(g.size, dtype=torch.float64)
             scores[order] = torch.arange(g.size, 0, -1, dtype=torch.float64) / g.size
+            per_kernel = torch.empty(g.size, dtype=torch.float64)
+            per_kernel[order] = gains
+            added.update(dict.fromkeys(g.producers, per_kernel))
         for p in g.producers:
             out[p] = scores
-    return out
+    return out, added

@@ -50,6 +50,9 @@ class RelevanceScores:
     layers: dict[str, list[float]]
     channel_means: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     input_means: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    # selection="conditional": per kernel, the consumer energy it added when it was ranked (trimflow.conditional);
+    # the scores are only that order, so the report plots these
+    gains: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     # no wall-clock time in here: the file must be byte-identical for the same inputs (timings: stage timing file)
 
     def save(self, path: str | Path) -> None:
@@ -348,13 +351,15 @@ def compute_relevance(model: nn.Module, data: ImageSet, cfg: RelevanceConfig = R
         raw = {p: s * norms[p] for p, s in raw.items()}
     elif cfg.weighting == "gradient":  # the statistic's pass still gives the means compensation folds in
         raw = activation_gradients(model, data, graph, cfg.where, cfg.batch_size)
+    gains: dict[str, torch.Tensor] = {}
     if cfg.selection == "conditional":
-        raw = conditional.conditional_scores(model, graph, covs, raw)
+        raw, gains = conditional.conditional_scores(model, graph, covs, raw)
     return RelevanceScores(
         criterion="relevance", config=dataclasses.asdict(cfg), input_shape=tuple(data.shape), images=len(data),
         layers={p: normalize(s, cfg.normalize).tolist() for p, s in raw.items()},
         channel_means={p: a.mean().tolist() for p, a in acc.items()},
-        input_means={c: a.mean().tolist() for c, a in inputs.items()})
+        input_means={c: a.mean().tolist() for c, a in inputs.items()},
+        gains={p: g.tolist() for p, g in gains.items()})
 
 
 def input_means(model: nn.Module, data: ImageSet, batch_size: int = 250) -> dict[str, list[float]]:

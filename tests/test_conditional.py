@@ -40,12 +40,14 @@ def test_greedy_order_is_forward_selection_on_the_reconstruction_error():
         a = torch.randn(6, 6, generator=g, dtype=torch.float64)
         w = torch.randn(5, 6, generator=g, dtype=torch.float64)
         terms.append((a @ a.T + 0.1 * torch.eye(6, dtype=torch.float64), w.T @ w))
-    order = greedy_order(terms, torch.zeros(6, dtype=torch.float64)).tolist()
+    order, gains = greedy_order(terms, torch.zeros(6, dtype=torch.float64))
+    order = order.tolist()
     assert sorted(order) == list(range(6))
     kept: list[int] = []
-    for step in range(6):  # each pick is the brute-force best next channel
+    for step in range(6):  # each pick is the brute-force best next channel, its gain the error it removed
         best = min((c for c in range(6) if c not in kept), key=lambda c: _error(terms, kept + [c]))
         assert order[step] == best
+        assert float(gains[step]) == pytest.approx(_error(terms, kept) - _error(terms, kept + [best]), rel=1e-7)
         kept.append(best)
     # and the greedy 2-subset is no worse than the best plain-variance pair by much, on this seed strictly better
     by_energy = sorted(range(6), key=lambda c: -sum(float(cov[c, c] * m[c, c]) for cov, m in terms))
@@ -60,7 +62,9 @@ def test_channels_the_kept_ones_explain_go_last_in_tiebreak_order():
     x = torch.cat([base, base.sum(1, keepdim=True) * 3.0, base[:, :1] * -2.0], 1)
     terms = [(torch.cov(x.T), torch.eye(4, dtype=torch.float64))]
     tiebreak = torch.tensor([0.1, 0.2, 0.5, 1.0], dtype=torch.float64)
-    order = greedy_order(terms, tiebreak).tolist()
+    order, gains = greedy_order(terms, tiebreak)
+    order = order.tolist()
+    assert gains[2:].tolist() == [0.0, 0.0]
     assert _error(terms, order[:2]) < 1e-9 * _error(terms, [])
     assert order[2:] == sorted(order[2:], key=lambda c: -tiebreak[c])
 

@@ -237,7 +237,8 @@ def write_report(summaries: dict[str, Any], board: Any, cfg: Any, out_dir: Path,
     rel_layers = (results.relevance.layers if results.relevance else None) or {}
     if rel_layers:
         kept = {p: layer.get("kept_indices") for layer in rep.get("layers", []) for p in layer.get("producers", [])}
-        data = {name: {"scores": info["scores"], "kept": kept.get(name) or range(len(info["scores"]))}
+        data = {name: {"scores": info["scores"], "kept": kept.get(name) or range(len(info["scores"])),
+                       **({"gains": info["gains"]} if "gains" in info else {})}
                 for name, info in rel_layers.items() if "scores" in info}
         if data:
             written.append(plots.relevance_plot(data, out_dir / "relevance.png"))

@@ -21,8 +21,12 @@ def _save(fig, path: Path) -> Path:
 
 
 def relevance_plot(layers: dict[str, dict], path: Path) -> Path:
-    """One panel per layer: kernels sorted by relevance, kept ones filled, removed ones hollow."""
+    """One panel per layer: kernels sorted by relevance, kept ones filled, removed ones hollow.
+
+    Under the conditional order (a layer with "gains") the bars are what each kernel added when it was ranked,
+    as a share of the layer's total: the scores themselves are only the order."""
     n = len(layers)
+    conditional = any("gains" in info for info in layers.values())
     # constrained layout reserves room for the figure title above the panels' own titles (they overlapped)
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False, layout="constrained")
     for ax, (name, info) in zip(axes[0], layers.items()):
@@ -31,13 +35,21 @@ def relevance_plot(layers: dict[str, dict], path: Path) -> Path:
         order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
         xs = range(len(order))
         ys = [scores[i] for i in order]
+        if "gains" in info:
+            total = sum(info["gains"]) or 1.0
+            ys = [100.0 * info["gains"][i] / total for i in order]
         colors = ["tab:blue" if i in kept else "white" for i in order]
         ax.bar(xs, ys, color=colors, edgecolor="tab:blue", linewidth=0.6, width=1.0)
         ax.set_title(f"{name}\nkept {len(kept)}/{len(scores)}", fontsize=8)
         ax.tick_params(labelsize=6)
         ax.set_xlabel("kernel (sorted)", fontsize=7)
-    axes[0][0].set_ylabel("relevance", fontsize=8)
-    fig.suptitle("Kernel relevance per layer (filled = kept)", fontsize=9)
+    if conditional:
+        axes[0][0].set_ylabel("energy added when ranked (%)", fontsize=8)
+        fig.suptitle("Conditional relevance per layer: what each kernel adds to those ranked before it "
+                     "(filled = kept)", fontsize=9)
+    else:
+        axes[0][0].set_ylabel("relevance", fontsize=8)
+        fig.suptitle("Kernel relevance per layer (filled = kept)", fontsize=9)
     return _save(fig, path)
 
 

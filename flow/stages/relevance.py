@@ -29,5 +29,6 @@ def run(b: BuildInputs, ctx: StageContext, config) -> RelevanceResult:
     scores = score(model, b.data.train, b.cfg.trim.criterion, rcfg)
     scores.save(ctx.out_dir / "relevance.json")
     return RelevanceResult(float_accuracy=evaluate(model, b.data.test),
-                           layers={name: {**stats, "scores": scores.layers[name]}
+                           layers={name: {**stats, "scores": scores.layers[name],
+                                          **({"gains": scores.gains[name]} if name in scores.gains else {})}
                                    for name, stats in scores.summary().items()})
