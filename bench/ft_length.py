@@ -23,8 +23,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 OUT = RESULTS / "trim-ft-length"
 NET, BUDGET, SEEDS, BATCH = "cnv", 0.0625, (0, 1), 128
-METHODS = ("trimflow", "trimflow-nocv", "trimflow-outridge1-nocv", "trimflow-norescale-nocv",
-           "trimflow-norescale-nosync-nocv", "taylor-uniform", "tp-l1group-global")
+# the former defaults by the names the 2026-12-02 20:00 rename gave them (-indep: each kernel scored alone)
+METHODS = ("trimflow", "trimflow-indep", "trimflow-nocv-indep", "trimflow-outridge1-nocv-indep",
+           "trimflow-norescale-nocv-indep", "trimflow-norescale-nosync-nocv-indep", "taylor-uniform",
+           "tp-l1group-global")
 SOURCES = [(RESULTS / "ftlen" / f"trim-zoo-ft{n}.jsonl", n, 1) for n in (3000, 12000, 30000, 60000)] + [
     (RESULTS / "trim-zoo-longft.jsonl", 60000, 2)]
 

@@ -16,8 +16,9 @@ same fine-tune (--ft-* options: Adam, cosine schedule, +-2 px shifts, no flips, 
 evaluated on the whole test split. A seed changes the calibration subset, the fine-tune subset and order, and the
 random criterion. Methods:
 
-    trimflow             the flow's default trim (trimflow.config): relevance (mean activation x consumer weight
-                         norm), kernels shared out between layers by measured sensitivity (each layer trimmed alone
+    trimflow             the flow's default trim (trimflow.config): conditional relevance (kernels ranked per
+                         layer by the consumer energy of what the kernels before them do not explain; ties by mean
+                         activation x consumer weight norm), kernels shared out between layers by measured sensitivity (each layer trimmed alone
                          and refitted, KL divergence from the untrimmed net: no labels), label-free least-squares
                          reconstruction of every later layer (trimflow.reconstruct) on the calibration images
                          checked against one fraction per layer on the whole net (trim.sensitivity.guard=rank: the
@@ -25,6 +26,10 @@ random criterion. Methods:
                          synchronised with the refitted net (trim.sync_bn: the same function in eval mode, and the
                          fine-tune's batch statistics no longer undo the refit); each layer's ridge chosen by
                          cross-validation on the calibration images (trim.reconstruct.ridge_search)
+    trimflow-indep       the default with each kernel scored alone (relevance.selection=independent): the flow's
+                         default until 2026-12-02 20:00 (rows measured before are renamed, "trimflow-X" to
+                         "trimflow-X-indep" and the measured "trimflow-cond-X" to "trimflow-X", in the files
+                         named in trim-zoo-longft-commands.txt; other files' rows predate it and keep their names)
     trimflow-nocv        the default with one fixed ridge: the flow's default until 2026-12-02 14:00 (rows
                          measured before are renamed, "trimflow-X" to "trimflow-X-nocv", see trim-zoo-commands.txt)
     trimflow-norescale   the default without trim.reconstruct.rescale: the flow's default until 2026-12-01 05:30
@@ -165,7 +170,7 @@ def ours(method: str) -> dict | None:
 
 PEERS_UNIFORM = ("l1", "l2", "bn_gamma", "taylor", "apoz", "random")
 PEERS_GLOBAL = {"bn_gamma": "none", "taylor": "l2", "l1": "max"}  # criterion -> per-layer normalisation
-METHODS = (("trimflow", "trimflow-nocv")
+METHODS = (("trimflow", "trimflow-indep")
            + tuple(f"{c}-uniform" for c in PEERS_UNIFORM) + tuple(f"{c}-global" for c in PEERS_GLOBAL)
            + ("tp-l1group-uniform", "tp-l1group-global"))
 OUT = ROOT / "bench" / "results" / "trim-zoo"  # --out: rows, tables, plot and cost under another prefix
@@ -326,13 +331,14 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
              "family stands at its better allocation (uniform or its own global one) per cell. `tune` nets are "
              "the two the default was chosen on (label-free accuracy on a validation split of their training "
              "images); `holdout` nets were not looked at while choosing it.", "",
-             "`trimflow` is the flow's default trim (relevance x consumer norm, sensitivity allocation measured by "
+             "`trimflow` is the flow's default trim (conditional relevance: kernels ranked by the consumer energy "
+             "of what the kernels before them do not explain; sensitivity allocation measured by "
              "KL divergence from the untrimmed net, least-squares reconstruction: no labels, no gradient step), "
              "then BN statistics synchronised with the refitted net (`trim.sync_bn`) and the refitted weights scaled "
              "back to the untrimmed scale (`trim.reconstruct.rescale`; the same function), each layer's ridge "
              "chosen by cross-validation on the calibration images (`trim.reconstruct.ridge_search`); "
-             "`trimflow-nocv` is the same with one fixed ridge, the default until 2026-12-02 14:00 (not ranked "
-             "among the peers).", ""]
+             "`trimflow-indep` is the same with each kernel scored alone (relevance x consumer norm), the default "
+             "until 2026-12-02 20:00 (not ranked among the peers).", ""]
     lines += ["## Nets", "", "| net | role | what | float test accuracy | params | MACs |", "|---|---|---|---|---|---|"]
     for net, f in floats.items():
         lines.append(f"| {net} | {NETS[net]['role']} | {NETS[net]['what']} | {f['accuracy']:.4f} | {f['params']:,} "
@@ -341,7 +347,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
                              ("Right after trimming: no labels (except taylor), no fine-tune", s_lf, "trimmed")):
         lines += ["", f"## {title}", "",
                   "| net | MACs kept | seeds | trimflow | best peer | random | trimflow rank | within 1 std of best "
-                  "| trimflow-nocv |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| trimflow-indep |", "|---|---|---|---|---|---|---|---|---|"]
         ranks = []
         for (net, budget), s in summ.items():
             fam = s["families"]
@@ -356,7 +362,7 @@ def markdown(rows: list[dict], args_line: str, floats: dict) -> str:
             lines.append(f"| {net} | {1 / budget:.0f}x ({budget:g}) | {s['seeds']} | {tm:.4f} ± {ts:.4f} | "
                          f"{fam[bp][0] if bp else '—'} {fam[bp][1]:.4f} ± {fam[bp][2]:.4f} | "
                          f"{f'{rnd[1]:.4f}' if rnd else '—'} | {s['rank']['trimflow']} / {len(fam)} | "
-                         f"{'yes' if ok else '**no**'} | {variant(c, net, budget, 'trimflow-nocv', key)} |")
+                         f"{'yes' if ok else '**no**'} | {variant(c, net, budget, 'trimflow-indep', key)} |")
         if ranks:
             fams = sorted({f for r in ranks for f in r})
             mean_rank = {f: statistics.mean(r[f] for r in ranks if f in r) for f in fams}
@@ -469,6 +475,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="K/N: run every N-th (seed, net) group starting at K")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--reference", default="trimflow", help="the method the tables rank as trimflow's default "
+                   "(a file measured before the default changed: e.g. trimflow-indep)")
     p.add_argument("--out", type=Path, default=OUT, help="output prefix: PREFIX.jsonl/.md/.json/.png, "
                    "PREFIX-cost.jsonl, PREFIX-nets.json (default bench/results/trim-zoo)")
     p.add_argument("--add", action="append", default=[], metavar="NAME=CHECKPOINT@DATASET[@DATA_DIR]",
@@ -498,7 +506,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.cost:
         measure_cost(args)
-        write_report(OUT.with_suffix(".jsonl"), args.test_images)
+        write_report(OUT.with_suffix(".jsonl"), args.test_images, args.reference)
         return
     OUT.parent.mkdir(parents=True, exist_ok=True)
     jsonl = OUT.with_suffix(".jsonl")
@@ -531,7 +539,7 @@ def main() -> None:
             print(f"[{i}/{len(todo)}] {net} {method} {budget} seed {seed}: "
                   f"{row.get('trimmed', row.get('error'))} -> {row.get('finetuned')} "
                   f"({row.get('trim_seconds')} s trim)", flush=True)
-    write_report(jsonl, args.test_images)
+    write_report(jsonl, args.test_images, args.reference)
 
 
 def measure_cost(args) -> None:
@@ -556,9 +564,13 @@ def measure_cost(args) -> None:
                 COST.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def write_report(jsonl: Path, test_images: int | None) -> None:
+def write_report(jsonl: Path, test_images: int | None, reference: str = "trimflow") -> None:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     rows = [r for r in rows if "error" not in r]
+    if reference != "trimflow":  # a file measured before the default changed: its former default stands in
+        if any(r["method"] == "trimflow" for r in rows):
+            raise SystemExit(f"--reference {reference}: {jsonl} has rows of the current default 'trimflow'")
+        rows = [{**r, "method": "trimflow"} if r["method"] == reference else r for r in rows]
     floats = {}
     for net in dict.fromkeys(r["net"] for r in rows):
         model, _ = load_checkpoint(ensure(net))
@@ -566,7 +578,11 @@ def write_report(jsonl: Path, test_images: int | None) -> None:
         params, macs = count_params_macs(model, test.shape)
         floats[net] = {"accuracy": evaluate(model.eval(), test), "params": params, "macs": macs}
     args_line = "bench/trim_zoo.py " + " ".join(sys.argv[1:])
-    OUT.with_suffix(".md").write_text(markdown(rows, args_line, floats))
+    text = markdown(rows, args_line, floats)
+    if reference != "trimflow":
+        text = text.replace("\n\n", f"\n\n**In this file `trimflow` stands for `{reference}`**, the default when "
+                            "these rows were measured (see the commands file).\n\n", 1)
+    OUT.with_suffix(".md").write_text(text)
     summ = summarise(rows)
     OUT.with_suffix(".json").write_text(json.dumps(
         {"floats": floats, "cells": [{"net": n, "budget": b, **{k: v for k, v in s.items()}}
