@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from trimflow.graph import ChannelGraph
+from trimflow.graph import ChannelGraph, folded_weight
 
 
 class Covariance:
@@ -98,21 +98,13 @@ def weight_gram(model: nn.Module, graph: ChannelGraph, consumer: str, offset: in
                 spatial: int) -> torch.Tensor:
     """M = sum over outputs and taps of w w^T for the inputs one segment feeds, BN scale folded in (size x size)."""
     use = graph.uses[consumer]
-    w = model.get_submodule(consumer).weight.detach().double()
-    if use.bn_after is not None:
-        bn = model.get_submodule(use.bn_after)
-        scale = torch.ones(w.shape[0], dtype=torch.float64)
-        if bn.track_running_stats and bn.running_var is not None:
-            scale = scale / (bn.running_var.double() + bn.eps).sqrt()
-        if bn.affine:
-            scale = scale * bn.weight.detach().double().abs()
-        w = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
+    w = folded_weight(model, use)
     if use.kind == "depthwise":  # output channel c reads input channel c only
-        return torch.diag(w.reshape(w.shape[0], -1).square().sum(1))
+        return torch.diag(w.square().sum((1, 2)))
     if use.kind == "linear":
-        w = w[:, offset:offset + size * spatial].reshape(w.shape[0], size, spatial)
+        w = w[:, offset:offset + size * spatial, 0].reshape(w.shape[0], size, spatial)
     else:
-        w = w[:, offset:offset + size].reshape(w.shape[0], size, -1)
+        w = w[:, offset:offset + size]
     return torch.einsum("oit,ojt->ij", w, w)
 
 

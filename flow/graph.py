@@ -416,6 +416,22 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
         model.train(was_training)
 
 
+def folded_weight(model: nn.Module, use: ModuleUse) -> torch.Tensor:
+    """A conv/linear/depthwise layer's weights as (out, in, taps) float64 (linear: taps = 1), each output row scaled
+    by the BN right after it, gamma / sqrt(running_var + eps): what the next activation sees of each input."""
+    w = model.get_submodule(use.name).weight.detach().double()
+    w = w.reshape(w.shape[0], w.shape[1], -1)
+    if use.bn_after is not None:
+        bn = model.get_submodule(use.bn_after)
+        scale = torch.ones(w.shape[0], dtype=torch.float64)
+        if bn.track_running_stats and bn.running_var is not None:
+            scale = scale / (bn.running_var.double() + bn.eps).sqrt()
+        if bn.affine:
+            scale = scale * bn.weight.detach().double().abs()
+        w = w * scale[:, None, None]
+    return w
+
+
 def count_params_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """(all parameters, multiply-accumulates of conv/linear layers for one image of shape `input_shape`)."""
     macs = 0

@@ -26,7 +26,7 @@ from trimflow import FlowError
 from trimflow import conditional
 from trimflow.artifacts import read_json, write_json
 from trimflow.data import ImageSet, make_loader, subset
-from trimflow.graph import ChannelGraph, Tap, build_graph
+from trimflow.graph import ChannelGraph, Tap, build_graph, folded_weight
 
 FORMAT = "trimflow-scores/1"
 # the config and its choices live apart from the torch code, so that loading a flow config does not import torch
@@ -303,33 +303,17 @@ def consumer_norms(model: nn.Module, graph: ChannelGraph) -> dict[str, torch.Ten
     error by gamma / sqrt(running_var + eps), so it is folded in: the norm then measures the error in units the
     next activation sees, which makes the product comparable across layers.
     """
-    prunable = {g.id for g in graph.prunable()}
     energy: dict[int, torch.Tensor] = {}
-    for use in graph.uses.values():
-        if use.kind not in ("conv", "linear", "depthwise"):
-            continue
-        w = model.get_submodule(use.name).weight.detach().double()
-        w = w.reshape(w.shape[0], w.shape[1], -1)  # (out, in, taps); linear: taps = 1
-        if use.bn_after is not None:
-            bn = model.get_submodule(use.bn_after)
-            scale = torch.ones(w.shape[0], dtype=torch.float64)
-            if bn.track_running_stats and bn.running_var is not None:
-                scale = scale / (bn.running_var.double() + bn.eps).sqrt()
-            if bn.affine:
-                scale = scale * bn.weight.detach().double().abs()
-            w = w * scale[:, None, None]
-        if use.kind == "depthwise":  # output channel c reads only input channel c
-            per_in = w.square().sum((1, 2))
-        else:
-            per_in = w.square().sum((0, 2))  # per input feature (per channel x position for a flattened linear)
-        offset = 0
-        for seg in use.inputs:
-            gid = graph.find(seg.group)
-            width = seg.size * seg.spatial
-            if gid in prunable:
-                e = per_in[offset:offset + width].reshape(seg.size, seg.spatial).sum(1)
-                energy[gid] = energy[gid] + e if gid in energy else e
-            offset += width
+    per_in: dict[str, torch.Tensor] = {}  # per consumer: the energy of the weights reading each input feature
+    for (name, _), (gid, offset, size, spatial) in conditional.consumer_inputs(graph).items():
+        if name not in per_in:
+            use = graph.uses[name]
+            w = folded_weight(model, use)
+            # depthwise: output channel c reads only input channel c; otherwise per input feature (per channel x
+            # position for a flattened linear)
+            per_in[name] = w.square().sum((1, 2)) if use.kind == "depthwise" else w.square().sum((0, 2))
+        e = per_in[name][offset:offset + size * spatial].reshape(size, spatial).sum(1)
+        energy[gid] = energy[gid] + e if gid in energy else e
     out = {}
     for g in graph.prunable():
         e = energy.get(g.id, torch.zeros(g.size, dtype=torch.float64))
