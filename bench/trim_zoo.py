@@ -577,7 +577,9 @@ def write_report(jsonl: Path, test_images: int | None, reference: str = "trimflo
         test = subset(split_of(net, "test"), test_images, 0)
         params, macs = count_params_macs(model, test.shape)
         floats[net] = {"accuracy": evaluate(model.eval(), test), "params": params, "macs": macs}
-    args_line = "bench/trim_zoo.py " + " ".join(sys.argv[1:])
+    # the command that remakes these tables from the rows, whichever run (a shard, --cost) wrote them last
+    args_line = f"bench/trim_zoo.py --out {OUT.relative_to(ROOT)} --report-only"
+    args_line += f" --reference {reference}" if reference != "trimflow" else ""
     text = markdown(rows, args_line, floats)
     if reference != "trimflow":
         text = text.replace("\n\n", f"\n\n**In this file `trimflow` stands for `{reference}`**, the default when "
