@@ -115,13 +115,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise FlowError(f"{path}: not valid YAML: {e}") from None
+        raise FlowError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     except UnicodeDecodeError:
         raise FlowError(f"{path}: not a text file (YAML must be UTF-8 text)") from None
     if data is not None and not isinstance(data, dict):
         raise FlowError(f"{path}: the top level must be a mapping of keys (e.g. `trim:` / `quantize:`), got a "
                         f"{type(data).__name__}; remove the leading '- ' or wrap the entries in keys")
     return data or {}
+
+
+def yaml_problem(error: Exception) -> str:
+    """PyYAML's error as one line ("line 3, column 7: mapping values are not allowed here"): its own text runs to
+    several lines, with the offending line quoted and a caret under it."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(error).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -143,5 +152,9 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise FlowError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)}); give a "
+                            "number, a word, a [list] or a quoted string") from None
     return out

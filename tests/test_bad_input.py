@@ -315,7 +315,8 @@ ROWS = [
     Row("config-is-folder", lambda e: ["relevance", "--config", str(e.tmp), "--build-dir", str(e.build)],
         (r"config file .* is a folder, not a file", r"give an existing file")),
     Row("config-bad-yaml", lambda e: ["relevance", "--config", str(cfg_file(e, "trim: [budget: 0.4\n")),
-                                      "--build-dir", str(e.build)], (r"my\.yaml: not valid YAML",)),
+                                      "--build-dir", str(e.build)],
+        (r"my\.yaml: not valid YAML: line 2, column 1: expected ',' or '\]', but got",)),
     Row("config-binary", lambda e: ["relevance", "--config", str(cfg_file(e, bytes(range(256)) * 4)),
                                     "--build-dir", str(e.build)], (r"my\.yaml: not a text file", r"UTF-8")),
     Row("config-unknown-key", lambda e: ["relevance", "--config", str(cfg_file(e, "trimm: {budget: 0.4}\n")),
@@ -329,6 +330,8 @@ ROWS = [
     Row("set-verify-dataset", lambda e: flow(e, "compile.verify_dataset=mnist"),
         (r"compile: verify_dataset is not a setting: the top-level `dataset` decides it",)),
     Row("set-without-equals", lambda e: flow(e, "trim.budget"), (r"--set 'trim\.budget'", r"KEY\.PATH=VALUE")),
+    Row("set-bad-yaml", lambda e: flow(e, "trim.budget=[0.4,"),
+        (r"--set 'trim\.budget=\[0\.4,': the value is not valid YAML \(line 1, column \d+: ", r"quoted string")),
     Row("set-wrong-type", lambda e: flow(e, "eval_images=lots"), (r"eval_images", r"expected int|not a valid")),
     Row("eval-images-zero", lambda e: flow(e, "eval_images=0"), (r"eval_images must be >= 1", r"null")),
     Row("eval-images-negative", lambda e: flow(e, "eval_images=-5"), (r"eval_images must be >= 1",)),
@@ -520,6 +523,7 @@ def test_bad_input(row: Row, tmp_path, shared_build, user_files, capsys):
         if row.rc:
             error_lines = [line for line in err.splitlines() if line.startswith("trimflow: error:")]
             assert len(error_lines) == 1, err
+            assert err.rstrip().splitlines()[-1] in error_lines, err  # one line: no continuation after it
             out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
             assert out is None or not out.exists()  # a refused import writes nothing
             if "--build-dir" in argv:  # neither a stage folder of the refused stage nor a temporary one

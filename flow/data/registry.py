@@ -162,7 +162,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     if arrays is None and data_dir is None:
         arrays = _torchvision_download(spec, split)
     if arrays is None:
-        raise FlowError(f"dataset {name!r} ({split}) not found; looked in: {'; '.join(tried)}.\n"
+        raise FlowError(f"dataset {name!r} ({split}) not found; looked in: {'; '.join(tried)}. "
                         f"To get it: {spec.how_to_get}.")
     images, labels = arrays
     if tuple(images.shape[1:]) != spec.shape:

@@ -81,15 +81,17 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or wrong:
-        lines = [f"checkpoint {source} does not match the model:"]
-        if missing:
-            lines.append("  missing in checkpoint: " + ", ".join(missing))
-        if unexpected:
-            lines.append("  not in model: " + ", ".join(unexpected))
-        lines += ["  shape mismatch " + w for w in wrong]
-        lines.append("check that the checkpoint was saved from this model definition and arguments")
-        raise FlowError("\n".join(lines))
+        parts = [f"{label} {_few(keys)}" for label, keys in
+                 (("missing in the checkpoint:", missing), ("not in the model:", unexpected),
+                  ("shapes differ:", wrong)) if keys]
+        raise FlowError(f"checkpoint {source} does not match the model ({'; '.join(parts)}); check that the "
+                        "checkpoint was saved from this model definition and arguments")
     model.load_state_dict(state)
+
+
+def _few(keys: list[str], shown: int = 4) -> str:
+    # one line, however many keys differ: the first few name the layers, the count says how far apart they are
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
